@@ -1,0 +1,198 @@
+"""Tensor helpers shared by the losses and the trainers: masked statistics, log-probabilities.
+
+Pure functions of tensors; imports only torch and the standard library.
+
+Conventions used throughout rlhfkit:
+
+- ``mask`` is a 0/1 (bool, int or float) tensor of the same shape as the data; 1 marks a valid
+  entry (a response token), 0 padding. Values at masked-out positions are never read: they may be
+  garbage, even ``inf`` or ``nan`` (padding logprobs often are), and are replaced rather than
+  multiplied by zero, because ``nan * 0`` is ``nan``.
+- ``B`` is the batch, ``T`` the (response) length, ``V`` the vocabulary.
+- ``ignore_index`` (default ``-100``, as in PyTorch and Hugging Face) marks label positions that
+  carry no loss.
+"""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE_INDEX = -100
+
+# Largest number of logits elements processed at once by the chunked log-softmax helpers
+# (2**24 float32 = 64 MiB): bounds the transient memory of logsumexp / softmax on a large vocab.
+_MAX_CHUNK_ELEMENTS = 2**24
+
+
+def _check_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if x.shape != mask.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match data shape {tuple(x.shape)}")
+    return mask.bool()
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Sum of ``x`` over the entries where ``mask`` is 1.
+
+    ``Σ_i m_i x_i`` over all entries (``dim=None``, a 0-d tensor) or along ``dim``.
+    Shapes: ``x`` and ``mask`` identical, e.g. (B, T). Masked entries are ignored even if non-finite.
+    """
+    valid = _check_mask(x, mask)
+    zeroed = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return zeroed.sum() if dim is None else zeroed.sum(dim=dim)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` over the entries where ``mask`` is 1: ``Σ m_i x_i / Σ m_i``.
+
+    Over all entries (``dim=None``, 0-d) or along ``dim`` (e.g. ``dim=1`` gives a (B,) per-example
+    mean of a (B, T) tensor). Where no entry is valid the mean is 0 (not ``nan``), so an empty
+    response contributes nothing instead of poisoning a batch.
+    """
+    valid = _check_mask(x, mask)
+    total = masked_sum(x, valid, dim=dim)
+    count = valid.sum() if dim is None else valid.sum(dim=dim)
+    return total / count.clamp(min=1).to(total.dtype)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of ``x`` over all entries where ``mask`` is 1 (a 0-d tensor).
+
+    ``var = Σ m_i (x_i − μ)² / (n − 1)`` with ``n = Σ m_i`` when ``unbiased`` (Bessel's correction),
+    ``/ n`` otherwise. Raises ``ValueError`` when there are too few valid entries (0, or 1 when
+    unbiased): a variance of nothing is a bug upstream, not a number.
+    """
+    valid = _check_mask(x, mask)
+    count = int(valid.sum().item())
+    needed = 2 if unbiased else 1
+    if count < needed:
+        raise ValueError(
+            f"masked_var needs at least {needed} valid entries (unbiased={unbiased}), got {count}"
+        )
+    mean = masked_mean(x, valid)
+    squared_deviation = masked_sum((x - mean) ** 2, valid)
+    return squared_deviation / (count - 1 if unbiased else count)
+
+
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+) -> torch.Tensor:
+    """Whiten ``x`` with the mean and variance of its valid entries only.
+
+    ``y = (x − μ) / sqrt(σ² + eps)``, μ and σ² (unbiased) over all entries where ``mask`` is 1, taken
+    jointly over every dimension (so it is *not* invariant to splitting the batch). With
+    ``shift_mean=False`` the mean is added back, ``y = (x − μ) / sqrt(σ² + eps) + μ``: only the scale
+    changes, as lm-human-preferences does for rewards (so their sign is kept). With a single valid
+    entry the biased variance (0) is used. Returns the shape of ``x``; masked entries are set to 0.
+    """
+    valid = _check_mask(x, mask)
+    count = int(valid.sum().item())
+    if count == 0:
+        raise ValueError("masked_whiten got a mask with no valid entries")
+    mean = masked_mean(x, valid)
+    variance = masked_var(x, valid, unbiased=count >= 2)
+    whitened = (x - mean) * torch.rsqrt(variance + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return torch.where(valid, whitened, torch.zeros((), dtype=whitened.dtype, device=x.device))
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Fraction of the variance of ``returns`` the value predictions explain (0-d tensor).
+
+    ``1 − Var[returns − values] / Var[returns]`` over the valid entries (biased variances).
+    1 is perfect, 0 no better than predicting the mean, negative worse. ``nan`` if ``returns`` is
+    constant.
+    """
+    residual_variance = masked_var(returns - values, mask, unbiased=False)
+    return_variance = masked_var(returns, mask, unbiased=False)
+    return 1.0 - residual_variance / return_variance
+
+
+def shift_labels(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Align labels with the logits of next-token prediction without slicing the logits.
+
+    A causal LM's logits at position t predict token t+1, so the target of ``logits[:, t]`` is
+    ``labels[:, t + 1]``. Returns ``shifted[:, t] = labels[:, t + 1]`` and ``shifted[:, -1] =
+    ignore_index``: shape (B, T) like ``labels``, so ``logits`` (B, T, V) can be used whole (slicing
+    ``logits[:, :-1]`` then ``.contiguous()`` would copy the largest tensor of the step).
+    """
+    padding = torch.full_like(labels[:, :1], ignore_index)
+    return torch.cat([labels[:, 1:], padding], dim=1)
+
+
+def _rows_per_chunk(logits: torch.Tensor, chunk_rows: int | None) -> int:
+    if chunk_rows is not None:
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        return chunk_rows
+    elements_per_row = max(1, logits[0].numel()) if logits.shape[0] else 1
+    return max(1, _MAX_CHUNK_ELEMENTS // elements_per_row)
+
+
+def logprobs_from_logits(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """Log-probability of each label under the logits: ``log softmax(logits)[..., label]``.
+
+    Shapes: ``logits`` (B, T, V), ``labels`` (B, T) int, already aligned with the logits (see
+    :func:`shift_labels`); returns (B, T) float32 (or float64 for float64 logits).
+    Computed as ``logits[label] − logsumexp(logits)`` chunk by chunk over the batch, so no (B, T, V)
+    log-softmax is kept for the backward pass; half-precision logits are upcast one chunk at a
+    time. Positions whose label is ``ignore_index`` get 0 (and no gradient). Divide the logits by the
+    sampling temperature before calling, if one was used.
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree: expected "
+            "logits (B, T, V) and labels (B, T)"
+        )
+    ignored = labels == ignore_index
+    safe_labels = labels.masked_fill(ignored, 0)
+    rows = _rows_per_chunk(logits, chunk_rows)
+    pieces = []
+    for start in range(0, logits.shape[0], rows):
+        chunk = logits[start : start + rows]
+        if chunk.dtype not in (torch.float32, torch.float64):
+            chunk = chunk.float()
+        label_logits = chunk.gather(-1, safe_labels[start : start + rows].unsqueeze(-1)).squeeze(-1)
+        pieces.append(label_logits - torch.logsumexp(chunk, dim=-1))
+    if not pieces:
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        return torch.zeros(labels.shape, dtype=dtype, device=logits.device)
+    token_logprobs = torch.cat(pieces, dim=0)
+    return token_logprobs.masked_fill(ignored, 0.0)
+
+
+def entropy_from_logits(logits: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
+    """Entropy of the categorical distribution at each position: ``H = −Σ_v p_v log p_v``.
+
+    Shapes: ``logits`` (B, T, V) -> (B, T) float32 (float64 for float64 input), in nats. Chunked
+    over the batch like :func:`logprobs_from_logits`. Usually a diagnostic: call under
+    ``torch.no_grad()`` unless an entropy bonus is wanted.
+    """
+    rows = _rows_per_chunk(logits, chunk_rows)
+    pieces = []
+    for start in range(0, logits.shape[0], rows):
+        chunk = logits[start : start + rows]
+        if chunk.dtype not in (torch.float32, torch.float64):
+            chunk = chunk.float()
+        log_p = torch.log_softmax(chunk, dim=-1)
+        pieces.append(-(log_p.exp() * log_p).sum(dim=-1))
+    if not pieces:
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        return torch.zeros(logits.shape[:-1], dtype=dtype, device=logits.device)
+    return torch.cat(pieces, dim=0)
+
+
+def sequence_logprobs(token_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each whole response: ``log π(y|x) = Σ_t m_t log π(y_t | x, y_<t)``.
+
+    Shapes: ``token_logprobs`` (B, T), ``mask`` (B, T) marking response tokens -> (B,). This is the
+    *summed* log-probability DPO uses; divide by ``mask.sum(1)`` for the per-token average IPO uses.
+    """
+    if token_logprobs.dim() != 2:
+        raise ValueError(f"token_logprobs must be (B, T), got shape {tuple(token_logprobs.shape)}")
+    return masked_sum(token_logprobs, mask, dim=1)
