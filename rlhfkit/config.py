@@ -112,7 +112,9 @@ def _build(cls: type[T], data: dict, prefix: str = "") -> T:
         kwargs[name] = _coerce(value, hints[name], prefix + name)
     try:
         return cls(**kwargs)
-    except TypeError as exc:  # a required field with no default is missing
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # a missing required field, or a __post_init__ check
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {exc}") from None
 
 
