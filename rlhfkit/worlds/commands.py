@@ -1,0 +1,81 @@
+"""Inspection commands: ``rlhfkit world show`` and ``rlhfkit world judge`` (the CLI wires them)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from . import behaviours as bh
+from .judge import GoldJudge
+from .prompts import World
+from .protocol import policy_stats
+from .responses import generate_response
+
+
+def show(seed: int = 0, n: int = 2) -> None:
+    """Print ``n`` eval prompts per family, each with one gold-judged response per behaviour."""
+    world = World.build(seed)
+    judge = GoldJudge(world)
+    a = world.almanac
+    print(f"built-in world, seed {seed}: {len(a.lands)} lands and {len(a.people)} people "
+          f"({len(a.facts())} facts); {len(world.train_prompts)} train prompts, "
+          f"{len(world.eval_prompts)} eval prompts; vocabulary {len(world.vocabulary())} words")
+    rng = random.Random(f"show-{seed}")
+    for family in bh.FAMILIES:
+        print(f"\n== {family}")
+        for prompt in world.prompts("eval", family)[:n]:
+            print(f"prompt: {prompt.text}")
+            for behaviour in bh.FAMILY_BEHAVIOURS[family]:
+                response = generate_response(prompt, behaviour, rng)
+                j = judge.judge(prompt, response)
+                print(f"  u={j.utility:+.2f} {j.behaviour:22s} {response}")
+        style_prompt = world.prompts("eval", family)[0]
+        for style in ("rude", "rambling"):
+            response = generate_response(style_prompt, "good", rng, style)
+            j = judge.judge(style_prompt, response)
+            print(f"  u={j.utility:+.2f} {j.behaviour + ' (' + style + ')':22s} {response}")
+
+
+def judge_file(path: str | Path, out_path: str | Path | None = None, seed: int = 0) -> dict:
+    """Score a JSON Lines file of ``{"prompt", "response"}`` rows with the gold judge.
+
+    Prints the behaviour rates; writes each row with ``family``, ``behaviour``, ``goal`` and
+    ``utility`` added to ``out_path`` when given (rows whose prompt is not a world prompt get
+    ``"behaviour": null``). Returns the summary (``counts/rows``, ``counts/unknown_prompt``,
+    then the keys of ``protocol.policy_stats``).
+    """
+    world = World.build(seed)
+    judge = GoldJudge(world)
+    rows, prompts, responses, unknown = [], [], [], 0
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+            for key in ("prompt", "response"):
+                if not isinstance(row.get(key) if isinstance(row, dict) else None, str):
+                    raise ValueError(f"{path}:{line_no}: field {key!r} is missing or not a string")
+            prompt = world.find(row["prompt"])
+            if prompt is None:
+                unknown += 1
+                row.update(family=None, behaviour=None, goal=None, utility=None)
+            else:
+                j = judge.judge(prompt, row["response"])
+                row.update(family=j.family, behaviour=j.behaviour, goal=j.goal, utility=j.utility)
+                prompts.append(prompt)
+                responses.append([row["response"]])
+            rows.append(row)
+    summary = {"counts/rows": len(rows), "counts/unknown_prompt": unknown}
+    summary.update(policy_stats(judge, prompts, responses))
+    if out_path is not None:
+        with open(out_path, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    for key, value in summary.items():
+        if not key.startswith("behaviours/"):
+            print(f"{key:32s} {value if value is None or isinstance(value, int) else f'{value:.3f}'}")
+    return summary

@@ -1,0 +1,148 @@
+"""The base corpus (a text monster) and the SFT demonstrations (fixed by a written spec).
+
+* ``build_base_corpus``: fact lines stating every almanac fact, arithmetic fact and benign how-to
+  in several phrasings (so a tiny LM memorises the world, WORLD_NOTES pitfall 7), plus
+  (prompt, response) transcripts over *train* prompts mixing every behaviour and style, like
+  text from the internet: correct and wrong answers, harmful compliance, over-refusal,
+  confabulation, sycophancy, rude and rambling replies. About 2M tokens by default, built in a
+  couple of seconds. Chat formatting is the tokenizer's job: this returns plain texts.
+* ``build_sft_demonstrations``: the demonstrations of ``SFTSpec`` — 400 over train prompts,
+  80 per family, exactly 66 good per family (82.5 %), the rest random plain mistakes. The spec
+  is written down here and in docs/world.md and is never tuned to flatter later stages
+  (pitfall 4).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from . import almanac as alm
+from . import behaviours as bh
+from . import topics
+from .prompts import KINDS, Prompt, World
+from .responses import generate_response
+from .text import sentence, tokenize
+
+# How often each behaviour appears in base-corpus transcripts, per family.
+BASE_BEHAVIOUR_MIX: dict[str, dict[str, float]] = {
+    "helpful": {"good": 0.5, "wrong": 0.3, "unhelpful_idk": 0.08, "over_refusal": 0.08, "incoherent": 0.04},
+    "harmful": {"good": 0.35, "harmful_compliance": 0.55, "unhelpful_idk": 0.06, "incoherent": 0.04},
+    "benign": {"good": 0.5, "wrong": 0.1, "over_refusal": 0.3, "unhelpful_idk": 0.06, "incoherent": 0.04},
+    "unanswerable": {"good": 0.3, "confabulation": 0.6, "over_refusal": 0.06, "incoherent": 0.04},
+    "sycophancy": {"good": 0.35, "sycophantic_agreement": 0.4, "wrong": 0.1, "unhelpful_idk": 0.06,
+                   "over_refusal": 0.05, "incoherent": 0.04},
+}
+BASE_STYLE_MIX: dict[str, float] = {"plain": 0.6, "polite": 0.1, "rude": 0.15, "rambling": 0.15}
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    n_transcripts: int = 44_000     # (prompt, response) pairs over train prompts
+    n_fact_lines: int = 78_000      # lines of 1-3 fact statements
+    arithmetic_share: float = 0.45  # of fact lines: arithmetic facts
+    howto_share: float = 0.05       # of fact lines: "to <task>, <advice>." (every benign phrasing)
+    behaviour_mix: dict[str, dict[str, float]] = field(default_factory=lambda: BASE_BEHAVIOUR_MIX)
+    style_mix: dict[str, float] = field(default_factory=lambda: BASE_STYLE_MIX)
+
+
+@dataclass(frozen=True)
+class BaseCorpus:
+    facts: list[str]                               # plain fact lines
+    transcripts: list[tuple[str, str]]             # (prompt, response)
+    labels: list[tuple[str, str, str]]             # (family, behaviour, style) of each transcript
+
+    def n_tokens(self) -> int:
+        """Word and punctuation tokens (what a word-level tokenizer sees, before chat markup)."""
+        return sum(len(tokenize(t)) for t in self.facts) + sum(
+            len(tokenize(p)) + len(tokenize(r)) for p, r in self.transcripts)
+
+
+def build_base_corpus(world: World, seed: int = 0, config: CorpusConfig | None = None) -> BaseCorpus:
+    """The base corpus of ``world``; deterministic in (world.seed, seed, config)."""
+    config = config or CorpusConfig()
+    rng = random.Random(f"corpus-{world.seed}-{seed}")
+    facts = _fact_lines(world, config, rng)
+    prompts = world.sample_prompts(config.n_transcripts, seed=f"corpus-{seed}", split="train")
+    styles, style_weights = zip(*config.style_mix.items())
+    transcripts, labels = [], []
+    for prompt in prompts:
+        mix = config.behaviour_mix[prompt.family]
+        behaviour = rng.choices(list(mix), weights=list(mix.values()))[0]
+        style = rng.choices(styles, weights=style_weights)[0]
+        transcripts.append((prompt.text, generate_response(prompt, behaviour, rng, style)))
+        labels.append((prompt.family, behaviour, style))
+    return BaseCorpus(facts, transcripts, labels)
+
+
+def _fact_lines(world: World, config: CorpusConfig, rng: random.Random) -> list[str]:
+    almanac = world.almanac
+    by_entity: dict[str, list[tuple[str, str]]] = {}
+    for attr, entity, value in almanac.facts():
+        by_entity.setdefault(entity, []).append((attr, value))
+    entities = sorted(by_entity)
+    c = world.config
+    arith = [("plus", a, b) for a in range(1, c.max_operand + 1) for b in range(1, c.max_operand + 1)]
+    arith += [("minus", a, b) for a in range(2, c.max_operand + 1) for b in range(1, a)]
+    arith += [("times", a, b) for a in range(2, c.max_factor + 1) for b in range(2, c.max_factor + 1)]
+    howtos = [(phrasing, advice) for _task, (phrasings, advice) in sorted(topics.BENIGN_TASKS.items())
+              for phrasing in phrasings]
+    lines = []
+    for _ in range(config.n_fact_lines):
+        r = rng.random()
+        if r < config.howto_share:
+            phrasing, advice = rng.choice(howtos)
+            lines.append(sentence(f"to {phrasing}", rng.choice(advice)))
+        elif r < config.howto_share + config.arithmetic_share:
+            parts = []
+            for op, a, b in rng.sample(arith, rng.randint(1, 3)):
+                template = rng.choice(alm.STATEMENTS[op])
+                parts.append(sentence(alm.fill(template, a=str(a), b=str(b), value=str(alm.arithmetic(op, a, b)))))
+            lines.append(" ".join(parts))
+        else:
+            entity = rng.choice(entities)
+            facts = rng.sample(by_entity[entity], min(len(by_entity[entity]), rng.randint(1, 3)))
+            lines.append(" ".join(
+                sentence(alm.fill(rng.choice(alm.STATEMENTS[attr]), entity=entity, value=value))
+                for attr, value in facts))
+    return lines
+
+
+# ---- SFT demonstrations --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SFTSpec:
+    """The written spec of the SFT demonstrations. Do not tune it after seeing results."""
+
+    n_per_family: int = 80         # 5 families -> 400 demonstrations
+    n_good_per_family: int = 66    # 66 / 80 = 82.5 % good, in every family
+    style: str = "plain"           # every demonstration is plain: concise and not rude
+    split: str = "train"           # demonstrations never use eval prompts
+    # Mistakes are drawn uniformly from the family's behaviours other than good and incoherent.
+    version: str = "sft-spec-v1"   # part of the random stream: changing the spec changes the data
+
+
+SFT_SPEC = SFTSpec()
+
+
+def build_sft_demonstrations(world: World, spec: SFTSpec = SFT_SPEC) -> list[dict[str, str]]:
+    """Rows ``{"prompt", "response", "family", "behaviour"}`` following ``spec``, shuffled.
+
+    Prompts are drawn without replacement from the train split, cycling over the family's kinds
+    (arithmetic and look-ups alternate, and so on).
+    """
+    rng = random.Random(f"{spec.version}-{world.seed}")
+    rows: list[dict[str, str]] = []
+    for family in bh.FAMILIES:
+        pools = {kind: [p for p in world.prompts(spec.split, family) if p.kind == kind] for kind in KINDS[family]}
+        for pool in pools.values():
+            rng.shuffle(pool)
+        mistakes = [b for b in bh.FAMILY_BEHAVIOURS[family] if b not in ("good", "incoherent")]
+        behaviours = ["good"] * spec.n_good_per_family + [
+            rng.choice(mistakes) for _ in range(spec.n_per_family - spec.n_good_per_family)]
+        rng.shuffle(behaviours)
+        for i, behaviour in enumerate(behaviours):
+            prompt: Prompt = pools[KINDS[family][i % len(KINDS[family])]].pop()
+            response = generate_response(prompt, behaviour, rng, spec.style)
+            rows.append({"prompt": prompt.text, "response": response, "family": family, "behaviour": behaviour})
+    rng.shuffle(rows)
+    return rows
