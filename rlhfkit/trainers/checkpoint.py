@@ -1,0 +1,383 @@
+"""Atomic checkpoints: written whole or not at all, found again after any crash.
+
+Recipe (see RELIABILITY.md): everything is written into ``.tmp-checkpoint-{step}`` beside the target (same
+filesystem, so the rename is atomic), every file and folder is fsynced, a manifest listing every file and
+its size is written *last*, the folder is renamed to ``checkpoint-{step}`` with ``os.replace`` and the
+parent folder is fsynced. A folder without a valid manifest, or whose files do not match it (a truncated
+file), is incomplete: :func:`find_latest_checkpoint` skips it and falls back to the previous good one.
+Old checkpoints are deleted by :func:`rotate_checkpoints` only after the new one is complete.
+
+Layout of ``checkpoint-{step}/``::
+
+    model/                     save_pretrained folder (HF model, or the PEFT adapter), else model.safetensors
+    optimizer.pt  scheduler.pt torch state dicts
+    rng_rank{r}.pt             global RNG states of process r
+    stage_rank{r}.pt           the stage's extra state (KL controller, sampling RNG …) of process r
+    trainer_state.json         step, epoch, data position, counters
+    config.json                the run's config, compared on resume
+    manifest.json              written last; marks the checkpoint complete
+
+Imports torch, safetensors and the standard library; transformers/peft only when the model is one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "rlhfkit-checkpoint/1"
+MANIFEST = "manifest.json"
+PREFIX = "checkpoint-"
+TMP_PREFIX = ".tmp-checkpoint-"
+TRASH_PREFIX = ".trash-checkpoint-"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used to resume."""
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            _fsync_path(Path(folder) / name)
+        _fsync_path(Path(folder))
+
+
+def begin_checkpoint(output_dir: str | Path, step: int) -> Path:
+    """Create (afresh) and return the temporary folder the files of checkpoint ``step`` go into."""
+    tmp = Path(output_dir) / f"{TMP_PREFIX}{step}"
+    if tmp.exists():  # left by a save that crashed
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _manifest_files(tmp: Path) -> dict[str, int]:
+    files = {}
+    for folder, _dirs, names in os.walk(tmp):
+        for name in names:
+            path = Path(folder) / name
+            files[path.relative_to(tmp).as_posix()] = path.stat().st_size
+    return files
+
+
+def write_manifest(tmp: Path, step: int, extra: dict[str, Any] | None = None) -> None:
+    """Write ``manifest.json`` (file list with sizes) into ``tmp`` — the last file of a checkpoint."""
+    manifest = {"format": FORMAT, "step": step, "files": _manifest_files(tmp), **(extra or {})}
+    part = tmp / (MANIFEST + ".part")
+    part.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+    _fsync_path(part)
+    os.replace(part, tmp / MANIFEST)
+
+
+def commit_checkpoint(tmp: Path, step: int, extra: dict[str, Any] | None = None) -> Path:
+    """fsync ``tmp``, write its manifest, rename it to ``checkpoint-{step}`` and fsync the parent."""
+    _fsync_tree(tmp)
+    write_manifest(tmp, step, extra)
+    _fsync_path(tmp)
+    final = tmp.parent / f"{PREFIX}{step}"
+    if final.exists():  # an incomplete leftover with the same step: replace it (os.replace needs it gone)
+        _discard(final)
+    os.replace(tmp, final)
+    _fsync_path(final.parent)
+    return final
+
+
+def _discard(path: Path) -> None:
+    # Rename first, so a crash mid-delete leaves a ``.trash-`` folder, never a half-deleted checkpoint name.
+    trash = path.parent / f"{TRASH_PREFIX}{path.name.removeprefix(PREFIX)}-{os.getpid()}"
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def save_folder_atomically(target: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Write a folder — a stage's final model — whole or not at all.
+
+    ``write(tmp)`` fills a temporary sibling of ``target``; it is fsynced and renamed over ``target`` (an
+    existing ``target`` is moved aside first and deleted after). If ``write`` raises, ``target`` is left as
+    it was and the temporary folder is removed.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = target.parent / f".old-{target.name}-{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    _fsync_path(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+# ----------------------------------------------------------------------------- finding
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """All ``checkpoint-{step}`` folders in ``output_dir``, complete or not, by increasing step."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _NAME.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint at ``path`` cannot be trusted, or None when it is complete."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        return "no manifest (the save did not finish)"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"unreadable manifest ({exc})"
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return f"manifest format is not {FORMAT}"
+    if f"{PREFIX}{manifest.get('step')}" != path.name:
+        return f"manifest names step {manifest.get('step')}"
+    for name, size in manifest.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"missing file {name}"
+        if file.stat().st_size != size:
+            return f"file {name} has {file.stat().st_size} bytes, the manifest says {size}"
+    return None
+
+
+def find_latest_checkpoint(output_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest complete checkpoint (or None) and the newer incomplete ones skipped, with the reason."""
+    skipped = []
+    for _step, path in reversed(list_checkpoints(output_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, skipped
+        skipped.append((path, problem))
+    return None, skipped
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    return json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------- rotation
+
+
+def rotate_checkpoints(output_dir: str | Path, keep: int, protect: Path | None = None) -> list[Path]:
+    """Delete all but the ``keep`` newest complete checkpoints, and incomplete ones older than the newest.
+
+    Call only after the newest checkpoint is complete; ``protect`` is never deleted.
+    """
+    complete, incomplete = [], []
+    for step, path in list_checkpoints(output_dir):
+        (complete if checkpoint_problem(path) is None else incomplete).append((step, path))
+    newest = complete[-1][0] if complete else None
+    doomed = [path for _step, path in complete[:-keep]] if keep > 0 else []
+    doomed += [path for step, path in incomplete if newest is not None and step < newest]
+    removed = []
+    for path in doomed:
+        if protect is not None and path.resolve() == Path(protect).resolve():
+            continue
+        _discard(path)
+        removed.append(path)
+    return removed
+
+
+def remove_stale_temporaries(output_dir: str | Path) -> list[Path]:
+    """Delete ``.tmp-checkpoint-*`` and ``.trash-checkpoint-*`` folders left by a crashed run."""
+    root = Path(output_dir)
+    stale = [p for p in root.iterdir() if p.is_dir() and p.name.startswith((TMP_PREFIX, TRASH_PREFIX))]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+# ----------------------------------------------------------------------------- contents
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    torch.save(obj, path)
+
+
+def load_torch(path: Path) -> Any:
+    # weights_only: a checkpoint is data; loading one never runs code.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def model_format(model: torch.nn.Module) -> str:
+    """``peft`` (adapter folder), ``transformers`` (save_pretrained folder) or ``state_dict`` (safetensors)."""
+    peft = sys.modules.get("peft")
+    if peft is not None and isinstance(model, peft.PeftModel):
+        return "peft"
+    transformers = sys.modules.get("transformers")
+    if transformers is not None and isinstance(model, transformers.PreTrainedModel):
+        return "transformers"
+    return "state_dict"
+
+
+TRAINABLE = "trainable.safetensors"
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    # transformers draws its own "Writing model shards" / "Loading weights" bars, which would break the
+    # training bar at every checkpoint.
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def save_model(model: torch.nn.Module, folder: Path, tokenizer: Any = None, for_resume: bool = True) -> str:
+    """Save ``model`` (unwrapped) into ``folder`` as a standard Hugging Face folder when it is one.
+
+    A PEFT model saves its adapter folder (the frozen base is rebuilt by the stage on resume) plus, when
+    ``for_resume``, ``trainable.safetensors``: every trainable parameter by name, which resume loads (exact
+    whatever PEFT does or does not put in the adapter). A transformers model saves its ``save_pretrained``
+    folder, which plain transformers loads; anything else a ``model.safetensors`` state dict (shared
+    tensors stored once). Returns the format name.
+    """
+    from safetensors.torch import save_file
+
+    kind = model_format(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "state_dict":
+        from safetensors.torch import save_model as save_safetensors
+
+        save_safetensors(model, str(folder / "model.safetensors"))
+        return kind
+    with _quiet_transformers():
+        model.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    if kind == "peft" and for_resume:
+        trainable = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(trainable, str(folder / TRAINABLE))
+    return kind
+
+
+def load_model(model: torch.nn.Module, folder: Path, kind: str) -> None:
+    """Load the weights saved by :func:`save_model` into the existing ``model`` (parameters stay the same
+    objects, so an optimizer built on them stays valid)."""
+    if model_format(model) != kind:
+        raise CheckpointError(
+            f"{folder} holds a {kind} model but the model being trained is {model_format(model)}; "
+            "resume with the same model setup (e.g. lora.enabled) as the checkpoint"
+        )
+    if kind == "state_dict":
+        from safetensors.torch import load_model as load_safetensors
+
+        load_safetensors(model, str(folder / "model.safetensors"), strict=True)
+    elif kind == "peft":
+        from safetensors.torch import load_file
+
+        saved = load_file(str(folder / TRAINABLE))
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if saved.keys() != params.keys():
+            differ = sorted(saved.keys() ^ params.keys())[:3]
+            raise CheckpointError(f"{folder}: the trainable parameters differ from the model's ({differ}); "
+                                  "resume with the same LoRA settings as the checkpoint")
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(saved[name])
+    else:
+        # from_pretrained knows the key renamings and tied weights of every architecture; copying its
+        # state dict into the live model keeps the optimizer's parameter objects.
+        with _quiet_transformers():
+            saved = type(model).from_pretrained(folder)
+        model.load_state_dict(saved.state_dict(), strict=True)
+        del saved
+
+
+# ----------------------------------------------------------------------------- a training checkpoint
+
+
+def save_training_checkpoint(accelerator: Any, output_dir: Path, step: int, *, model: torch.nn.Module,
+                             optimizer: Any, scheduler: Any, tokenizer: Any, trainer_state: dict,
+                             config: dict, rng: dict, stage: dict | None, keep: int) -> Path:
+    """Write ``checkpoint-{step}`` atomically and rotate; every process calls it (barriers inside).
+
+    Every process writes its RNG (and stage) state; the main process writes the rest, commits and rotates.
+    ``model`` is the unwrapped model.
+    """
+    tmp = Path(output_dir) / f"{TMP_PREFIX}{step}"
+    if accelerator.is_main_process:
+        begin_checkpoint(output_dir, step)
+    accelerator.wait_for_everyone()
+    rank = accelerator.process_index
+    save_torch(rng, tmp / f"rng_rank{rank}.pt")
+    if stage is not None:
+        save_torch(stage, tmp / f"stage_rank{rank}.pt")
+    accelerator.wait_for_everyone()
+    final = Path(output_dir) / f"{PREFIX}{step}"
+    if accelerator.is_main_process:
+        kind = save_model(model, tmp / "model", tokenizer)
+        save_torch(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
+        write_json(tmp / "trainer_state.json", {**trainer_state, "model_format": kind})
+        write_json(tmp / "config.json", config)
+        final = commit_checkpoint(tmp, step, {"model_format": kind})
+        rotate_checkpoints(output_dir, keep, protect=final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_training_checkpoint(path: Path, rank: int, *, model: torch.nn.Module, optimizer: Any,
+                             scheduler: Any) -> tuple[dict, dict | None, dict | None]:
+    """Load model, optimizer and scheduler from ``path``; return (trainer state, this rank's RNG state or
+    None when the checkpoint had fewer processes, the stage state — this rank's, else rank 0's — or None)."""
+    state = read_json(path / "trainer_state.json")
+    load_model(model, path / "model", state["model_format"])
+    optimizer.load_state_dict(load_torch(path / "optimizer.pt"))
+    scheduler.load_state_dict(load_torch(path / "scheduler.pt"))
+    rng_file, stage_file = path / f"rng_rank{rank}.pt", path / f"stage_rank{rank}.pt"
+    if not stage_file.exists():
+        stage_file = path / "stage_rank0.pt"
+    rng = load_torch(rng_file) if rng_file.exists() else None
+    stage = load_torch(stage_file) if stage_file.exists() else None
+    return state, rng, stage
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1, sort_keys=True, default=str), encoding="utf-8")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,190 @@
+"""Atomic checkpoints: completeness, fallback to the previous good one, rotation, model formats."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rlhfkit.trainers import checkpoint as ckpt
+
+
+def write(output_dir, step, payload=b"x" * 100, crash_before_commit=False):
+    tmp = ckpt.begin_checkpoint(output_dir, step)
+    (tmp / "optimizer.pt").write_bytes(payload)
+    (tmp / "model").mkdir()
+    (tmp / "model" / "model.safetensors").write_bytes(payload * 2)
+    if crash_before_commit:
+        return tmp
+    return ckpt.commit_checkpoint(tmp, step)
+
+
+def names(output_dir):
+    return sorted(p.name for p in output_dir.iterdir())
+
+
+def test_commit_writes_a_complete_checkpoint_with_its_manifest_last(tmp_path):
+    path = write(tmp_path, 4)
+    assert path == tmp_path / "checkpoint-4"
+    assert names(tmp_path) == ["checkpoint-4"]  # the temporary folder became the checkpoint
+    manifest = ckpt.read_manifest(path)
+    assert manifest["step"] == 4
+    assert manifest["files"] == {"optimizer.pt": 100, "model/model.safetensors": 200}
+    assert ckpt.checkpoint_problem(path) is None
+    assert ckpt.find_latest_checkpoint(tmp_path) == (path, [])
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (lambda p: (p / "manifest.json").unlink(), "no manifest"),
+    (lambda p: (p / "optimizer.pt").write_bytes(b"x" * 10), "optimizer.pt has 10 bytes"),
+    (lambda p: (p / "model" / "model.safetensors").unlink(), "missing file model/model.safetensors"),
+    (lambda p: (p / "manifest.json").write_text("{not json"), "unreadable manifest"),
+    (lambda p: (p / "manifest.json").write_text(json.dumps({"format": "other"})), "format"),
+])
+def test_an_incomplete_newest_checkpoint_is_skipped_for_the_previous_good_one(tmp_path, damage, reason):
+    write(tmp_path, 2)
+    good = write(tmp_path, 4)
+    damage(write(tmp_path, 6))
+    latest, skipped = ckpt.find_latest_checkpoint(tmp_path)
+    assert latest == good
+    assert [p.name for p, _ in skipped] == ["checkpoint-6"]
+    assert reason in skipped[0][1]
+
+
+def test_no_complete_checkpoint_at_all(tmp_path):
+    assert ckpt.find_latest_checkpoint(tmp_path / "missing") == (None, [])
+    (write(tmp_path, 3) / "manifest.json").unlink()
+    latest, skipped = ckpt.find_latest_checkpoint(tmp_path)
+    assert latest is None and len(skipped) == 1
+
+
+def test_a_crash_during_save_keeps_the_previous_checkpoints(tmp_path):
+    for step in (2, 4):
+        write(tmp_path, step)
+        ckpt.rotate_checkpoints(tmp_path, keep=2)
+    write(tmp_path, 6, crash_before_commit=True)  # killed before the manifest/rename: no rotation ran
+    assert names(tmp_path) == [".tmp-checkpoint-6", "checkpoint-2", "checkpoint-4"]
+    assert ckpt.find_latest_checkpoint(tmp_path)[0].name == "checkpoint-4"
+    # the next run cleans the leftover and can write step 6 again
+    assert [p.name for p in ckpt.remove_stale_temporaries(tmp_path)] == [".tmp-checkpoint-6"]
+    write(tmp_path, 6)
+    ckpt.rotate_checkpoints(tmp_path, keep=2, protect=tmp_path / "checkpoint-6")
+    assert names(tmp_path) == ["checkpoint-4", "checkpoint-6"]
+
+
+def test_rotation_keeps_the_newest_complete_and_drops_older_incomplete(tmp_path):
+    for step in (1, 2, 3, 5):
+        write(tmp_path, step)
+    (tmp_path / "checkpoint-2" / "manifest.json").unlink()  # incomplete, older than the newest
+    (write(tmp_path, 9) / "manifest.json").unlink()  # incomplete, newer: left alone (resume skips it)
+    removed = ckpt.rotate_checkpoints(tmp_path, keep=2)
+    assert sorted(p.name for p in removed) == ["checkpoint-1", "checkpoint-2"]
+    assert names(tmp_path) == ["checkpoint-3", "checkpoint-5", "checkpoint-9"]
+    ckpt.rotate_checkpoints(tmp_path, keep=1, protect=tmp_path / "checkpoint-3")
+    assert names(tmp_path) == ["checkpoint-3", "checkpoint-5", "checkpoint-9"]  # protected survives
+
+
+def test_commit_replaces_an_incomplete_leftover_of_the_same_step(tmp_path):
+    (write(tmp_path, 8) / "manifest.json").unlink()
+    path = write(tmp_path, 8, payload=b"y" * 7)
+    assert ckpt.checkpoint_problem(path) is None
+    assert (path / "optimizer.pt").read_bytes() == b"y" * 7
+    assert names(tmp_path) == ["checkpoint-8"]
+
+
+# ----------------------------------------------------------------------------- model formats
+
+
+class Tied(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.head = torch.nn.Linear(4, 10, bias=False)
+        self.head.weight = self.embed.weight  # a shared tensor, stored once
+
+
+def perturbed(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    return model
+
+
+def assert_same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def test_plain_module_round_trips_as_safetensors(tmp_path):
+    torch.manual_seed(0)
+    source, target = perturbed(Tied()), Tied()
+    assert ckpt.save_model(source, tmp_path) == "state_dict"
+    ckpt.load_model(target, tmp_path, "state_dict")
+    assert_same_state(source, target)
+    assert target.head.weight is target.embed.weight  # still tied after loading
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from rlhfkit.models.tiny import train_tokenizer
+
+    return train_tokenizer(["the quick brown fox jumps over the lazy dog"] * 5, vocab_size=280)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])  # gpt_neox renames keys on save in transformers 5
+def test_transformers_model_round_trips_as_a_standard_folder(tmp_path, tokenizer, arch):
+    from transformers import AutoModelForCausalLM
+
+    from rlhfkit.models.tiny import build_tiny_model
+
+    source = perturbed(build_tiny_model(arch, "micro", tokenizer, seed=0))
+    target = build_tiny_model(arch, "micro", tokenizer, seed=1)
+    optimizer_params = list(target.parameters())
+    assert ckpt.save_model(source, tmp_path, tokenizer) == "transformers"
+    ckpt.load_model(target, tmp_path, "transformers")
+    assert_same_state(source, target)
+    assert all(a is b for a, b in zip(optimizer_params, target.parameters()))  # optimizer stays valid
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path)  # plain transformers reads the folder
+    assert_same_state(source, plain)
+    assert (tmp_path / "tokenizer.json").exists()
+
+
+def test_peft_adapter_round_trips(tmp_path, tokenizer):
+    peft = pytest.importorskip("peft")
+    from rlhfkit.models.tiny import build_tiny_model
+
+    def lora_model():
+        base = build_tiny_model("llama", "micro", tokenizer, seed=0)
+        return peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+
+    source, target = lora_model(), lora_model()
+    with torch.no_grad():
+        for p in source.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+    assert ckpt.save_model(source, tmp_path) == "peft"
+    assert (tmp_path / "adapter_config.json").exists() and not (tmp_path / "model.safetensors").exists()
+    ckpt.load_model(target, tmp_path, "peft")
+    assert_same_state(source, target)
+    with pytest.raises(ckpt.CheckpointError, match="same model setup"):
+        ckpt.load_model(Tied(), tmp_path, "peft")
+
+
+def test_save_folder_atomically_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "final"
+    ckpt.save_folder_atomically(target, lambda tmp: (tmp / "a.txt").write_text("one"))
+    assert (target / "a.txt").read_text() == "one"
+
+    def broken(tmp):
+        (tmp / "a.txt").write_text("two, half written")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_folder_atomically(target, broken)
+    assert (target / "a.txt").read_text() == "one"  # the previous folder is intact
+    ckpt.save_folder_atomically(target, lambda tmp: (tmp / "b.txt").write_text("three"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]  # no temporaries left
+    assert [p.name for p in target.iterdir()] == ["b.txt"]
