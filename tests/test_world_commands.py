@@ -39,7 +39,7 @@ def test_judge_file_scores_rows_and_counts_unknown_prompts(tmp_path, capsys):
 def test_judge_file_names_file_line_and_field_of_a_bad_row(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"prompt": "what is 7 plus 5?", "response": "12."}) + "\n{not json\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"bad.jsonl line 2: not valid JSON"):
         judge_file(path)
     path.write_text(json.dumps({"prompt": "what is 7 plus 5?"}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:1: field 'response'"):

@@ -6,6 +6,8 @@ import json
 import random
 from pathlib import Path
 
+from rlhfkit.errors import UserError
+
 from . import behaviours as bh
 from .judge import GoldJudge
 from .prompts import World
@@ -55,10 +57,10 @@ def judge_file(path: str | Path, out_path: str | Path | None = None, seed: int =
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+                raise UserError(f"{path} line {line_no}: not valid JSON ({e.msg}).") from None
             for key in ("prompt", "response"):
                 if not isinstance(row.get(key) if isinstance(row, dict) else None, str):
-                    raise ValueError(f"{path}:{line_no}: field {key!r} is missing or not a string")
+                    raise UserError(f"{path} line {line_no}, field \"{key}\": missing or not a string.")
             prompt = world.find(row["prompt"])
             if prompt is None:
                 unknown += 1
@@ -79,3 +81,32 @@ def judge_file(path: str | Path, out_path: str | Path | None = None, seed: int =
         if not key.startswith("behaviours/"):
             print(f"{key:32s} {value if value is None or isinstance(value, int) else f'{value:.3f}'}")
     return summary
+
+
+def configure(parser) -> None:
+    """``rlhfkit world build|show|judge``."""
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    build = sub.add_parser("build", help="train the tokenizer and pretrain the tiny base model (cached)")
+    build.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="WorldBuildConfig settings, e.g. seed=1 size=small cache_dir=.cache/rlhfkit")
+    show_p = sub.add_parser("show", help="sample prompts per family with gold-judged responses")
+    show_p.add_argument("--seed", type=int, default=0)
+    show_p.add_argument("-n", type=int, default=2, help="prompts per family")
+    judge_p = sub.add_parser("judge", help="score a JSON Lines file of {prompt, response} with the gold judge")
+    judge_p.add_argument("--responses", required=True, help="JSON Lines of {\"prompt\", \"response\"}")
+    judge_p.add_argument("--out", help="write each row with its behaviour, goal and utility here")
+    judge_p.add_argument("--seed", type=int, default=0)
+
+
+def main(args) -> int:
+    if args.action == "show":
+        show(args.seed, args.n)
+    elif args.action == "judge":
+        judge_file(args.responses, args.out, args.seed)
+    else:
+        from rlhfkit.config import load_config
+        from rlhfkit.worlds.build import WorldBuildConfig, build_world
+
+        assets = build_world(load_config(WorldBuildConfig, None, args.overrides))
+        print(f"world ready in {assets.root}")
+    return 0

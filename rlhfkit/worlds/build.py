@@ -1,0 +1,218 @@
+"""``rlhfkit world build``: the world's tokenizer, its pretrained tiny base model and its data files, cached.
+
+The only part of ``rlhfkit.worlds`` that trains a model (and so imports torch). Everything it writes goes
+into one folder per build setting, ``{cache_dir}/world-s{seed}-{arch}-{size}``::
+
+    tokenizer/          byte-level BPE trained on the base corpus, the world's chat template, EOS and pad
+    base/               the pretrained base model (standard HF folder) — the "text monster"
+    pretrain/           the pretraining run (checkpoints, metrics.jsonl) — a re-run resumes it
+    data/sft.jsonl      the SFT demonstrations fixed by the written spec (docs/world.md)
+    data/prompts_train.jsonl, data/prompts_eval.jsonl
+    build.json          what was built, with which settings, how long it took; written last
+
+A second call with the same settings finds ``build.json`` and returns at once; a killed build resumes
+its pretraining from the last checkpoint (the shared loop's promise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlhfkit.config import ConfigError
+from rlhfkit.worlds.corpus import build_base_corpus, build_sft_demonstrations
+from rlhfkit.worlds.prompts import World
+
+BUILD_MANIFEST = "build.json"
+BUILD_FORMAT = 1
+
+
+@dataclass
+class WorldBuildConfig:
+    seed: int = 0
+    """Seeds the world (almanac, prompts, corpora) and the base model's initialisation and data order."""
+    cache_dir: str = ".cache/rlhfkit"
+    """Root of the cache; each setting gets its own sub-folder, reused when complete."""
+    arch: str = "llama"
+    """Architecture of the base model (rlhfkit.models.tiny.ARCHS)."""
+    size: str = "small"
+    """Size of the base model (rlhfkit.models.tiny.SIZES): small ~1.1M parameters pretrains in ~3 minutes."""
+    vocab_size: int = 1024
+    """BPE vocabulary; the world's ~715 words plus punctuation fit as whole tokens."""
+    block_size: int = 64
+    """Packed pretraining rows of this many tokens (packing is ~2x faster than one padded transcript per row)."""
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_steps: int = 30
+    epochs: float = 1.0
+    """Passes over the packed base corpus (fractional allowed: the step count is rounded up)."""
+    threads: int = 0
+    """torch threads for pretraining; 0 keeps torch's default (all cores)."""
+
+    def validate(self) -> None:
+        from rlhfkit.models.tiny import ARCHS, SIZES
+
+        if self.arch not in ARCHS:
+            raise ConfigError(f"arch: unknown architecture {self.arch!r}; valid: {', '.join(ARCHS)}")
+        if self.size not in SIZES:
+            raise ConfigError(f"size: unknown size {self.size!r}; valid: {', '.join(SIZES)}")
+        if self.epochs <= 0:
+            raise ConfigError(f"epochs must be positive, got {self.epochs}")
+
+    def folder(self) -> Path:
+        return Path(self.cache_dir) / f"world-s{self.seed}-{self.arch}-{self.size}"
+
+
+@dataclass
+class WorldAssets:
+    """Paths of a finished build."""
+
+    root: Path
+    tokenizer_dir: Path
+    base_dir: Path
+    sft_file: Path
+    train_prompts_file: Path
+    eval_prompts_file: Path
+    manifest: dict
+
+    @classmethod
+    def at(cls, root: Path, manifest: dict) -> WorldAssets:
+        return cls(root, root / "tokenizer", root / "base", root / "data" / "sft.jsonl",
+                   root / "data" / "prompts_train.jsonl", root / "data" / "prompts_eval.jsonl", manifest)
+
+
+def load_built(cfg: WorldBuildConfig) -> WorldAssets | None:
+    """The finished build for ``cfg``, or None when there is none (or it was made with other settings)."""
+    root = cfg.folder()
+    try:
+        manifest = json.loads((root / BUILD_MANIFEST).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if manifest.get("format") != BUILD_FORMAT or manifest.get("config") != dataclasses.asdict(cfg):
+        return None
+    return WorldAssets.at(root, manifest)
+
+
+def world_documents(world: World, tokenizer, seed: int) -> tuple[list[str], int]:
+    """The base corpus as pretraining documents: fact lines as plain text, transcripts through the chat
+    template (so the base model learns the transcript format it will be prompted with). Shuffled together."""
+    import random
+
+    from rlhfkit.data.templates import render_conversation
+
+    corpus = build_base_corpus(world, seed=seed)
+    docs = list(corpus.facts)
+    docs += [render_conversation(tokenizer, prompt, response) for prompt, response in corpus.transcripts]
+    random.Random(f"documents-{seed}").shuffle(docs)
+    return docs, len(corpus.transcripts)
+
+
+def train_world_tokenizer(world: World, vocab_size: int, seed: int):
+    from rlhfkit.models.tiny import train_tokenizer
+
+    corpus = build_base_corpus(world, seed=seed)
+    texts = corpus.facts + [t for pair in corpus.transcripts for t in pair]
+    return train_tokenizer(texts, vocab_size=vocab_size, style="world")
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    from rlhfkit.data import write_rows
+
+    write_rows(path, rows)
+
+
+def build_world(cfg: WorldBuildConfig) -> WorldAssets:
+    """Build (or reuse) the world's tokenizer, base model and data files for ``cfg``."""
+    import torch
+
+    from rlhfkit.models.tiny import build_tiny_model, count_parameters
+    from rlhfkit.trainers.metrics_log import say
+    from rlhfkit.trainers.pretrain import PackedBlocks, pretrain, tokenize_documents
+    from rlhfkit.trainers.train_config import TrainConfig
+
+    cfg.validate()
+    done = load_built(cfg)
+    if done is not None:
+        say(f"world: reusing {done.root} (base model {done.manifest['base_parameters']:,} parameters)")
+        return done
+    root = cfg.folder()
+    root.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    started = time.perf_counter()
+    world = World.build(cfg.seed)
+
+    tokenizer_dir = root / "tokenizer"
+    tokenizer = train_world_tokenizer(world, cfg.vocab_size, cfg.seed)
+    tokenizer.save_pretrained(tokenizer_dir)
+    docs, n_transcripts = world_documents(world, tokenizer, cfg.seed)
+    held_out = max(1, len(docs) // 100)
+    eval_docs, train_docs = docs[:held_out], docs[held_out:]
+    t_corpus = time.perf_counter() - started
+
+    n_rows = len(PackedBlocks(tokenize_documents(tokenizer, train_docs), cfg.block_size))
+    max_steps = max(1, math.ceil(cfg.epochs * n_rows / cfg.batch_size))
+    train_cfg = TrainConfig(
+        output_dir=str(root / "pretrain"), seed=cfg.seed, lr=cfg.lr, lr_schedule="cosine",
+        warmup_steps=cfg.warmup_steps, max_steps=max_steps, per_device_batch_size=cfg.batch_size,
+        weight_decay=0.01, max_grad_norm=1.0, save_every=max(50, max_steps // 4), eval_every=max_steps,
+        log_every=max(10, max_steps // 20), keep_last_checkpoints=1,
+    )
+    model = build_tiny_model(cfg.arch, cfg.size, tokenizer, seed=cfg.seed, max_positions=512)
+    n_params = count_parameters(model)
+    say(f"world: pretraining a {n_params:,}-parameter {cfg.arch} on {len(train_docs):,} documents "
+        f"({n_rows:,} rows of {cfg.block_size} tokens, {max_steps} steps of {cfg.batch_size})")
+    t0 = time.perf_counter()
+    pretrain(train_docs, tokenizer, model, train_cfg, block_size=cfg.block_size, eval_texts=eval_docs)
+    t_pretrain = time.perf_counter() - t0
+    _install_base(root, train_cfg.output_dir)
+
+    data = root / "data"
+    _write_jsonl(data / "sft.jsonl", build_sft_demonstrations(world))
+    _write_jsonl(data / "prompts_train.jsonl",
+                 [{"prompt": p.text, "family": p.family} for p in world.train_prompts])
+    _write_jsonl(data / "prompts_eval.jsonl",
+                 [{"prompt": p.text, "family": p.family} for p in world.eval_prompts])
+    final_nll = _last_metric(Path(train_cfg.output_dir) / "metrics.jsonl", "eval/pretrain/nll")
+    manifest = {
+        "format": BUILD_FORMAT, "config": dataclasses.asdict(cfg), "base_parameters": n_params,
+        "vocab_size": len(tokenizer), "documents": len(docs), "transcripts": n_transcripts,
+        "pretrain_rows": n_rows, "pretrain_steps": max_steps,
+        "pretrain_tokens": max_steps * cfg.batch_size * cfg.block_size,
+        "seconds_corpus": round(t_corpus, 1), "seconds_pretrain": round(t_pretrain, 1),
+        "eval_nll": final_nll, "torch_threads": torch.get_num_threads(),
+    }
+    tmp = root / (BUILD_MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(root / BUILD_MANIFEST)
+    say(f"world: built in {time.perf_counter() - started:.0f} s (pretraining {t_pretrain:.0f} s); "
+        f"held-out NLL {final_nll}")
+    return WorldAssets.at(root, manifest)
+
+
+def _install_base(root: Path, pretrain_dir: str) -> None:
+    """Move the pretraining run's final folder to ``base/`` (replacing any older one atomically)."""
+    import os
+    import shutil
+
+    final, base = Path(pretrain_dir) / "final", root / "base"
+    if base.exists():
+        shutil.rmtree(base)
+    shutil.copytree(final, root / ".base.tmp", dirs_exist_ok=True)
+    os.replace(root / ".base.tmp", base)
+
+
+def _last_metric(path: Path, key: str) -> float | None:
+    value = None
+    try:
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if key in record:
+                value = record[key]
+    except FileNotFoundError:
+        return None
+    return value
