@@ -42,5 +42,5 @@ def test_judge_file_names_file_line_and_field_of_a_bad_row(tmp_path):
     with pytest.raises(ValueError, match=r"bad.jsonl line 2: not valid JSON"):
         judge_file(path)
     path.write_text(json.dumps({"prompt": "what is 7 plus 5?"}) + "\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl:1: field 'response'"):
+    with pytest.raises(ValueError, match=r'bad.jsonl line 1, field "response"'):
         judge_file(path)
