@@ -1,0 +1,294 @@
+"""PPO with a per-token KL penalty against the frozen reference (Ziegler et al. 2019; Ouyang et al. 2022).
+
+One step of :meth:`PPOTrainer.step`, as the algorithm reads:
+
+ 1. draw prompts     the shared loop hands this process its share of the step's prompts (order, resume position)
+ 2. generate         sample a response per prompt: logits ÷ temperature, top-p, up to max_new_tokens, stop at EOS
+ 3. score            the frozen reward model's normalised score; optionally a fixed penalty for a missing EOS
+ 4. forward once     logprobs (policy), ref_logprobs (reference), values (value model): once per rollout
+ 5. rewards          −β·KL_t at every response token, plus the score at the last one
+ 6. GAE              advantages and returns with (γ, λ)
+ 7. whiten           advantages to mean 0, std 1 over the rollout's response tokens
+ 8. PPO epochs       clipped policy loss + vf_coef · clipped value loss over shuffled minibatches
+ 9. KL controller    β ← update(β, measured KL)
+10. report           metrics, a few samples with their score and KL, the run doctor's warnings
+
+``rlhfkit ppo --config configs/ppo.yaml key=value …`` runs :func:`main`; :func:`train` is the library entry point
+(``scorer=`` replaces the reward model with any :class:`~rlhfkit.rollout.score.Scorer`). The metrics are
+documented in ``docs/metrics-ppo.md``, each detail's source in ``docs/implementation-details.md``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+
+from rlhfkit.config import load_config
+from rlhfkit.data import encode_prompt, format_encode_report, load_rows
+from rlhfkit.losses import gae, per_token_rewards, ppo_policy_loss, ppo_value_loss
+from rlhfkit.ops import explained_variance, masked_mean, masked_sum, masked_whiten
+from rlhfkit.rollout.experience import Rollout
+from rlhfkit.rollout.generate import generate
+from rlhfkit.rollout.score import Scorer, ends_with_eos, response_texts
+from rlhfkit.trainers.determinism import derive_seed, seed_everything
+from rlhfkit.trainers.kl_control import AdaptiveKLController, FixedKLController
+from rlhfkit.trainers.loop import RunSummary, TrainLoop
+from rlhfkit.trainers.metrics_log import say
+from rlhfkit.trainers.ppo_config import SAFE_TO_CHANGE_ON_RESUME, KLConfig, PPOConfig
+from rlhfkit.trainers.ppo_models import PPOModels, build_ppo_models, param_groups, save_trained
+from rlhfkit.trainers.run_doctor import diagnose
+
+KL_CONTROLLERS = {
+    "fixed": lambda kl: FixedKLController(kl.init_coef),
+    "adaptive": lambda kl: AdaptiveKLController(kl.init_coef, kl.target, kl.horizon),
+}
+
+
+def make_kl_controller(kl: KLConfig):
+    if kl.controller not in KL_CONTROLLERS:
+        raise ValueError(f"unknown kl.controller {kl.controller!r}; valid: {', '.join(KL_CONTROLLERS)}")
+    return KL_CONTROLLERS[kl.controller](kl)
+
+
+class SamplingRNG:
+    """The generators PPO draws from — responses (on the model's device) and minibatch order (CPU); saved in
+    every checkpoint, so a resumed run samples exactly what the uninterrupted run would have."""
+
+    def __init__(self, seed: int, device: torch.device | str = "cpu") -> None:
+        self.sampling = torch.Generator(device=device).manual_seed(seed)
+        self.shuffle = torch.Generator().manual_seed(derive_seed(seed, "minibatches"))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"sampling": self.sampling.get_state(), "shuffle": self.shuffle.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.sampling.set_state(state["sampling"])
+        self.shuffle.set_state(state["shuffle"])
+
+
+class PPOTrainer:
+    """One PPO step at a time on a running :class:`TrainLoop` (``__init__`` only stores its collaborators)."""
+
+    def __init__(self, cfg: PPOConfig, models: PPOModels, loop: TrainLoop, kl_controller, rng: SamplingRNG,
+                 prompts: list[Any], eval_set: tuple[list, list] | None = None) -> None:
+        self.cfg, self.models, self.loop = cfg, models, loop
+        self.kl_controller, self.rng = kl_controller, rng
+        self.prompts = prompts  # the rows' prompts (text or messages), by dataset index
+        self.eval_set = eval_set
+        self.history: list[dict[str, float]] = []  # for the run doctor
+        self.warned_at: dict[str, int] = {}
+        self.last_rollout: Rollout | None = None  # the latest step's rollout, every field filled (for inspection)
+
+    def step(self, batch: list, number: int) -> dict[str, float]:
+        """One PPO iteration on this process's ``batch`` of encoded prompts; returns the step's metrics."""
+        cfg = self.cfg
+        # 1. Draw prompts: this process's share of the step, in the loop's (resumable) data order.
+        prompts = [self.prompts[example.index] for example in batch]
+        # 2.–4. Generate, score, then logprobs / ref_logprobs / values — each once per rollout.
+        rollout, extras = self.collect(batch, prompts, self.rng.sampling)
+        mask = rollout.response_mask
+        # 5. Per-token rewards: −β·KL_t at every token, the score added at the last (Ziegler et al. 2019, Eq. 2).
+        beta = self.kl_controller.value
+        shaped = per_token_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, mask, beta,
+                                   cfg.kl.estimator)
+        # 6. GAE: the episode ends at the last response token (bootstrap value 0 after it).
+        advantages, returns = gae(shaped.rewards, rollout.values, mask, cfg.ppo.gamma, cfg.ppo.lam)
+        # 7. Whiten advantages over the whole rollout (lm-human-preferences); returns stay unwhitened.
+        if cfg.ppo.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        rollout = rollout.replace(kl=shaped.kl, rewards=shaped.rewards, advantages=advantages,
+                                  returns=returns).validate()
+        # 8. PPO epochs over shuffled minibatches: clipped policy loss + vf_coef · clipped value loss.
+        update_stats = self.ppo_epochs(rollout)
+        self.last_rollout = rollout
+        metrics = self.across_processes({**rollout_metrics(rollout, extras, beta), **update_stats})
+        # 9. KL controller: β moves towards the target KL (adaptive) or stays (fixed).
+        self.kl_controller.update(metrics["objective/kl"], len(rollout) * self.loop.num_processes)
+        # 10. Report: samples with their score and KL, the run doctor.
+        self.report(number, rollout, prompts, metrics)
+        return metrics
+
+    @torch.no_grad()
+    def collect(self, batch: list, prompts: list, generator: torch.Generator) -> tuple[Rollout, dict]:
+        """Generate → score → forward once, ``rollout.chunk_size`` prompts at a time; one :class:`Rollout`."""
+        cfg, models = self.cfg, self.models
+        device = self.loop.device
+        size = cfg.rollout.chunk_size or len(batch)
+        parts, extras = [], defaultdict(list)
+        for start in range(0, len(batch), size):
+            generation = generate(  # left-padded prompts, right-padded responses
+                models.actor_critic.language_model, [e.prompt_ids for e in batch[start : start + size]],
+                max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, eos_token_id=models.eos_token_ids,
+                pad_token_id=models.tokenizer.pad_token_id, generator=generator)
+            ids = (generation.prompt_ids, generation.prompt_mask, generation.response_ids, generation.response_mask)
+            # through the loop's (prepared) module: the same numerics as the updates, so the ratio starts at 1
+            logprobs, entropy, values = self.loop.model(*ids, cfg.rollout.temperature, with_entropy=True)
+            rollout = Rollout(*ids, logprobs=logprobs, values=values,
+                              ref_logprobs=models.reference_logprobs(*ids, cfg.rollout.temperature))
+            score = models.scorer(prompts[start : start + size], rollout).to(device).float()  # (B,)
+            ended = ends_with_eos(rollout, models.eos_token_ids)
+            penalty = cfg.ppo.missing_eos_penalty  # Huang et al. 2024: a response with no EOS gets a fixed score
+            scores = score if penalty is None else torch.where(ended, score, torch.full_like(score, penalty))
+            parts.append(rollout.replace(scores=scores))
+            extras["rm_scores"].append(score)
+            extras["ended_with_eos"].append(ended)
+            extras["entropy"].append(masked_sum(entropy, rollout.response_mask, dim=1))  # (B,) nats per sequence
+        return Rollout.cat(parts).validate(), {k: torch.cat(v) for k, v in extras.items()}
+
+    def ppo_epochs(self, rollout: Rollout) -> dict[str, float]:
+        """``ppo.epochs`` passes over ``rollout`` in shuffled minibatches; the mean (max for ratio) statistics."""
+        sums: dict[str, float] = defaultdict(float)
+        ratio_max, updates = 0.0, 0
+        for _epoch in range(self.cfg.ppo.epochs):
+            for minibatch in rollout.minibatches(self.cfg.ppo.minibatch_size, generator=self.rng.shuffle):
+                stats = self.update(minibatch)
+                ratio_max = max(ratio_max, stats.pop("ppo/ratio/max"))
+                for key, value in stats.items():
+                    sums[key] += value
+                updates += 1
+        return {**{k: v / updates for k, v in sums.items()}, "ppo/ratio/max": ratio_max}
+
+    def update(self, minibatch: Rollout) -> dict[str, float]:
+        """One optimizer step: token-mean of ``policy loss + vf_coef · value loss`` over the minibatch,
+        accumulated over micro-batches of ``ppo.micro_batch_size`` rows (each weighted by its tokens)."""
+        loop, p, temperature = self.loop, self.cfg.ppo, self.cfg.rollout.temperature
+        n_tokens = float(minibatch.response_mask.sum())
+        size = p.micro_batch_size or len(minibatch)
+        parts = [minibatch.index_select(range(i, min(i + size, len(minibatch))))
+                 for i in range(0, len(minibatch), size)]
+        stats: dict[str, float] = defaultdict(float)
+        for i, part in enumerate(parts):
+            mask = part.response_mask
+            with loop.no_sync(i < len(parts) - 1):
+                logprobs, _, values = loop.model(part.query_ids, part.query_mask, part.response_ids, mask,
+                                                 temperature)
+                policy = ppo_policy_loss(logprobs, part.logprobs, part.advantages, mask, p.clip_range)
+                value = ppo_value_loss(values, part.values, part.returns, mask, p.value_clip_range)
+                loss = (masked_sum(policy.losses, mask) + p.vf_coef * masked_sum(value.losses, mask)) / n_tokens
+                loop.backward(loss)
+            share = float(mask.sum()) / n_tokens
+            for key, tensor in (("ppo/policy/loss", masked_mean(policy.losses, mask)),
+                                ("ppo/val/loss", masked_mean(value.losses, mask)),
+                                ("ppo/policy/clipfrac", policy.clipfrac), ("ppo/policy/approxkl", policy.approxkl),
+                                ("ppo/val/clipfrac", value.clipfrac), ("ppo/ratio/mean", policy.ratio_mean)):
+                stats[key] += share * float(tensor.detach())
+            stats["ppo/ratio/max"] = max(stats["ppo/ratio/max"], float(policy.ratio_max))
+        loop.optimizer_step()
+        return stats
+
+    def across_processes(self, metrics: dict[str, Any]) -> dict[str, float]:
+        """Mean over processes (max for ``…/max``); identity with one process."""
+        values = {k: float(v) for k, v in metrics.items()}
+        if self.loop.num_processes == 1:
+            return values
+        keys = sorted(values)
+        local = torch.tensor([[values[k] for k in keys]], dtype=torch.float64, device=self.loop.device)
+        table = self.loop.accelerator.gather(local)  # (processes, metrics)
+        return {k: float(table[:, i].max() if k.endswith("/max") else table[:, i].mean())
+                for i, k in enumerate(keys)}
+
+    def report(self, number: int, rollout: Rollout, prompts: list, metrics: dict[str, float]) -> None:
+        """Print samples at log steps; run the doctor on the history, printing each kind of warning
+        at most once per 20 steps and recording it as an event in ``metrics.jsonl``."""
+        loop = self.loop
+        self.history.append({"step": number, **metrics})
+        if not loop.is_main_process:
+            return
+        shown = min(self.cfg.rollout.print_samples, len(rollout))
+        if shown and number % self.cfg.train.log_every == 0:
+            texts = response_texts(self.models.tokenizer, rollout.index_select(range(shown)), self.models.eos_token_ids)
+            kl = masked_sum(rollout.logprobs - rollout.ref_logprobs, rollout.response_mask, dim=1)
+            for i, text in enumerate(texts):
+                prompt = prompts[i] if isinstance(prompts[i], str) else prompts[i][-1].content
+                say(f"[step {number} sample {i}] score {float(rollout.scores[i]):+.3f} KL {float(kl[i]):.3f} | "
+                    f"{prompt[-80:]!r} → {text[:160]!r}")
+        for warning in diagnose(self.history):
+            if number - self.warned_at.get(warning.kind, -10**9) >= 20:
+                self.warned_at[warning.kind] = number
+                say(f"run doctor: {warning}")
+                loop.metrics.event("doctor", number, kind=warning.kind, message=warning.message, fix=warning.fix)
+
+    def evaluate(self, _model: Any = None) -> dict[str, float]:
+        """Held-out prompts, sampled with a fixed seed: score, KL, length, EOS rate (``eval/…``)."""
+        batch, prompts = self.eval_set
+        generator = torch.Generator(device=self.loop.device).manual_seed(derive_seed(self.cfg.train.seed, "eval"))
+        rollout, extras = self.collect(batch, prompts, generator)
+        kl = masked_sum(rollout.logprobs - rollout.ref_logprobs, rollout.response_mask, dim=1)
+        return {"eval/score": float(extras["rm_scores"].mean()), "eval/kl": float(kl.mean()),
+                "eval/length_mean": float(rollout.response_lengths.float().mean()),
+                "eval/eos_rate": float(extras["ended_with_eos"].float().mean())}
+
+
+def rollout_metrics(rollout: Rollout, extras: dict[str, torch.Tensor], beta: float) -> dict[str, Any]:
+    """The ``objective/``, ``ppo/val|returns/`` and ``response/`` metrics of one rollout (docs/metrics-ppo.md)."""
+    mask = rollout.response_mask
+    lengths = rollout.response_lengths.float()  # (B,)
+    kl_k1 = masked_sum(rollout.logprobs - rollout.ref_logprobs, mask, dim=1)  # (B,) nats per sequence
+    return {
+        "objective/score": rollout.scores.mean(),
+        "objective/rm_score": extras["rm_scores"].mean(),
+        "objective/kl": kl_k1.mean(),
+        "objective/kl_penalty": rollout.kl.sum(dim=1).mean(),
+        "objective/kl_coef": beta,
+        "objective/entropy": extras["entropy"].mean(),
+        "objective/entropy_per_token": extras["entropy"].sum() / lengths.sum(),
+        "objective/rlhf_reward": rollout.rewards.sum(dim=1).mean(),  # score − β·Σ_t kl_t
+        "ppo/val/var_explained": explained_variance(rollout.values, rollout.returns, mask),
+        "ppo/val/mean": masked_mean(rollout.values, mask),
+        "ppo/returns/mean": masked_mean(rollout.returns, mask),
+        "response/length_mean": lengths.mean(),
+        "response/eos_rate": extras["ended_with_eos"].float().mean(),
+    }
+
+
+def load_prompts(path: str, cfg: PPOConfig, tokenizer) -> tuple[list, list]:
+    """``(encoded prompts, the rows' prompts)`` of a ``{"prompt"}`` file, validated before any training."""
+    rows = load_rows(path, "prompt", empty=cfg.data.empty).rows
+    encoded, report = encode_prompt(tokenizer, rows, max_prompt_length=cfg.data.max_prompt_length,
+                                    template=cfg.data.template)
+    if report.n_truncated_prompt:
+        say(format_encode_report(report, path))
+    return encoded, [row.prompt for row in rows]
+
+
+def train(cfg: PPOConfig, *, scorer: Scorer | None = None) -> RunSummary:
+    """Run (or resume) PPO as configured; write checkpoints, ``metrics.jsonl``, then ``final/`` (the policy)
+    and ``value_model/`` in ``train.output_dir``. Returns the loop's summary."""
+    seed_everything(cfg.train.seed)
+    models = build_ppo_models(cfg, scorer)
+    prompts, prompt_rows = load_prompts(cfg.data.train_file, cfg, models.tokenizer)
+    eval_set = load_prompts(cfg.data.eval_file, cfg, models.tokenizer) if cfg.data.eval_file else None
+    kl_controller = make_kl_controller(cfg.kl)
+    actor_critic = models.actor_critic
+    groups = param_groups(actor_critic, cfg.train.lr, cfg.value_model.lr, cfg.train.weight_decay)
+    process = PartialState()  # the process layout, known before the loop builds its Accelerator
+    rng = SamplingRNG(derive_seed(cfg.train.seed, "sampling", process.process_index), process.device)
+    trainer: PPOTrainer | None = None
+    loop = TrainLoop(cfg.train, actor_critic, run_config=cfg, param_groups=groups,
+                     stage_state={"kl_controller": kl_controller, "sampling_rng": rng},
+                     eval_fn=(lambda _model: trainer.evaluate()) if eval_set else None,
+                     safe_to_change=SAFE_TO_CHANGE_ON_RESUME)
+    trainer = PPOTrainer(cfg, models, loop, kl_controller, rng, prompt_rows, eval_set)
+    with loop:
+        models.to(loop.device)
+        for step in loop.steps(prompts, list):
+            loop.finish_step(trainer.step(step.batch, step.number))
+    summary = loop.summary
+    out = Path(cfg.train.output_dir)
+    finished = summary.status == "completed" or (summary.status == "already_complete"
+                                                  and not (out / "final").exists())
+    if loop.is_main_process and finished:
+        saved = save_trained(models, cfg, out)
+        say("ppo: saved " + ", ".join(f"the {name} in {path}" for name, path in saved.items()))
+    return summary
+
+
+def main(args) -> int:
+    cfg = load_config(PPOConfig, args.config, getattr(args, "overrides", []) or [])
+    train(cfg)
+    return 0

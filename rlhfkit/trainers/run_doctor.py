@@ -1,0 +1,161 @@
+"""The run doctor: a PPO run's metrics history in, warnings with a concrete fix out. Pure; standard library only.
+
+Each check reads the metrics of ``docs/metrics-ppo.md`` from the history (one dict per step, oldest first; rows
+without a metric, e.g. event lines, are skipped for that metric) and looks at the last ``window`` steps, so that
+one noisy step does not raise an alarm — except exploding importance ratios, which are wrong even once.
+
+=====================  ===========================================  ===============================================
+kind                   fires when                                   usual cause
+=====================  ===========================================  ===============================================
+``negative_kl``        objective/kl (k1) < −tolerance on average     reference and policy read different tokens or
+                       and < 0 at every step of the window           templates, or logprobs not ÷ temperature
+``ratio_explosion``    ppo/ratio/max > ratio_max                     lr too high, too many epochs, old logprobs that
+                                                                     do not match the sampling policy
+``clipfrac_high``      ppo/policy/clipfrac > clipfrac_high           updates too large for the trust region
+``clipfrac_collapse``  clipfrac and approxkl ≈ 0 over the window     the policy does not move
+``entropy_collapse``   entropy per token < entropy_floor × its start  the policy turned (near) deterministic
+``length_drift``       response length ×/÷ length_factor from start,  the reward model prefers length, or
+                       or EOS rate down to < eos_floor × its start    responses stopped ending
+=====================  ===========================================  ===============================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DoctorWarning:
+    kind: str  # one of the kinds in the module docstring
+    step: int | None  # the last step of the history the warning is about
+    message: str  # what was measured
+    fix: str  # what to try
+
+    def __str__(self) -> str:
+        where = f"step {self.step}: " if self.step is not None else ""
+        return f"{where}{self.message} — try: {self.fix}"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    window: int = 3  # steps a condition must hold (the last `window` values of the metric)
+    kl_tolerance: float = 0.05  # nats per sequence below 0 that the window's mean KL may reach
+    ratio_max: float = 10.0
+    clipfrac_high: float = 0.3
+    clipfrac_low: float = 1e-4
+    approxkl_low: float = 1e-6
+    entropy_floor: float = 0.2  # fraction of the starting entropy per token
+    length_factor: float = 2.0  # mean length multiplied or divided by this from the start
+    eos_floor: float = 0.5  # fraction of the starting EOS rate
+
+
+def _series(history: Sequence[Mapping[str, object]], key: str) -> list[tuple[int | None, float]]:
+    """(step, value) of every row holding a finite number under ``key``."""
+    out = []
+    for row in history:
+        value = row.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            step = row.get("step")
+            out.append((step if isinstance(step, int) else None, float(value)))
+    return out
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _recent(series: list[tuple[int | None, float]], n: int) -> list[float] | None:
+    return [v for _, v in series[-n:]] if len(series) >= n else None
+
+
+def _check_kl(history, t: Thresholds) -> list[DoctorWarning]:
+    series = _series(history, "objective/kl")
+    recent = _recent(series, t.window)
+    if recent is None or not (all(v < 0 for v in recent) and _mean(recent) < -t.kl_tolerance):
+        return []
+    return [DoctorWarning(
+        "negative_kl", series[-1][0],
+        f"objective/kl is negative ({_mean(recent):.3f} nats/sequence over the last {t.window} steps); a k1 "
+        "estimate of KL(π‖π_ref) on the policy's own samples is ≥ 0 on average, so the log-probs disagree",
+        "check that the reference and the policy share the tokenizer and chat template, that both log-probs "
+        "use logits ÷ rollout.temperature, and that top_p/top_k are off (they sample from another distribution)")]
+
+
+def _check_ratio(history, t: Thresholds) -> list[DoctorWarning]:
+    series = _series(history, "ppo/ratio/max")
+    if not series or series[-1][1] <= t.ratio_max:
+        return []
+    step, value = series[-1]
+    return [DoctorWarning(
+        "ratio_explosion", step,
+        f"ppo/ratio/max is {value:.3g} (> {t.ratio_max:g}): some tokens became far likelier than when sampled",
+        "lower train.lr, use fewer ppo.epochs or a smaller ppo.clip_range, and check that the rollout's old "
+        "logprobs match the sampling policy (same temperature, dropout off)")]
+
+
+def _check_clipfrac(history, t: Thresholds) -> list[DoctorWarning]:
+    clip, approxkl = _series(history, "ppo/policy/clipfrac"), _series(history, "ppo/policy/approxkl")
+    recent_clip, recent_kl = _recent(clip, t.window), _recent(approxkl, t.window)
+    if recent_clip is None:
+        return []
+    if min(recent_clip) > t.clipfrac_high:
+        return [DoctorWarning(
+            "clipfrac_high", clip[-1][0],
+            f"ppo/policy/clipfrac is {_mean(recent_clip):.2f} over the last {t.window} steps (> {t.clipfrac_high}): "
+            "most updates leave the trust region",
+            "lower train.lr, use fewer ppo.epochs or larger ppo.minibatch_size")]
+    if max(recent_clip) < t.clipfrac_low and (recent_kl is None or max(recent_kl) < t.approxkl_low):
+        return [DoctorWarning(
+            "clipfrac_collapse", clip[-1][0],
+            f"ppo/policy/clipfrac ≈ 0 and approxkl ≈ 0 for {t.window} steps: the policy is not moving",
+            "raise train.lr (check the schedule has not decayed it to 0), and check the advantages are not all "
+            "zero (a constant score, or kl.init_coef so large that the KL term dominates)")]
+    return []
+
+
+def _check_entropy(history, t: Thresholds) -> list[DoctorWarning]:
+    series = _series(history, "objective/entropy_per_token")
+    if len(series) < 2 * t.window:
+        return []
+    start, now = _mean([v for _, v in series[: t.window]]), _mean(_recent(series, t.window))
+    if not (start > 0 and now < t.entropy_floor * start):
+        return []
+    return [DoctorWarning(
+        "entropy_collapse", series[-1][0],
+        f"entropy per token fell from {start:.3f} to {now:.3f} nats (< {t.entropy_floor:g} × its start): the "
+        "policy is close to deterministic and will stop exploring",
+        "raise kl.init_coef (or lower kl.target), lower train.lr, or check the reward model is not "
+        "rewarding one fixed answer")]
+
+
+def _check_length(history, t: Thresholds) -> list[DoctorWarning]:
+    warnings = []
+    lengths = _series(history, "response/length_mean")
+    if len(lengths) >= 2 * t.window:
+        start, now = _mean([v for _, v in lengths[: t.window]]), _mean(_recent(lengths, t.window))
+        if start > 0 and (now > t.length_factor * start or now < start / t.length_factor):
+            warnings.append(DoctorWarning(
+                "length_drift", lengths[-1][0],
+                f"mean response length drifted from {start:.1f} to {now:.1f} tokens",
+                "the reward model may be scoring length: check its scores against length, raise kl.init_coef, "
+                "set ppo.missing_eos_penalty so over-long responses cost, or lower rollout.max_new_tokens"))
+    eos = _series(history, "response/eos_rate")
+    if len(eos) >= 2 * t.window and not warnings:
+        start, now = _mean([v for _, v in eos[: t.window]]), _mean(_recent(eos, t.window))
+        if start > 0 and now < t.eos_floor * start:
+            warnings.append(DoctorWarning(
+                "length_drift", eos[-1][0],
+                f"the EOS rate fell from {start:.2f} to {now:.2f}: responses stop ending and run to max_new_tokens",
+                "set ppo.missing_eos_penalty (e.g. -1) so unfinished responses cost, raise kl.init_coef"))
+    return warnings
+
+
+CHECKS = (_check_kl, _check_ratio, _check_clipfrac, _check_entropy, _check_length)
+
+
+def diagnose(history: Sequence[Mapping[str, object]], thresholds: Thresholds | None = None) -> list[DoctorWarning]:
+    """Warnings about the run so far (empty when healthy). ``history``: metric dicts per step, oldest first."""
+    t = thresholds or Thresholds()
+    return [warning for check in CHECKS for warning in check(history, t)]

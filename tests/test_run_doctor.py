@@ -1,0 +1,101 @@
+"""The run doctor on synthetic metric histories: each symptom gives its warning with a fix; healthy runs give none."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlhfkit.trainers.run_doctor import Thresholds, diagnose
+
+
+def healthy_row(step: int) -> dict:
+    """A plausible healthy step: KL growing slowly, moderate clipping, entropy and length roughly stable."""
+    return {"step": step, "objective/kl": 0.1 * step, "ppo/ratio/max": 1.8, "ppo/policy/clipfrac": 0.05,
+            "ppo/policy/approxkl": 0.002, "objective/entropy_per_token": 2.0 - 0.01 * step,
+            "response/length_mean": 20.0 + 0.2 * step, "response/eos_rate": 0.95}
+
+
+def history(n: int = 12, **changes) -> list[dict]:
+    """``n`` healthy steps; ``changes[key]`` = function(step) -> value overrides that metric."""
+    rows = [healthy_row(step) for step in range(1, n + 1)]
+    for row in rows:
+        for key, fn in changes.items():
+            row[key.replace("__", "/")] = fn(row["step"])
+    return rows
+
+
+def kinds(rows, **kwargs) -> list[str]:
+    return [w.kind for w in diagnose(rows, **kwargs)]
+
+
+def test_healthy_run_and_empty_history_give_no_warning():
+    assert diagnose([]) == []
+    assert diagnose(history()) == []
+    assert diagnose(history(2)) == []
+
+
+def test_negative_kl_needs_a_sustained_negative_mean():
+    rows = history(**{"objective__kl": lambda s: -0.3})
+    (warning,) = diagnose(rows)
+    assert warning.kind == "negative_kl" and warning.step == 12 and "-0.300" in warning.message
+    assert "tokenizer" in warning.fix and "temperature" in warning.fix
+    # one negative step among positive ones is noise, not a symptom
+    assert kinds(history(**{"objective__kl": lambda s: -0.3 if s == 12 else 0.2})) == []
+    # slightly negative, within the tolerance of a noisy k1 estimate
+    assert kinds(history(**{"objective__kl": lambda s: -0.01})) == []
+
+
+def test_ratio_explosion_fires_on_a_single_step():
+    rows = history(**{"ppo__ratio__max": lambda s: 25.0 if s == 12 else 1.5})
+    (warning,) = diagnose(rows)
+    assert warning.kind == "ratio_explosion" and "25" in warning.message
+    assert "train.lr" in warning.fix and "ppo.epochs" in warning.fix
+    assert kinds(history(**{"ppo__ratio__max": lambda s: 25.0 if s == 5 else 1.5})) == []  # recovered since
+    assert kinds(rows, thresholds=Thresholds(ratio_max=30)) == []
+
+
+def test_clip_fraction_high_and_collapsed():
+    high = history(**{"ppo__policy__clipfrac": lambda s: 0.5})
+    assert kinds(high) == ["clipfrac_high"]
+    collapsed = history(**{"ppo__policy__clipfrac": lambda s: 0.0, "ppo__policy__approxkl": lambda s: 0.0})
+    (warning,) = diagnose(collapsed)
+    assert warning.kind == "clipfrac_collapse" and "train.lr" in warning.fix
+    # no clipping but the policy still moves (approxkl > 0): small updates, not a collapse
+    assert kinds(history(**{"ppo__policy__clipfrac": lambda s: 0.0})) == []
+
+
+def test_entropy_collapse_is_relative_to_the_start():
+    rows = history(**{"objective__entropy_per_token": lambda s: 2.0 if s <= 6 else 0.2})
+    (warning,) = diagnose(rows)
+    assert warning.kind == "entropy_collapse" and "2.000" in warning.message and "kl.init_coef" in warning.fix
+    assert kinds(history(**{"objective__entropy_per_token": lambda s: 2.0 if s <= 6 else 1.0})) == []
+
+
+@pytest.mark.parametrize("late_length", [60.0, 8.0])
+def test_length_drift_either_way(late_length):
+    rows = history(**{"response__length_mean": lambda s: 20.0 if s <= 6 else late_length})
+    (warning,) = diagnose(rows)
+    assert warning.kind == "length_drift" and "missing_eos_penalty" in warning.fix
+
+
+def test_eos_rate_drop_is_a_length_drift():
+    rows = history(**{"response__eos_rate": lambda s: 0.9 if s <= 6 else 0.2})
+    (warning,) = diagnose(rows)
+    assert warning.kind == "length_drift" and "EOS rate" in warning.message
+
+
+def test_rows_without_the_metric_are_skipped():
+    rows = history(**{"objective__kl": lambda s: -0.3})
+    rows.insert(6, {"event": "resume", "step": 6})
+    rows.append({"step": 12, "eval/score": 0.1})  # an eval-only row
+    assert kinds(rows) == ["negative_kl"]
+    for row in rows:
+        row.pop("objective/kl", None)
+    assert kinds(rows) == []
+
+
+def test_several_problems_at_once_and_str():
+    rows = history(**{"objective__kl": lambda s: -1.0, "ppo__ratio__max": lambda s: 50.0,
+                      "ppo__policy__clipfrac": lambda s: 0.6})
+    warnings = diagnose(rows)
+    assert [w.kind for w in warnings] == ["negative_kl", "ratio_explosion", "clipfrac_high"]
+    assert str(warnings[1]).startswith("step 12: ppo/ratio/max is 50") and " — try: " in str(warnings[1])
