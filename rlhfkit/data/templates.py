@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from rlhfkit.data.rows import Message, Prompt, Response
+from rlhfkit.errors import UserError
 
 RAW = "raw"
 
@@ -34,7 +35,7 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError):
     """The chat template cannot render this prompt/response with an exact boundary."""
 
 
