@@ -1,0 +1,226 @@
+"""Supervised fine-tuning (``rlhfkit sft``): learn the demonstrations' responses, loss on response tokens only.
+
+    rlhfkit sft --config configs/sft.yaml data.train_file=demos.jsonl train.output_dir=runs/sft
+
+1. **Check before any work**: the config (types, cross-field rules), the model folder, the tokenizer and
+   every data row (file, line and field named) — nothing is written before all of them pass.
+2. **Encode**: chat template, prompt/response boundary, truncation; the encode report (rows truncated,
+   dropped) is printed and saved in ``train.output_dir/data_report.json``.
+3. **Train** on the shared loop: loss ``Σ_tokens −log p(y_t | y_<t) / (response tokens of the global batch)``
+   — a token-weighted mean over the whole global batch, exact under gradient accumulation
+   (``weight_fn`` = target tokens per micro-batch). Optional packing (several examples per row, attention
+   and positions restarting at each example: see :mod:`rlhfkit.trainers.pretrain`). Full or LoRA.
+4. **Save** ``train.output_dir/final``: merged weights (a plain ``AutoModelForCausalLM`` folder), or with
+   ``lora.enabled=true lora.save_merged=false`` the PEFT adapter folder whose base is ``model.path`` —
+   plus the tokenizer and ``rlhfkit_sft.yaml`` (the resolved config).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.config import ConfigError, load_config, save_config
+from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig
+from rlhfkit.trainers.train_config import TrainConfig
+
+
+@dataclass
+class SFTLoraConfig(LoraConfig):
+    save_merged: bool = True
+    """Save ``final`` as merged weights (a plain model folder); false: the PEFT adapter folder."""
+
+
+@dataclass
+class SFTConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: SFTLoraConfig = field(default_factory=SFTLoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    packing: bool = False
+    """Pack several examples into each row of up to ``data.max_length`` tokens (less padding, same loss;
+    attention and position ids restart at every example). Rows, not examples, are then the loop's units:
+    ``per_device_batch_size`` counts packed rows."""
+
+    def validate(self) -> None:
+        if self.lora.save_merged is False and not self.lora.enabled:
+            raise ConfigError("lora.save_merged=false needs lora.enabled=true (there is no adapter to save)")
+
+
+# Stage keys a resumed run may change: they never touch the weights' trajectory (evaluation runs under a
+# saved-and-restored RNG state; save_merged only shapes the export after the last step).
+SAFE_TO_CHANGE_ON_RESUME = ("data.eval_file", "lora.save_merged")
+
+
+@dataclass
+class SFTResult:
+    final_dir: Path
+    status: str  # the loop's: "completed" or "already_complete"
+    metrics: dict[str, Any]  # the last step's log line (train and eval metrics)
+
+
+def main(args) -> int:
+    """``rlhfkit sft [--config FILE] key=value…``"""
+    config = load_config(SFTConfig, args.config, args.overrides)
+    result = train_sft(config)
+    print(f"sft: {result.status}; model saved in {result.final_dir}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- 1–2: checks and encoding
+
+
+@dataclass
+class SFTData:
+    train: list[Any]  # EncodedSFT, or PackedRow when packing
+    eval: list[Any] | None
+    report: dict[str, Any]  # what encoding changed, saved as data_report.json
+
+
+def check_model_folder(cfg_model: ModelConfig, max_length: int, lora_enabled: bool = False,
+                       save_merged: bool = True):
+    """Validate the model folder (cheap: config and files only, no weights loaded) and ``max_length``
+    against its positions; return its tokenizer."""
+    from rlhfkit.models.load import _adapter_base_path, is_adapter_folder, load_tokenizer, read_model_config
+
+    folder = Path(cfg_model.path)
+    if is_adapter_folder(folder):
+        if lora_enabled and not save_merged:
+            raise ConfigError(f"model.path {cfg_model.path} is an adapter folder: a new adapter saved "
+                              "unmerged would lose it; use lora.save_merged=true")
+        folder = _adapter_base_path(folder.resolve(), None)
+    check_lengths(read_model_config(folder), max_length)
+    return load_tokenizer(cfg_model.path)
+
+
+def load_sft_data(cfg: SFTConfig, tokenizer) -> SFTData:
+    """Validate every row of the train (and eval) file, encode, pack if asked; print the encode report."""
+    from rlhfkit.data import encode_sft, format_encode_report, load_rows
+    from rlhfkit.trainers.metrics_log import say
+    from rlhfkit.trainers.pretrain import pack_examples
+
+    report: dict[str, Any] = {}
+    encoded = {}
+    for split, path in (("train", cfg.data.train_file), ("eval", cfg.data.eval_file)):
+        if path is None:
+            continue
+        loaded = load_rows(path, "sft", empty=cfg.data.empty)
+        say(loaded.summary())
+        examples, enc = encode_sft(tokenizer, loaded.rows, max_length=cfg.data.max_length,
+                                   max_prompt_length=cfg.data.max_prompt_length, template=cfg.data.template)
+        say(format_encode_report(enc, f"sft {split}"))
+        report[split] = {"file": str(path), "rows_read": loaded.n_read, "rows_dropped_loading": loaded.n_dropped,
+                         "rows_warned": loaded.n_warned, **dataclasses.asdict(enc), "rows_kept": enc.n_kept}
+        encoded[split] = examples
+    train, evaluation = encoded["train"], encoded.get("eval")
+    if cfg.packing:
+        rows = pack_examples([(e.input_ids, e.labels) for e in train], cfg.data.max_length)
+        say(f"sft train: packed {len(train)} examples into {len(rows)} rows of ≤ {cfg.data.max_length} tokens "
+            f"({sum(map(len, rows)) / (len(rows) * cfg.data.max_length):.0%} filled)")
+        report["train"]["packed_rows"] = len(rows)
+        train = rows
+    return SFTData(train, evaluation, report)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int, purpose: str):
+    """Draw a model initialisation (LoRA matrices, a new head) from its own stream of ``seed``, leaving the
+    global torch RNG as it was."""
+    from rlhfkit.trainers.determinism import derive_seed
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, purpose))
+        yield
+
+
+def build_policy(cfg_model: ModelConfig, lora: LoraConfig, seed: int):
+    """The causal LM to train: ``model.path`` (an adapter folder is merged into its base), LoRA if enabled."""
+    from rlhfkit.models.load import load_causal_lm
+    from rlhfkit.models.lora import apply_lora
+
+    model = load_causal_lm(cfg_model.path, cfg_model.dtype, merge_adapter=True)
+    if lora.enabled:
+        with seeded_init(seed, "lora_init"):
+            model = apply_lora(model, lora.settings())
+    return model
+
+
+def check_lengths(model_config, max_length: int) -> None:
+    """``data.max_length`` must fit the model's position embeddings (``model_config``: a transformers config)."""
+    from rlhfkit.trainers.pretrain import position_limit
+
+    limit = position_limit(model_config)
+    if limit is not None and max_length > limit:
+        raise ConfigError(f"data.max_length={max_length} exceeds the model's {limit} positions; lower it")
+
+
+# ----------------------------------------------------------------------------- 3–4: train and save
+
+
+def train_sft(cfg: SFTConfig) -> SFTResult:
+    """Run SFT described by ``cfg`` (validated by :func:`load_config`); resume if ``train.output_dir`` holds
+    a checkpoint of the same run. Returns where the final model is."""
+    from rlhfkit.data.collate import collate_sft, pad_token_id_for
+    from rlhfkit.trainers.checkpoint import save_folder_atomically, write_json
+    from rlhfkit.trainers.loop import TrainLoop
+    from rlhfkit.trainers.metrics_log import say
+    from rlhfkit.trainers.pretrain import (
+        FINAL_DIR,
+        causal_lm_step,
+        check_packed_attention,
+        collate_packed,
+        mean_nll,
+        target_token_count,
+    )
+
+    tokenizer = check_model_folder(cfg.model, cfg.data.max_length, cfg.lora.enabled, cfg.lora.save_merged)
+    data = load_sft_data(cfg, tokenizer)
+    model = build_policy(cfg.model, cfg.lora, cfg.train.seed)
+    if cfg.packing:
+        check_packed_attention(model)
+    pad_id = pad_token_id_for(tokenizer)
+
+    def collate(examples):
+        if cfg.packing:
+            return collate_packed(examples, pad_token_id=pad_id)
+        return collate_sft(examples, pad_token_id=pad_id)
+
+    def eval_collate(examples):
+        return collate_sft(examples, pad_token_id=pad_id)
+
+    def evaluate(m):
+        return {"eval/sft/nll": mean_nll(m, data.eval, eval_collate, cfg.train.per_device_batch_size)}
+
+    loop = TrainLoop(cfg.train, model, run_config=cfg, tokenizer=tokenizer,
+                     eval_fn=evaluate if data.eval else None, safe_to_change=SAFE_TO_CHANGE_ON_RESUME)
+    Path(cfg.train.output_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(cfg.train.output_dir) / "data_report.json", data.report)
+    summary = loop.fit(data.train, collate, lambda m, b: causal_lm_step(m, b, "sft/nll"),
+                       weight_fn=target_token_count)
+    trained = loop.unwrapped_model.eval()
+    final = save_folder_atomically(Path(cfg.train.output_dir) / FINAL_DIR,
+                                   lambda folder: save_sft_model(trained, tokenizer, folder, cfg))
+    say(f"sft: saved {'the LoRA adapter' if _saves_adapter(cfg) else 'the model'} in {final}")
+    return SFTResult(final, summary.status, summary.last_metrics)
+
+
+def _saves_adapter(cfg: SFTConfig) -> bool:
+    return cfg.lora.enabled and not cfg.lora.save_merged
+
+
+def save_sft_model(model, tokenizer, folder: Path, cfg: SFTConfig) -> Path:
+    """A folder plain transformers (merged) or peft (adapter, base = ``model.path``) loads, + tokenizer."""
+    from rlhfkit.models.lora import save_policy
+
+    base = Path(cfg.model.path).resolve()
+    out = save_policy(model, folder, merge=not _saves_adapter(cfg), tokenizer=tokenizer, base_model_path=base)
+    save_config(cfg, Path(folder) / "rlhfkit_sft.yaml")
+    return out
