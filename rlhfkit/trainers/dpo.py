@@ -12,7 +12,7 @@ A training step, on a micro-batch of B pairs collated into one batch of 2B rows 
 3. the loss picked by name from ``rlhfkit.losses.PREFERENCE_LOSSES`` on (chosen, rejected) pairs; the loop
    averages it over the global batch (exact under accumulation), clips, guards and steps.
 
-Metrics (``docs/metrics-dpo.md``): ``rewards/{chosen,rejected,margins,accuracies}``,
+Metrics (``docs/metrics.md (DPO)``): ``rewards/{chosen,rejected,margins,accuracies}``,
 ``logps/{chosen,rejected}``, ``logps/chosen_minus_ref`` (likelihood displacement when negative), and the
 same under ``eval/`` on ``data.eval_file``. The shared loop does resume; the reference table is keyed by
 the data and the *starting* weights, so a resumed run reads the same table, and the data order is the
@@ -94,7 +94,7 @@ class DPOConfig:
     eval_batch_size: int | None = None
     """Pairs per evaluation forward; null = ``train.per_device_batch_size``."""
     group_by_length: bool = False
-    """Fill each step with pairs of similar length (less padding; see docs/metrics-dpo.md for the speed-up);
+    """Fill each step with pairs of similar length (less padding; see docs/metrics.md (DPO) for the speed-up);
     the order is still a pure function of (seed, epoch), so resume is exact. Needs ``train.shuffle``."""
     disable_dropout: bool = True
     """Set every dropout probability to 0: policy and reference log-probs must come from the same function."""
@@ -162,7 +162,7 @@ class PreferenceObjective:
 
     def metrics(self, out: PreferenceLossOutput, policy_logps: torch.Tensor, ref_logps: torch.Tensor,
                 chosen_index: torch.Tensor, rejected_index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Means over the B pairs (0-d tensors), named as in docs/metrics-dpo.md."""
+        """Means over the B pairs (0-d tensors), named as in docs/metrics.md (DPO)."""
         policy_logps, ref_logps = policy_logps.detach(), ref_logps.detach()
         chosen, rejected = policy_logps[chosen_index], policy_logps[rejected_index]
         metrics = {

@@ -15,7 +15,7 @@ One step of :meth:`PPOTrainer.step`, as the algorithm reads:
 
 ``rlhfkit ppo --config configs/ppo.yaml key=value …`` runs :func:`main`; :func:`train` is the library entry point
 (``scorer=`` replaces the reward model with any :class:`~rlhfkit.rollout.score.Scorer`). The metrics are
-documented in ``docs/metrics-ppo.md``, each detail's source in ``docs/implementation-details.md``.
+documented in ``docs/metrics.md (PPO)``, each detail's source in ``docs/implementation-details.md``.
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ class PPOTrainer:
 
 
 def rollout_metrics(rollout: Rollout, extras: dict[str, torch.Tensor], beta: float) -> dict[str, Any]:
-    """The ``objective/``, ``ppo/val|returns/`` and ``response/`` metrics of one rollout (docs/metrics-ppo.md)."""
+    """The ``objective/``, ``ppo/val|returns/`` and ``response/`` metrics of one rollout (docs/metrics.md (PPO))."""
     mask = rollout.response_mask
     lengths = rollout.response_lengths.float()  # (B,)
     kl_k1 = masked_sum(rollout.logprobs - rollout.ref_logprobs, mask, dim=1)  # (B,) nats per sequence

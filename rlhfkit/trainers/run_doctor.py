@@ -1,6 +1,6 @@
 """The run doctor: a PPO run's metrics history in, warnings with a concrete fix out. Pure; standard library only.
 
-Each check reads the metrics of ``docs/metrics-ppo.md`` from the history (one dict per step, oldest first; rows
+Each check reads the metrics of ``docs/metrics.md (PPO)`` from the history (one dict per step, oldest first; rows
 without a metric, e.g. event lines, are skipped for that metric) and looks at the last ``window`` steps, so that
 one noisy step does not raise an alarm — except exploding importance ratios, which are wrong even once.
 
