@@ -87,6 +87,8 @@ def configure(parser) -> None:
     """``rlhfkit world build|show|judge``."""
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     build = sub.add_parser("build", help="train the tokenizer and pretrain the tiny base model (cached)")
+    build.add_argument("--out", default="runs/world",
+                       help="folder where the recipes in configs/ expect the world's files (symlinks)")
     build.add_argument("overrides", nargs="*", metavar="key=value",
                        help="WorldBuildConfig settings, e.g. seed=1 size=small cache_dir=.cache/rlhfkit")
     show_p = sub.add_parser("show", help="sample prompts per family with gold-judged responses")
@@ -108,5 +110,21 @@ def main(args) -> int:
         from rlhfkit.worlds.build import WorldBuildConfig, build_world
 
         assets = build_world(load_config(WorldBuildConfig, None, args.overrides))
-        print(f"world ready in {assets.root}")
+        link_assets(assets, Path(args.out))
+        print(f"world ready in {assets.root}; linked from {args.out}/ (base, tokenizer, sft.jsonl, "
+              f"prompts_train.jsonl, prompts_eval.jsonl) for the recipes in configs/")
     return 0
+
+
+def link_assets(assets, out: Path) -> None:
+    """Point ``out/{base,tokenizer,sft.jsonl,prompts_*.jsonl}`` at the cached build (replacing old links)."""
+    out.mkdir(parents=True, exist_ok=True)
+    targets = {"base": assets.base_dir, "tokenizer": assets.tokenizer_dir, "sft.jsonl": assets.sft_file,
+               "prompts_train.jsonl": assets.train_prompts_file, "prompts_eval.jsonl": assets.eval_prompts_file}
+    for name, target in targets.items():
+        link = out / name
+        tmp = out / f".{name}.link"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        tmp.symlink_to(Path(target).resolve())
+        tmp.replace(link)  # atomic: the recipes never see a missing link
