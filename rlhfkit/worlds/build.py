@@ -92,9 +92,15 @@ def load_built(cfg: WorldBuildConfig) -> WorldAssets | None:
         manifest = json.loads((root / BUILD_MANIFEST).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    if manifest.get("format") != BUILD_FORMAT or manifest.get("config") != dataclasses.asdict(cfg):
+    if manifest.get("format") != BUILD_FORMAT or _identity(manifest.get("config", {})) != _identity(
+            dataclasses.asdict(cfg)):
         return None
     return WorldAssets.at(root, manifest)
+
+
+def _identity(config: dict) -> dict:
+    """The settings that decide what is built (not where it is cached, nor how many threads built it)."""
+    return {k: v for k, v in config.items() if k not in ("cache_dir", "threads")}
 
 
 def world_documents(world: World, tokenizer, seed: int) -> tuple[list[str], int]:
