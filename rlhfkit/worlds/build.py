@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,9 +94,19 @@ def load_built(cfg: WorldBuildConfig) -> WorldAssets | None:
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     if manifest.get("format") != BUILD_FORMAT or _identity(manifest.get("config", {})) != _identity(
-            dataclasses.asdict(cfg)):
+            dataclasses.asdict(cfg)) or manifest.get("world") != world_fingerprint():
         return None
     return WorldAssets.at(root, manifest)
+
+
+def world_fingerprint() -> dict:
+    """The world's own settings (prompts, corpus mix, SFT spec): a build made under others is stale."""
+    from rlhfkit.worlds.corpus import SFT_SPEC, CorpusConfig
+    from rlhfkit.worlds.prompts import WorldConfig
+
+    return json.loads(json.dumps({"world": dataclasses.asdict(WorldConfig()),
+                                  "corpus": dataclasses.asdict(CorpusConfig()),
+                                  "sft_spec": dataclasses.asdict(SFT_SPEC)}))
 
 
 def _identity(config: dict) -> dict:
@@ -146,6 +157,16 @@ def build_world(cfg: WorldBuildConfig) -> WorldAssets:
         say(f"world: reusing {done.root} (base model {done.manifest['base_parameters']:,} parameters)")
         return done
     root = cfg.folder()
+    if (root / BUILD_MANIFEST).exists():
+        # A finished build made under other world settings: stale. (A build killed before its manifest
+        # is not: its pretraining resumes from the last checkpoint.)
+        say(f"world: {root} was built with other settings; rebuilding it")
+        for stale in ("pretrain", "base", "tokenizer", "data", BUILD_MANIFEST):
+            path = root / stale
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
     root.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -185,7 +206,8 @@ def build_world(cfg: WorldBuildConfig) -> WorldAssets:
                  [{"prompt": p.text, "family": p.family} for p in world.eval_prompts])
     final_nll = _last_metric(Path(train_cfg.output_dir) / "metrics.jsonl", "eval/pretrain/nll")
     manifest = {
-        "format": BUILD_FORMAT, "config": dataclasses.asdict(cfg), "base_parameters": n_params,
+        "format": BUILD_FORMAT, "config": dataclasses.asdict(cfg), "world": world_fingerprint(),
+        "base_parameters": n_params,
         "vocab_size": len(tokenizer), "documents": len(docs), "transcripts": n_transcripts,
         "pretrain_rows": n_rows, "pretrain_steps": max_steps,
         "pretrain_tokens": max_steps * cfg.batch_size * cfg.block_size,

@@ -22,7 +22,7 @@ from . import behaviours as bh
 from . import topics
 from .prompts import KINDS, Prompt, World
 from .responses import generate_response
-from .text import sentence, tokenize
+from .text import sentence, tokenize, word_count
 
 # How often each behaviour appears in base-corpus transcripts, per family.
 BASE_BEHAVIOUR_MIX: dict[str, dict[str, float]] = {
@@ -143,6 +143,9 @@ def build_sft_demonstrations(world: World, spec: SFTSpec = SFT_SPEC) -> list[dic
         for i, behaviour in enumerate(behaviours):
             prompt: Prompt = pools[KINDS[family][i % len(KINDS[family])]].pop()
             response = generate_response(prompt, behaviour, rng, spec.style)
+            while word_count(response) > bh.WORD_BUDGET[family]:
+                # the spec's mistakes are behaviour mistakes only, never rambling: redraw the phrasing
+                response = generate_response(prompt, behaviour, rng, spec.style)
             rows.append({"prompt": prompt.text, "response": response, "family": family, "behaviour": behaviour})
     rng.shuffle(rows)
     return rows

@@ -91,8 +91,8 @@ class WorldConfig:
     n_lands: int = 20        # lands in the almanac (4 facts each)
     n_people: int = 20       # people in the almanac (2 facts each)
     n_unknown: int = 20      # land names and people names the almanac has never heard of
-    max_operand: int = 20    # plus / minus operands are 1..max_operand
-    max_factor: int = 9      # times operands are 2..max_factor
+    max_operand: int = 10    # plus / minus operands are 1..max_operand (a ~1M model must memorise every sum)
+    max_factor: int = 5      # times operands are 2..max_factor
     eval_per_family: int = 100
 
 
