@@ -1,0 +1,470 @@
+"""Batched sampling from any Hugging Face causal LM: the generation engine of PPO, best-of-N, evaluation, demo.
+
+One function, :func:`generate`, turns a list of token-id prompts into a :class:`GenerationOutput`:
+left-padded prompts, right-padded responses, a response mask that is 1 up to and including EOS, and
+optionally the log-probabilities of the sampled tokens.
+
+What it does, and why (each detail is one a PPO implementation gets wrong sooner or later):
+
+- **Left padding with correct position ids.** Prompts of different lengths are left-padded so that every
+  row's next token is at the same column. Position ids are ``cumsum(mask) − 1`` (padding gets 0), so a
+  left-padded row sees exactly the positions it would see alone — without them Hugging Face models number
+  the padding too and shift every real token's position. ``model.generate`` does the same, which is why
+  greedy outputs are identical.
+- **A preallocated KV cache.** ``DynamicCache`` grows by ``torch.cat`` at every step, reading and writing
+  the whole cache again (three times the memory traffic of attention itself). Here each layer's keys and
+  values live in one buffer allocated at the first step for prompt + max_new_tokens positions; a step
+  writes one column and attends to a view of the filled prefix, so attention sees exactly the values
+  ``DynamicCache`` would have built, and the model's own attention kernel runs on them (with
+  ``drop_finished=False``, bitwise the same logits as ``model.generate``).
+- **A preallocated 4-D attention mask**, passed as is (the models use a 4-D mask unchanged) instead of a
+  2-D mask grown by ``torch.cat`` and re-expanded at every step.
+- **Finished rows leave the batch** (``drop_finished=True``, the default). Once a quarter of the rows have
+  produced EOS, the others are copied into a smaller batch (cache, mask, positions), so a step costs what
+  the unfinished rows need; ``model.generate`` computes every row until the last one ends. Mathematically
+  nothing changes, but PyTorch's CPU attention kernel is not batch-invariant: a row's logits can move by
+  float rounding (~1e-7) with the batch size, so a greedy token can differ from ``model.generate``'s only
+  where two logits tie to that precision. ``drop_finished=False`` keeps every row (bitwise equal logits).
+- **Logits ÷ temperature, then top-k, then top-p**, then one draw from the given ``torch.Generator``.
+- **Stop when every sequence has produced EOS**; tokens after a row's EOS are padding, masked out.
+- ``torch.inference_mode()``, the model in eval mode (dropout off) and each module's training flag
+  restored after; the returned tensors are ordinary tensors (usable in a forward pass with gradients).
+
+RNG: sampling consumes only ``generator`` (one ``torch.multinomial`` call per decoding step over the rows
+still being decoded), or the global default generator of the model's device when ``generator`` is None.
+Greedy decoding consumes no randomness. So the same generator state and the same inputs give the same
+samples, and saving ``generator.get_state()`` in a checkpoint makes sampling resumable. (Which random
+numbers a row receives depends on the whole batch, so a prompt sampled alone gets another — equally
+distributed — response than inside a batch.)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+__all__ = ["GenerationOutput", "generate", "left_pad", "filter_logits", "sampling_logprobs"]
+
+# Never shrink a batch below this many rows when dropping finished ones (see `_rows_to_keep`).
+_MIN_ROWS = 8
+
+
+@dataclass
+class GenerationOutput:
+    """Prompts and sampled responses of one call to :func:`generate`, row i of every field = prompt i."""
+
+    prompt_ids: torch.Tensor  # (B, P) long, left-padded with pad_token_id
+    prompt_mask: torch.Tensor  # (B, P) long, 1 = real prompt token, 0 = left padding
+    response_ids: torch.Tensor  # (B, R) long, right-padded with pad_token_id; R ≤ max_new_tokens
+    response_mask: torch.Tensor  # (B, R) long, 1 up to and including the first EOS, 0 after it
+    ended_with_eos: torch.Tensor  # (B,) bool, True if the response ends with EOS (not cut at max_new_tokens)
+    # (B, R) float32 log p_T(a_t | s_t) of each sampled token under softmax(logits / temperature), before
+    # top-k/top-p truncation (see `sampling_logprobs`); 0 where response_mask is 0. None unless requested.
+    logprobs: torch.Tensor | None = None
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        """(B,) long: number of response tokens per row, EOS included."""
+        return self.response_mask.sum(dim=1)
+
+    def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P + R) ids and attention mask of prompt ⧺ response (left-padded prompt, right-padded response)."""
+        ids = torch.cat([self.prompt_ids, self.response_ids], dim=1)
+        mask = torch.cat([self.prompt_mask, self.response_mask], dim=1)
+        return ids, mask
+
+    def response_token_lists(self) -> list[list[int]]:
+        """Each row's response ids without padding (EOS kept when present)."""
+        return [row[: int(n)].tolist() for row, n in zip(self.response_ids, self.response_lengths)]
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack token lists into (B, P) left-padded ids and a (B, P) mask (1 = token), P = longest prompt."""
+    if not prompts:
+        raise ValueError("generate needs at least one prompt")
+    lengths = [len(p) for p in prompts]
+    if min(lengths) == 0:
+        raise ValueError(f"prompt {lengths.index(0)} is empty: a prompt needs at least one token (e.g. BOS)")
+    width = max(lengths)
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.as_tensor(list(prompt), dtype=torch.long)
+        mask[row, width - len(prompt) :] = 1
+    return ids, mask
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Top-k then top-p (nucleus) filtering: excluded tokens get −inf. Shapes: (B, V) → (B, V).
+
+    Top-k keeps the k largest logits (ties at the k-th value are all kept); 0 or ≥ V keeps all.
+    Top-p keeps the smallest set of most likely tokens whose probability reaches ``top_p`` (Holtzman et al.
+    2020): a token is kept when the mass of the strictly more likely tokens is < top_p, so the most likely
+    token is always kept. Apply after dividing by the temperature: the nucleus is taken in the distribution
+    that is sampled.
+    """
+    vocab = logits.shape[-1]
+    if 0 < top_k < vocab:
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the strictly more likely tokens
+        drop_sorted = mass_before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sampling_logprobs(scaled_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(scaled_logits)[token] per row. Shapes: (B, V), (B,) → (B,) float32.
+
+    ``scaled_logits`` are logits ÷ temperature, before top-k/top-p filtering: this is the temperature policy
+    π_T that PPO's importance ratio uses (its old_logprobs are recomputed the same way), and it equals the
+    distribution actually sampled from when top_k = 0 and top_p = 1.
+    """
+    scaled_logits = scaled_logits.float()
+    chosen = scaled_logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return chosen - torch.logsumexp(scaled_logits, dim=-1)
+
+
+def _next_tokens(
+    logits: torch.Tensor, *, greedy: bool, temperature: float, top_k: int, top_p: float,
+    generator: torch.Generator | None, want_logprobs: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pick one token per row from the last-position logits (B, V); return (B,) tokens and (B,) logprobs."""
+    logits = logits.float()
+    scaled = logits / temperature if temperature != 1.0 else logits
+    if greedy:
+        # argmax of the raw logits, as model.generate(do_sample=False) does (temperature cannot change it)
+        tokens = logits.argmax(dim=-1)
+    else:
+        probs = filter_logits(scaled, top_k, top_p).softmax(dim=-1)
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    logprobs = sampling_logprobs(scaled, tokens) if want_logprobs else None
+    return tokens, logprobs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# KV cache: one preallocated buffer per layer, written in place
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _PreallocatedLayer(DynamicLayer):
+    """A cache layer holding keys/values in a (B, H_kv, capacity, D) buffer; returns views of the filled part.
+
+    Behaves like ``DynamicLayer`` (same sequence length, same mask sizes, same returned tensors) without the
+    ``torch.cat`` copy of the whole cache at every step.
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        batch, heads = key_states.shape[:2]
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.key_buffer = key_states.new_empty((batch, heads, self.capacity, key_states.shape[-1]))
+        self.value_buffer = value_states.new_empty((batch, heads, self.capacity, value_states.shape[-1]))
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start, end = self.length, self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {end} positions > capacity {self.capacity}")
+        self.key_buffer[:, :, start:end].copy_(key_states)
+        self.value_buffer[:, :, start:end].copy_(value_states)
+        self.length = end
+        self.keys = self.key_buffer[:, :, :end]  # (B, H_kv, L, D) view
+        self.values = self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return self.capacity
+
+    def reset(self) -> None:
+        self.length = 0
+        self.keys = self.values = None
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("the generation cache is not croppable")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only rows ``indices``: copies their filled positions into a smaller buffer."""
+        if not self.is_initialized:
+            return
+        end = self.length
+        for name in ("key_buffer", "value_buffer"):
+            old = getattr(self, name)
+            new = old.new_empty((len(indices), *old.shape[1:]))
+            new[:, :, :end] = old[indices, :, :end]
+            setattr(self, name, new)
+        self.keys = self.key_buffer[:, :, :end]
+        self.values = self.value_buffer[:, :, :end]
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError("the generation cache does not repeat rows")
+
+
+class _PreallocatedCache(Cache):
+    """A ``transformers`` Cache whose layers are :class:`_PreallocatedLayer` of a fixed capacity."""
+
+    def __init__(self, capacity: int):
+        super().__init__(layer_class_to_replicate=lambda: _PreallocatedLayer(capacity))
+
+
+def _supports_preallocated_cache(model) -> bool:
+    """Our cache only implements full causal attention: sliding-window or hybrid models use DynamicCache."""
+    config = model.config
+    layer_types = getattr(config, "layer_types", None) or []
+    if any(kind != "full_attention" for kind in layer_types):
+        return False
+    return not (getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None))
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # unwrap PEFT
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The decoding loop
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Sampling:
+    """The per-call settings the decoding loop needs (validated by `generate`)."""
+
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    greedy: bool
+    eos_ids: torch.Tensor  # (E,) long, every id that ends a response
+    pad_token_id: int
+    generator: torch.Generator | None
+    return_logprobs: bool
+    preallocated_cache: bool
+    logits_to_keep: bool
+    drop_finished: bool
+
+
+class _Batch:
+    """The rows still being decoded and their per-row state; rows are dropped as they finish (compaction).
+
+    ``rows`` maps each live row to its index in the output; everything else is indexed by live row.
+    """
+
+    def __init__(self, prompt_mask: torch.Tensor, capacity: int, use_4d_mask: bool):
+        batch, prompt_len = prompt_mask.shape
+        device = prompt_mask.device
+        self.rows = torch.arange(batch, device=device)  # (b,) output row of each live row
+        self.finished = torch.zeros(batch, dtype=torch.bool, device=device)  # (b,) has emitted EOS
+        self.next_position = prompt_mask.sum(dim=1, keepdim=True)  # (b, 1): a row's n tokens sit at 0..n−1
+        self.has_padding = not bool(prompt_mask.all())
+        if use_4d_mask:  # (b, 1, 1, capacity) bool; generated columns are always visible
+            self.mask = torch.ones((batch, 1, 1, capacity), dtype=torch.bool, device=device)
+            self.mask[:, 0, 0, :prompt_len] = prompt_mask.bool()
+        else:  # the 2-D mask, grown by one column per step (DynamicCache path)
+            self.mask = prompt_mask
+
+    def attention_mask(self, length: int) -> torch.Tensor | None:
+        """The mask for a one-token step that attends to ``length`` positions."""
+        if self.mask.dim() == 2:
+            self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
+            return self.mask
+        return self.mask[:, :, :, :length] if self.has_padding else None
+
+    def keep(self, local: torch.Tensor, cache) -> None:
+        """Keep only the live rows ``local`` (indices into the current rows), in the batch and in the cache."""
+        self.rows, self.finished = self.rows[local], self.finished[local]
+        self.next_position, self.mask = self.next_position[local], self.mask[local]
+        cache.batch_select_indices(local)
+
+
+def _rows_to_keep(finished: torch.Tensor, min_rows: int = _MIN_ROWS) -> torch.Tensor | None:
+    """Live-row indices to keep once a quarter of the batch has finished, else None (not worth a copy).
+
+    At least ``min_rows`` rows stay (finished ones fill up): on a few rows per-step overhead dominates, so
+    the copy would not pay, and matrix products of 1–3 rows take other BLAS code paths (other rounding).
+    """
+    alive = ~finished
+    n_alive, n_rows = int(alive.sum()), finished.shape[0]
+    if n_rows <= min_rows or n_alive > 0.75 * n_rows:
+        return None
+    if n_alive < min_rows:
+        alive = alive.clone()
+        alive[finished.nonzero().flatten()[: min_rows - n_alive]] = True
+    return alive.nonzero().flatten()
+
+
+def _decode_batch(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s: _Sampling) -> GenerationOutput:
+    """Prefill the (B, P) left-padded prompts, then decode one token per step for every unfinished row."""
+    batch, prompt_len = prompt_ids.shape
+    device = prompt_ids.device
+    cache = _PreallocatedCache(prompt_len + s.max_new_tokens) if s.preallocated_cache else DynamicCache(
+        config=model.config)
+    live = _Batch(prompt_mask, prompt_len + s.max_new_tokens, use_4d_mask=s.preallocated_cache)
+    # cumsum − 1 numbers each row's real tokens 0, 1, …; left padding gets 0 (masked out anyway)
+    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P)
+    extra = {"logits_to_keep": 1} if s.logits_to_keep else {}
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, past_key_values=cache,
+                use_cache=True, **extra)
+    logits = out.logits[:, -1, :]  # (b, V)
+
+    response_ids = torch.full((batch, s.max_new_tokens), s.pad_token_id, dtype=torch.long, device=device)
+    response_mask = torch.zeros((batch, s.max_new_tokens), dtype=torch.long, device=device)
+    logprobs = torch.zeros((batch, s.max_new_tokens), device=device) if s.return_logprobs else None
+    steps = 0
+    for t in range(s.max_new_tokens):
+        tokens, token_logprobs = _next_tokens(logits, greedy=s.greedy, temperature=s.temperature, top_k=s.top_k,
+                                              top_p=s.top_p, generator=s.generator, want_logprobs=s.return_logprobs)
+        tokens = tokens.masked_fill(live.finished, s.pad_token_id)  # a finished row only emits padding
+        response_ids[live.rows, t] = tokens
+        response_mask[live.rows, t] = (~live.finished).long()
+        if token_logprobs is not None:
+            logprobs[live.rows, t] = token_logprobs.masked_fill(live.finished, 0.0)
+        live.finished |= torch.isin(tokens, s.eos_ids)
+        steps = t + 1
+        if steps == s.max_new_tokens or bool(live.finished.all()):
+            break
+        kept = _rows_to_keep(live.finished) if s.drop_finished else None
+        if kept is not None:
+            live.keep(kept, cache)
+            tokens = tokens[kept]
+        out = model(input_ids=tokens[:, None], attention_mask=live.attention_mask(prompt_len + steps),
+                    position_ids=live.next_position, past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1, :]
+        live.next_position = live.next_position + 1
+
+    ended_with_eos = torch.isin(response_ids, s.eos_ids).logical_and(response_mask.bool()).any(dim=1)
+    return GenerationOutput(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask,
+        response_ids=response_ids[:, :steps], response_mask=response_mask[:, :steps],
+        ended_with_eos=ended_with_eos,
+        logprobs=None if logprobs is None else logprobs[:, :steps],
+    )
+
+
+def _merge(parts: list[GenerationOutput], order: list[int], pad_token_id: int) -> GenerationOutput:
+    """Concatenate per-chunk outputs (re-padding to common widths) and put rows back in `order`'s inverse."""
+    if len(parts) == 1 and order == sorted(order):
+        return parts[0]
+    width_p = max(p.prompt_ids.shape[1] for p in parts)
+    width_r = max(p.response_ids.shape[1] for p in parts)
+
+    def pad(t: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
+        missing = width - t.shape[1]
+        return torch.nn.functional.pad(t, (missing, 0) if left else (0, missing), value=value)
+
+    fields = {
+        "prompt_ids": torch.cat([pad(p.prompt_ids, width_p, pad_token_id, True) for p in parts]),
+        "prompt_mask": torch.cat([pad(p.prompt_mask, width_p, 0, True) for p in parts]),
+        "response_ids": torch.cat([pad(p.response_ids, width_r, pad_token_id, False) for p in parts]),
+        "response_mask": torch.cat([pad(p.response_mask, width_r, 0, False) for p in parts]),
+        "ended_with_eos": torch.cat([p.ended_with_eos for p in parts]),
+    }
+    if parts[0].logprobs is not None:
+        fields["logprobs"] = torch.cat([pad(p.logprobs, width_r, 0.0, False) for p in parts])
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    inverse = inverse.to(fields["prompt_ids"].device)
+    return GenerationOutput(**{k: v.index_select(0, inverse) for k, v in fields.items()})
+
+
+def _eos_ids(eos_token_id: int | Sequence[int]) -> list[int]:
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else [int(i) for i in eos_token_id]
+    if not ids:
+        raise ValueError("eos_token_id must be an id or a non-empty list of ids")
+    return ids
+
+
+def _check_settings(prompts, max_new_tokens, temperature, top_p, top_k, batch_size, model) -> None:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature} (use greedy=True for argmax decoding)")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be ≥ 0 (0 = off), got {top_k}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1 or None, got {batch_size}")
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    longest = max((len(p) for p in prompts), default=0)
+    if limit is not None and longest + max_new_tokens > limit:
+        raise ValueError(f"longest prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                         f"{limit} positions; truncate prompts or lower max_new_tokens")
+
+
+def generate(
+    model,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    greedy: bool = False,
+    eos_token_id: int | Sequence[int],
+    pad_token_id: int | None,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    return_logprobs: bool = False,
+    drop_finished: bool = True,
+) -> GenerationOutput:
+    """Sample (or greedily decode) up to ``max_new_tokens`` tokens after each prompt; see the module docstring.
+
+    ``prompts`` are token-id lists (no padding). ``model`` is any Hugging Face causal LM, possibly wrapped in
+    PEFT. ``eos_token_id`` may be a list (any of them ends a response). ``pad_token_id`` None pads with the
+    first EOS id (the masks say what is padding). ``generator`` must live on the model's device; None uses
+    the global RNG. ``batch_size`` splits the prompts into chunks of that many rows, grouped by length to
+    waste less padding (rows come back in the input order); None decodes all at once. ``drop_finished``
+    removes rows that have ended from the running batch (faster; logits equal to float rounding — see the
+    module docstring); False reproduces ``model.generate``'s logits bit for bit.
+    Returns a :class:`GenerationOutput` whose row i belongs to ``prompts[i]``.
+    """
+    _check_settings(prompts, max_new_tokens, temperature, top_p, top_k, batch_size, model)
+    eos_ids = _eos_ids(eos_token_id)
+    pad_id = eos_ids[0] if pad_token_id is None else int(pad_token_id)
+    device = next(model.parameters()).device
+    settings = _Sampling(
+        max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+        greedy=greedy, eos_ids=torch.tensor(eos_ids, device=device), pad_token_id=pad_id, generator=generator,
+        return_logprobs=return_logprobs, preallocated_cache=_supports_preallocated_cache(model),
+        logits_to_keep=_accepts_logits_to_keep(model), drop_finished=drop_finished,
+    )
+    if batch_size is None or batch_size >= len(prompts):
+        order = list(range(len(prompts)))
+        chunks = [order]
+    else:  # longest first, so the first chunk fails fast on memory; stable for determinism
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    training_flags = [(module, module.training) for module in model.modules()]
+    model.eval()  # dropout off: samples come from the policy itself, and PPO's recomputed logprobs match
+    try:
+        with torch.inference_mode():
+            parts = []
+            for chunk in chunks:
+                ids, mask = left_pad([prompts[i] for i in chunk], pad_id)
+                parts.append(_decode_batch(model, ids.to(device), mask.to(device), settings))
+            merged = _merge(parts, order, pad_id)
+    finally:
+        for module, was_training in training_flags:
+            module.training = was_training
+    # Clone outside inference mode: inference tensors cannot be saved for backward, and PPO feeds these ids
+    # to a forward pass with gradients.
+    return GenerationOutput(**{f: None if v is None else v.clone() for f, v in vars(merged).items()})
