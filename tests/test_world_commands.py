@@ -44,3 +44,26 @@ def test_judge_file_names_file_line_and_field_of_a_bad_row(tmp_path):
     path.write_text(json.dumps({"prompt": "what is 7 plus 5?"}) + "\n")
     with pytest.raises(ValueError, match=r'bad.jsonl line 1, field "response"'):
         judge_file(path)
+
+
+def test_candidates_import_into_the_annotation_app(tmp_path):
+    from rlhfkit.data import write_rows
+    from rlhfkit.feedback import commands as app
+    from rlhfkit.worlds import GoldJudge, World
+    from rlhfkit.worlds.commands import candidates
+
+    rows = candidates(seed=0, n=20)
+    assert len(rows) == 20 and {r["kind"] for r in rows} == {"pair", "rank"}
+    judge = GoldJudge(World.build(0))
+    for row in rows:
+        if "gold" in row:  # the hidden answer is the gold judge's own order
+            best = row["gold"].get("best", row["gold"].get("ranking", [None])[0])
+            scores = [judge.score(row["prompt"], r) for r in row["responses"]]
+            assert scores[best] == max(scores)
+    path = tmp_path / "cand.jsonl"
+    write_rows(path, rows)
+    url = f"sqlite:///{tmp_path / 'fb.db'}"
+    app.init_db(url)
+    report = app.import_items(url, path)
+    progress = app.stats(url)["progress"]
+    assert progress["items"] == 20 and progress["gold_items"] == sum("gold" in r for r in rows), report

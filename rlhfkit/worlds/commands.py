@@ -94,6 +94,10 @@ def configure(parser) -> None:
     show_p = sub.add_parser("show", help="sample prompts per family with gold-judged responses")
     show_p.add_argument("--seed", type=int, default=0)
     show_p.add_argument("-n", type=int, default=2, help="prompts per family")
+    cand = sub.add_parser("candidates", help="sample items for the annotation app from the world (no model)")
+    cand.add_argument("--out", required=True, help="JSON Lines for `rlhfkit annotate import`")
+    cand.add_argument("-n", type=int, default=60, help="items (pairs and rankings of 4; every 10th is gold)")
+    cand.add_argument("--seed", type=int, default=0)
     judge_p = sub.add_parser("judge", help="score a JSON Lines file of {prompt, response} with the gold judge")
     judge_p.add_argument("--responses", required=True, help="JSON Lines of {\"prompt\", \"response\"}")
     judge_p.add_argument("--out", help="write each row with its behaviour, goal and utility here")
@@ -101,7 +105,13 @@ def configure(parser) -> None:
 
 
 def main(args) -> int:
-    if args.action == "show":
+    if args.action == "candidates":
+        rows = candidates(args.seed, args.n)
+        from rlhfkit.data import write_rows
+
+        write_rows(args.out, rows)
+        print(f"wrote {len(rows)} items to {args.out}; next: rlhfkit annotate import {args.out} --db DB")
+    elif args.action == "show":
         show(args.seed, args.n)
     elif args.action == "judge":
         judge_file(args.responses, args.out, args.seed)
@@ -128,3 +138,29 @@ def link_assets(assets, out: Path) -> None:
             tmp.unlink()
         tmp.symlink_to(Path(target).resolve())
         tmp.replace(link)  # atomic: the recipes never see a missing link
+
+
+def candidates(seed: int = 0, n: int = 60) -> list[dict]:
+    """Items for the annotation app made from the world's own response generator: two out of three are
+    pairs, one a ranking of 4; every 10th carries its gold-judge answer as a (hidden) gold item."""
+    world = World.build(seed)
+    judge = GoldJudge(world)
+    rng = random.Random(f"candidates-{seed}")
+    rows: list[dict] = []
+    for i, prompt in enumerate(world.sample_prompts(3 * n, seed=f"candidates-{seed}")):
+        if len(rows) == n:
+            break
+        k = 4 if i % 3 == 2 else 2
+        behaviours = list(bh.FAMILY_BEHAVIOURS[prompt.family])
+        rng.shuffle(behaviours)
+        responses = [generate_response(prompt, b, rng, rng.choice(("plain", "plain", "polite", "rude")))
+                     for b in behaviours[:k]]
+        utilities = [judge.score(prompt, r) for r in responses]
+        if len(set(responses)) < k or len(set(utilities)) < k:
+            continue  # an item whose answers the gold judge cannot order is no use as gold or as a pair
+        row = {"prompt": prompt.text, "responses": responses, "kind": "pair" if k == 2 else "rank"}
+        if len(rows) % 10 == 9:
+            order = sorted(range(k), key=lambda j: -utilities[j])
+            row["gold"] = {"best": order[0]} if k == 2 else {"ranking": order}
+        rows.append(row)
+    return rows
