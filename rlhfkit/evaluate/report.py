@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.evaluate import plots
+from rlhfkit.worlds.protocol import quantile
 
 POLICY_ORDER = ("base", "sft", "best_of_n", "dpo", "ppo")
 PLOT_TITLES = {
@@ -76,14 +77,8 @@ def ratio_bootstrap_ci(numerators: Sequence[float], denominators: Sequence[float
         return None, None
     estimates.sort()
     alpha = (1.0 - confidence) / 2
-    return _quantile(estimates, alpha), _quantile(estimates, 1.0 - alpha)
+    return quantile(estimates, alpha), quantile(estimates, 1.0 - alpha)
 
-
-def _quantile(sorted_values: list[float], q: float) -> float:
-    pos = q * (len(sorted_values) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
 def win_rate_intervals(judge: Any, prompts: Sequence[Any], texts_a: Sequence[Sequence[str]],

@@ -8,13 +8,12 @@ the world's prompts: an unknown prompt text raises ``KeyError`` naming it. Torch
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
+from rlhfkit.judges.world_judge import WorldJudgeWrapper
 from rlhfkit.worlds import GoldJudge as WorldGoldJudge
 from rlhfkit.worlds import Judgement, Prompt, World
 
 
-class GoldJudge:
+class GoldJudge(WorldJudgeWrapper):
     """Gold utility in [-1, 1] of the world built from ``world_seed`` (or the given ``world``)."""
 
     name = "gold"
@@ -27,19 +26,3 @@ class GoldJudge:
     def judge(self, prompt: Prompt | str, response: str) -> Judgement:
         """Family, behaviour, goal, style penalty and utility of one response (the protocol's input)."""
         return self.inner.judge(prompt, response)
-
-    def score(self, prompt: Prompt | str, response: str) -> float:
-        return self.inner.score(prompt, response)
-
-    def score_batch(self, prompts: Sequence[Prompt | str], responses: Sequence[str]) -> list[float]:
-        return [self.inner.score(p, r) for p, r in zip(prompts, responses)]
-
-    def compare(self, prompt: Prompt | str, a: str, b: str) -> str:
-        return self.inner.compare(prompt, a, b)
-
-    def classify(self, prompt: Prompt | str, response: str) -> str:
-        return self.inner.classify(prompt, response)
-
-    def knows(self, prompt: object) -> bool:
-        """Whether ``prompt`` is one of the world's prompts (a ``Prompt`` or a text it can look up)."""
-        return isinstance(prompt, Prompt) or (isinstance(prompt, str) and self.world.find(prompt) is not None)

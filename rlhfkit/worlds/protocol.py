@@ -148,10 +148,10 @@ def paired_bootstrap_ci(diffs: Sequence[float], counts: Sequence[int], n_bootstr
         estimates.append(sum(diffs[i] for i in idx) / sum(counts[i] for i in idx))
     estimates.sort()
     alpha = (1.0 - confidence) / 2
-    return _quantile(estimates, alpha), _quantile(estimates, 1.0 - alpha)
+    return quantile(estimates, alpha), quantile(estimates, 1.0 - alpha)
 
 
-def _quantile(sorted_values: list[float], q: float) -> float:
+def quantile(sorted_values: list[float], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default 'linear' method)."""
     pos = q * (len(sorted_values) - 1)
     lo = int(pos)
