@@ -605,3 +605,23 @@ def test_gradient_checkpointing_changes_memory_not_results(tmp_path, tokenizer):
 
     exported = AutoModelForCausalLM.from_pretrained(plain.save_model(tmp_path / "final"))
     assert_params_close(params(exported), params(plain.model), atol=0)
+
+
+def test_request_stop_ends_the_run_checkpointed_and_a_rerun_finds_it_complete(tmp_path):
+    def stop_at_three(loop, step_fn):
+        def wrapped(model, batch):
+            if loop._current is not None and loop._current.number == 3:
+                loop.request_stop("the judge fell")
+            return step_fn(model, batch)
+        return wrapped
+
+    loop, summary = train(tmp_path, wrap=stop_at_three, max_steps=8, per_device_batch_size=4, save_every=5)
+    assert summary.status == "completed" and loop.step == 3
+    out = tmp_path / "run"
+    assert (out / "checkpoint-3").exists() and not (out / "checkpoint-5").exists()
+    stops = [r for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "stop"]
+    assert stops and stops[0]["reason"] == "the judge fell" and stops[0]["planned_steps"] == 8
+    weights = params(loop.unwrapped_model)
+    again, summary2 = train(tmp_path, max_steps=8, per_device_batch_size=4, save_every=5)
+    assert summary2.status == "already_complete" and again.step == 3  # never trains past the stop
+    assert all(torch.equal(a, b) for a, b in zip(weights, params(again.unwrapped_model)))

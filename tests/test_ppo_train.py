@@ -111,3 +111,35 @@ def test_run_doctor_warnings_are_recorded_as_events(tmp_path):
     assert ratio_max > 10, "lr 0.5 without clipping should blow the ratios up"
     explosions = [e for e in events if e["kind"] == "ratio_explosion"]
     assert len(explosions) == 1 and "train.lr" in explosions[0]["fix"] and explosions[0]["step"] == 1
+
+
+class StopAtStep:
+    """A stand-in reward-hacking monitor: checks every step, asks to stop at ``stop_step``."""
+
+    def __init__(self, stop_step: int):
+        self.stop_step, self.calls = stop_step, []
+
+    def __call__(self, step, total, policy, tok):
+        from types import SimpleNamespace
+
+        self.calls.append(step)
+        return SimpleNamespace(stop=step == self.stop_step, best_step=1,
+                               metrics=lambda: {"hacking/judge_score": float(step)})
+
+    def state_dict(self):
+        return {"calls": list(self.calls)}
+
+    def load_state_dict(self, state):
+        self.calls = list(state["calls"])
+
+
+def test_monitor_hook_logs_checks_and_a_stop_ends_the_run_for_good(tmp_path):
+    cfg = ppo_config(tmp_path, "train.max_steps=4", "train.save_every=10")
+    monitor = StopAtStep(2)
+    summary = ppo.train(cfg, monitor=monitor)
+    assert summary.status == "completed" and monitor.calls == [1, 2]
+    rows = step_rows(tmp_path / "out")
+    assert [r["step"] for r in rows] == [1, 2] and [r["hacking/judge_score"] for r in rows] == [1.0, 2.0]
+    assert (tmp_path / "out" / "final" / "model.safetensors").exists()  # the stopped policy is the result
+    again = ppo.train(ppo_config(tmp_path, "train.max_steps=4", "train.save_every=10"), monitor=StopAtStep(9))
+    assert again.status == "already_complete" and again.step == 2

@@ -154,6 +154,7 @@ class TrainLoop:
         self._elapsed_before = 0.0
         self._restore_rng: dict | None = None
         self._wandb_run_id: str | None = None
+        self._stop_reason: str | None = None
         self.metrics: MetricsLog | None = None
 
     # ------------------------------------------------------------------ handles for the stage
@@ -272,6 +273,8 @@ class TrainLoop:
             raise RuntimeError("steps() can run once per TrainLoop")
         self._started = True
         self._setup(len(dataset))
+        if self._stop_reason is not None:  # an earlier run stopped early on purpose: that was its end
+            self.total_steps = self.step
         if self.step >= self.total_steps:
             self._status = "already_complete"
             say(f"{self.output_dir}: the run is already complete ({self.step}/{self.total_steps} steps); "
@@ -347,6 +350,17 @@ class TrainLoop:
         """Add metrics to the current step's log line (names without ``/`` get ``train/``)."""
         self._pending.update({_metric_name(k, "train"): plain_number(v) for k, v in metrics.items()})
 
+    def request_stop(self, reason: str) -> None:
+        """End the run after the current step as if it were the last: evaluated, checkpointed, final.
+
+        The stop is recorded in the checkpoint, so running the same command again finds the run complete
+        instead of training past the stop (e.g. the reward-hacking monitor's confirmed divergence).
+        Every process must call it on the same step (broadcast the decision first when ranks differ).
+        """
+        if self._current is None:
+            raise RuntimeError("request_stop() outside a step")
+        self._stop_reason = reason
+
     def finish_step(self, metrics: dict[str, Any] | None = None) -> None:
         """End the step: scheduler, data position, log line, evaluation and checkpoint when due."""
         step = self._current
@@ -359,6 +373,10 @@ class TrainLoop:
         self.step += 1
         self._current = None
         row = {**self._pending, **self._loop_metrics(step)}
+        if self._stop_reason is not None and self.step < self.total_steps:
+            self.metrics.event("stop", self.step, reason=self._stop_reason, planned_steps=self.total_steps)
+            say(f"stopping after step {self.step} of {self.total_steps}: {self._stop_reason}")
+            self.total_steps = self.step
         is_last = self.step == self.total_steps
         every = self.config.eval_every
         if self.eval_fn is not None and (is_last or (every and self.step % every == 0)):
@@ -437,6 +455,7 @@ class TrainLoop:
             setattr(self, key, state[key])
         self._elapsed_before = state.get("elapsed_seconds", 0.0)
         self._wandb_run_id = state.get("wandb_run_id")
+        self._stop_reason = state.get("stopped")
         self.last_checkpoint = path
 
     def _data_record(self) -> dict[str, int]:
@@ -466,7 +485,7 @@ class TrainLoop:
         return {"step": self.step, "epoch": self.epoch, "position": self.position,
                 "samples_seen": self.samples_seen, "skipped_total": self.skipped_total,
                 "consecutive_skips": self.consecutive_skips, "total_steps": self.total_steps,
-                "wandb_run_id": self.metrics.wandb_run_id,
+                "wandb_run_id": self.metrics.wandb_run_id, "stopped": self._stop_reason,
                 "elapsed_seconds": self._elapsed(), **self._data_record()}
 
     # ------------------------------------------------------------------ per step

@@ -256,9 +256,13 @@ def load_prompts(path: str, cfg: PPOConfig, tokenizer) -> tuple[list, list]:
     return encoded, [row.prompt for row in rows]
 
 
-def train(cfg: PPOConfig, *, scorer: Scorer | None = None) -> RunSummary:
+def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None) -> RunSummary:
     """Run (or resume) PPO as configured; write checkpoints, ``metrics.jsonl``, then ``final/`` (the policy)
-    and ``value_model/`` in ``train.output_dir``. Returns the loop's summary."""
+    and ``value_model/`` in ``train.output_dir``. Returns the loop's summary.
+
+    ``monitor`` (e.g. :class:`rlhfkit.evaluate.hacking.HackingMonitor`) is called after every step as
+    ``monitor(step, total, policy, tokenizer) -> check | None``; its ``hacking/*`` metrics are logged, its
+    state is checkpointed, and a check with ``stop`` ends the run there (a re-run finds it complete)."""
     seed_everything(cfg.train.seed)
     models = build_ppo_models(cfg, scorer)
     prompts, prompt_rows = load_prompts(cfg.data.train_file, cfg, models.tokenizer)
@@ -269,15 +273,23 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None) -> RunSummary:
     process = PartialState()  # the process layout, known before the loop builds its Accelerator
     rng = SamplingRNG(derive_seed(cfg.train.seed, "sampling", process.process_index), process.device)
     trainer: PPOTrainer | None = None
+    stage_state = {"kl_controller": kl_controller, "sampling_rng": rng}
+    if monitor is not None:
+        stage_state["hacking_monitor"] = monitor
     loop = TrainLoop(cfg.train, actor_critic, run_config=cfg, param_groups=groups,
-                     stage_state={"kl_controller": kl_controller, "sampling_rng": rng},
+                     stage_state=stage_state,
                      eval_fn=(lambda _model: trainer.evaluate()) if eval_set else None,
                      safe_to_change=SAFE_TO_CHANGE_ON_RESUME)
     trainer = PPOTrainer(cfg, models, loop, kl_controller, rng, prompt_rows, eval_set)
     with loop:
         models.to(loop.device)
         for step in loop.steps(prompts, list):
-            loop.finish_step(trainer.step(step.batch, step.number))
+            metrics = trainer.step(step.batch, step.number)
+            if monitor is not None:
+                reason = run_monitor(monitor, loop, models, step, metrics)
+                if reason is not None:
+                    loop.request_stop(reason)
+            loop.finish_step(metrics)
     summary = loop.summary
     out = Path(cfg.train.output_dir)
     finished = summary.status == "completed" or (summary.status == "already_complete"
@@ -286,6 +298,27 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None) -> RunSummary:
         saved = save_trained(models, cfg, out)
         say("ppo: saved " + ", ".join(f"the {name} in {path}" for name, path in saved.items()))
     return summary
+
+
+def run_monitor(monitor: Any, loop: TrainLoop, models: PPOModels, step: Any, metrics: dict) -> str | None:
+    """One reward-hacking check (on the main process, without touching the training RNG); adds its
+    ``hacking/*`` metrics and returns a stop reason when it asks to stop, the same on every process."""
+    from rlhfkit.trainers.loop_support import preserved_rng
+
+    reason = None
+    if loop.is_main_process:
+        with preserved_rng():
+            check = monitor(step.number, step.total, models.actor_critic.language_model, models.tokenizer)
+        if check is not None:
+            metrics.update(check.metrics())
+            if check.stop:
+                reason = (f"the reward-hacking monitor confirmed a divergence (best independent-judge "
+                          f"score at step {check.best_step})")
+    if loop.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        reason = broadcast_object_list([reason])[0]
+    return reason
 
 
 def main(args) -> int:
