@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.evaluate import plots
-from rlhfkit.worlds.protocol import quantile
+from rlhfkit.worlds.protocol import pair_outcome, quantile
 
 POLICY_ORDER = ("base", "sft", "best_of_n", "dpo", "ppo")
 PLOT_TITLES = {
@@ -91,16 +91,9 @@ def win_rate_intervals(judge: Any, prompts: Sequence[Any], texts_a: Sequence[Seq
     for prompt, row_a, row_b in zip(prompts, texts_a, texts_b):
         wins = losses = ties = goal_wins = goal_losses = 0
         for a, b in zip(row_a, row_b):
-            ja, jb = judge.judge(prompt, a), judge.judge(prompt, b)
-            if abs(ja.utility - jb.utility) < 1e-9:
-                ties += 1
-            elif ja.utility > jb.utility:
-                wins += 1
-            else:
-                losses += 1
-            if abs(ja.goal - jb.goal) >= 1e-9:
-                goal_wins += ja.goal > jb.goal
-                goal_losses += ja.goal < jb.goal
+            by_utility, by_goal = pair_outcome(judge.judge(prompt, a), judge.judge(prompt, b))
+            wins, losses, ties = wins + (by_utility > 0), losses + (by_utility < 0), ties + (by_utility == 0)
+            goal_wins, goal_losses = goal_wins + (by_goal > 0), goal_losses + (by_goal < 0)
         for name, (num, den) in (("ties_half", (wins + 0.5 * ties, wins + losses + ties)),
                                  ("decisive", (wins, wins + losses)),
                                  ("goal_decisive", (goal_wins, goal_wins + goal_losses))):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhfkit.config import ConfigError
-from rlhfkit.worlds.corpus import build_base_corpus, build_sft_demonstrations
+from rlhfkit.worlds.corpus import BaseCorpus, build_base_corpus, build_sft_demonstrations
 from rlhfkit.worlds.prompts import World
 
 BUILD_MANIFEST = "build.json"
@@ -114,24 +114,22 @@ def _identity(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in ("cache_dir", "threads")}
 
 
-def world_documents(world: World, tokenizer, seed: int) -> tuple[list[str], int]:
+def world_documents(corpus: BaseCorpus, tokenizer, seed: int) -> tuple[list[str], int]:
     """The base corpus as pretraining documents: fact lines as plain text, transcripts through the chat
     template (so the base model learns the transcript format it will be prompted with). Shuffled together."""
     import random
 
     from rlhfkit.data.templates import render_conversation
 
-    corpus = build_base_corpus(world, seed=seed)
     docs = list(corpus.facts)
     docs += [render_conversation(tokenizer, prompt, response) for prompt, response in corpus.transcripts]
     random.Random(f"documents-{seed}").shuffle(docs)
     return docs, len(corpus.transcripts)
 
 
-def train_world_tokenizer(world: World, vocab_size: int, seed: int):
+def train_world_tokenizer(corpus: BaseCorpus, vocab_size: int):
     from rlhfkit.models.tiny import train_tokenizer
 
-    corpus = build_base_corpus(world, seed=seed)
     texts = corpus.facts + [t for pair in corpus.transcripts for t in pair]
     return train_tokenizer(texts, vocab_size=vocab_size, style="world")
 
@@ -174,9 +172,10 @@ def build_world(cfg: WorldBuildConfig) -> WorldAssets:
     world = World.build(cfg.seed)
 
     tokenizer_dir = root / "tokenizer"
-    tokenizer = train_world_tokenizer(world, cfg.vocab_size, cfg.seed)
+    corpus = build_base_corpus(world, seed=cfg.seed)  # built once: the tokenizer and the documents share it
+    tokenizer = train_world_tokenizer(corpus, cfg.vocab_size)
     tokenizer.save_pretrained(tokenizer_dir)
-    docs, n_transcripts = world_documents(world, tokenizer, cfg.seed)
+    docs, n_transcripts = world_documents(corpus, tokenizer, cfg.seed)
     held_out = max(1, len(docs) // 100)
     eval_docs, train_docs = docs[:held_out], docs[held_out:]
     t_corpus = time.perf_counter() - started

@@ -103,20 +103,22 @@ def compare_policies(judge: object, prompts: Sequence[Prompt | str], responses_a
     return out
 
 
+def pair_outcome(a: object, b: object) -> tuple[int, int]:
+    """Judgement ``a`` against ``b``: (+1 win, 0 tie, −1 loss) by utility, and the same by goal term alone.
+    Equal to 1e-9 is a tie (templated outputs tie often; docs/world.md §8)."""
+    def sign(x: float, y: float) -> int:
+        return 0 if abs(x - y) < 1e-9 else (1 if x > y else -1)
+    return sign(a.utility, b.utility), sign(a.goal, b.goal)  # type: ignore[attr-defined]
+
+
 def _pair_outcomes(ja: list[list], jb: list[list], ra: Sequence[Sequence[str]], rb: Sequence[Sequence[str]]) -> dict:
     wins = losses = ties = goal_wins = goal_losses = identical = 0
     for xs, ys, texts_a, texts_b in zip(ja, jb, ra, rb):
         for a, b, ta, tb in zip(xs, ys, texts_a, texts_b):
             identical += normalize(ta) == normalize(tb)
-            if abs(a.utility - b.utility) < 1e-9:
-                ties += 1
-            elif a.utility > b.utility:
-                wins += 1
-            else:
-                losses += 1
-            if abs(a.goal - b.goal) >= 1e-9:
-                goal_wins += a.goal > b.goal
-                goal_losses += a.goal < b.goal
+            by_utility, by_goal = pair_outcome(a, b)
+            wins, losses, ties = wins + (by_utility > 0), losses + (by_utility < 0), ties + (by_utility == 0)
+            goal_wins, goal_losses = goal_wins + (by_goal > 0), goal_losses + (by_goal < 0)
     n = wins + losses + ties
     return {
         "win_rate/ties_half": (wins + 0.5 * ties) / n,
