@@ -44,10 +44,9 @@ def corpus(timed_corpus):
     return timed_corpus[0]
 
 
-def test_base_corpus_is_about_two_million_tokens_and_fast(timed_corpus):
-    corpus, seconds = timed_corpus
+def test_base_corpus_is_about_two_million_tokens(timed_corpus):
+    corpus, _ = timed_corpus
     assert 1.8e6 <= corpus.n_tokens() <= 2.3e6
-    assert seconds < 10  # ~2 s alone; generous for a shared 2-core machine
 
 
 def test_base_corpus_mixes_every_behaviour_and_style(corpus):
