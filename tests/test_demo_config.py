@@ -31,15 +31,15 @@ def test_quick_preset_overrides_a_few_keys_and_keeps_the_rest():
     quick = load_demo_config("quick")
     assert quick.world.size == "micro" and quick.eval.limit == 20
     recipe = stage_recipe(quick, "sft", {})
-    assert recipe["train"]["lr"] == 1.0e-3  # merged key by key: the default recipe's lr stays
+    assert recipe["train"]["lr"] == stage_recipe(DemoConfig(), "sft", {})["train"]["lr"]  # merged key by key
     assert stage_recipe(quick, "ppo", {})["train"]["max_steps"] < stage_recipe(DemoConfig(), "ppo", {})["train"][
         "max_steps"]
 
 
 def test_overrides_and_out(tmp_path):
-    cfg = load_demo_config("default", overrides=["seed=7", "sft.train.lr=3e-4"], out=str(tmp_path))
+    cfg = load_demo_config("default", overrides=["seed=7", "sft.train.lr=5e-4"], out=str(tmp_path))
     assert cfg.seed == 7 and cfg.out == str(tmp_path)
-    assert float(stage_recipe(cfg, "sft", {})["train"]["lr"]) == 3e-4  # typed when the stage config is built
+    assert float(stage_recipe(cfg, "sft", {})["train"]["lr"]) == 5e-4  # typed when the stage config is built
     with pytest.raises(ConfigError, match="nonsense"):
         load_demo_config("default", overrides=["nonsense=1"])
     with pytest.raises(ConfigError, match="heldout_fraction"):

@@ -79,6 +79,21 @@ def test_fact_lines_state_every_fact_and_every_benign_how_to(world, corpus):
     assert "7 plus 5 is 12" in text or "7 plus 5 equals 12" in text
 
 
+def test_question_lines_answer_every_fact_correctly_eval_facts_included(world, judge, corpus):
+    # "q: <a world question> a: <answer>." — knowledge in question form, graded by the gold judge itself
+    lines = [line for line in corpus.facts if line.startswith("q: ")]
+    assert 0.25 < len(lines) / len(corpus.facts) < 0.35
+    asked = set()
+    for line in lines:
+        question, answer = line[len("q: "):].split(" a: ")
+        assert judge.classify(question, answer) == "good", line
+        asked.add(world.lookup(question).group)
+    helpful_eval = {p.group for p in world.eval_prompts if p.family == "helpful"}
+    assert helpful_eval <= asked  # the facts eval questions ask about are all stated as answers
+    forms = Counter(" plus " in line.split(" a: ")[1] for line in lines if " plus " in line)
+    assert min(forms.values()) > 0.3 * sum(forms.values())  # both answer forms: restating and value only
+
+
 def test_transcripts_use_train_prompts_only_and_cover_eval_vocabulary(world, corpus):
     train = {p.text for p in world.train_prompts}
     assert all(prompt in train for prompt, _ in corpus.transcripts)

@@ -6,7 +6,7 @@ paths (model folders, data files, output folder) and the seed itself. Each stage
 written to ``<out>/recipes/<stage>.yaml`` and validated before any work starts, so a wrong key fails at
 once, and any stage can be re-run alone with ``rlhfkit <stage> --config <out>/recipes/<stage>.yaml``.
 
-The stage hyper-parameters follow the measurements in WORLD_NOTES.md (SFT 150 steps × 32 at lr 1e-3 on
+The stage hyper-parameters follow the measurements in WORLD_NOTES.md (SFT 150 steps × 32 at lr 3e-4 on
 the fixed demonstration spec; DPO + NLL (RPO) for a few epochs; reward model from SFT, one epoch as in
 InstructGPT). They are the recipe, not tuned to make the later stages look better.
 """
@@ -27,7 +27,7 @@ STAGES = ("sft", "reward", "ppo", "dpo")
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {
         "data": {"max_length": 128, "max_prompt_length": 64},
-        "train": {"lr": 1.0e-3, "lr_schedule": "cosine", "warmup_ratio": 0.05, "weight_decay": 0.0,
+        "train": {"lr": 3.0e-4, "lr_schedule": "cosine", "warmup_ratio": 0.05, "weight_decay": 0.0,
                   "per_device_batch_size": 32, "max_steps": 150, "save_every": 50, "log_every": 10},
     },
     "reward": {

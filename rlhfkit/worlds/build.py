@@ -49,8 +49,9 @@ class WorldBuildConfig:
     batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 30
-    epochs: float = 1.0
-    """Passes over the packed base corpus (fractional allowed: the step count is rounded up)."""
+    epochs: float = 2.0
+    """Passes over the packed base corpus (fractional allowed: the step count is rounded up). Two: one
+    left 17 % of the SFT model's samples incoherent and its sums wrong as often as right (measured)."""
     threads: int = 0
     """torch threads for pretraining; 0 keeps torch's default (all cores)."""
 

@@ -42,6 +42,7 @@ class CorpusConfig:
     n_fact_lines: int = 78_000      # lines of 1-3 fact statements
     arithmetic_share: float = 0.45  # of fact lines: arithmetic facts
     howto_share: float = 0.05       # of fact lines: "to <task>, <advice>." (every benign phrasing)
+    qa_share: float = 0.3           # of fact lines: "q: <question> a: <answer>." over every fact
     behaviour_mix: dict[str, dict[str, float]] = field(default_factory=lambda: BASE_BEHAVIOUR_MIX)
     style_mix: dict[str, float] = field(default_factory=lambda: BASE_STYLE_MIX)
 
@@ -85,10 +86,15 @@ def _fact_lines(world: World, config: CorpusConfig, rng: random.Random) -> list[
     arith = [("plus", a, b) for a in range(1, c.max_operand + 1) for b in range(1, c.max_operand + 1)]
     arith += [("minus", a, b) for a in range(2, c.max_operand + 1) for b in range(1, a)]
     arith += [("times", a, b) for a in range(2, c.max_factor + 1) for b in range(2, c.max_factor + 1)]
+    qa_facts = list(almanac.facts())
     howtos = [(phrasing, advice) for _task, (phrasings, advice) in sorted(topics.BENIGN_TASKS.items())
               for phrasing in phrasings]
     lines = []
     for _ in range(config.n_fact_lines):
+        r = rng.random()
+        if r < config.qa_share:
+            lines.append(_qa_line(rng.choice(arith + qa_facts), rng))
+            continue
         r = rng.random()
         if r < config.howto_share:
             phrasing, advice = rng.choice(howtos)
@@ -106,6 +112,31 @@ def _fact_lines(world: World, config: CorpusConfig, rng: random.Random) -> list[
                 sentence(alm.fill(rng.choice(alm.STATEMENTS[attr]), entity=entity, value=value))
                 for attr, value in facts))
     return lines
+
+
+def _qa_line(fact: tuple, rng: random.Random) -> str:
+    """A question about one fact and its answer, as a plain line: ``q: how much is 7 plus 2? a: it is 9.``
+
+    Fact lines alone taught a 1M model to *complete* "7 plus 2 is" but not to answer a question: it could
+    not copy the operands from the question (12 % of second operands copied, SFT 9 % correct). Question
+    lines over every fact, eval facts included, teach using knowledge from a question; they are knowledge
+    (pretraining text), not behaviour: no chat turn, no refusal, no style, so the eval prompts stay unseen
+    as *conversations*. Half the answers restate the fact, half give only the value.
+    """
+    from .prompts import ARITH_QUESTIONS, QUESTIONS
+
+    attr, x, y = fact
+    if attr in alm.ARITH_OPS:
+        slots, value = {"a": str(x), "b": str(y)}, str(alm.arithmetic(attr, x, y))
+        question = rng.choice(ARITH_QUESTIONS).format(a=x, b=y, op=attr)
+    else:
+        slots, value = {"entity": x}, y
+        question = rng.choice(QUESTIONS[attr]).format(e=x)
+    if rng.random() < 0.5:
+        answer = alm.fill(rng.choice(alm.SHORT_ANSWERS[attr]), value=value)
+    else:
+        answer = alm.fill(rng.choice(alm.STATEMENTS[attr]), value=value, **slots)
+    return f"q: {question} a: {sentence(answer)}"
 
 
 # ---- SFT demonstrations --------------------------------------------------------------------------
