@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "annotate": ("rlhfkit.feedback.commands", "the preference collection app"),
     "label": ("rlhfkit.judges.label", "RLAIF: label pairs with an AI judge"),
     "iterate": ("rlhfkit.iterate", "iterative RLHF rounds"),
+    "frontier": ("rlhfkit.demo.frontier", "DPO and PPO β sweeps on a demo run: gold utility against KL"),
 }
 
 

@@ -62,18 +62,41 @@ def best_of_n_stage(ctx: Context, folder: Path) -> dict[str, Any]:
 
 def _policy_samples(ctx: Context, name: str, prompts: list[str], folder: Path):
     """``(model or None, samples, kl or None)`` of policy ``name`` (best-of-N: its picks, analytic KL)."""
-    from rlhfkit.evaluate.sampling import PolicySamples, sample_policy, stream_seed
+    from rlhfkit.evaluate.sampling import PolicySamples
 
-    cfg = ctx.cfg
     if name == "best_of_n":
         saved = read_json(ctx.file("best_of_n", "best_of_n.json"))
         if saved["prompts"] != prompts:
             raise RuntimeError("best-of-N picks were made for other eval prompts; re-run the best_of_n stage")
         return None, PolicySamples.from_texts(prompts, saved["texts"]), saved["kl"]
     model = ctx.model(name)
-    samples = sample_policy(model, ctx.tokenizer(), prompts, cfg.eval.samples, seed=stream_seed(cfg.seed, "policy"),
-                            max_new_tokens=cfg.data.max_new_tokens, batch_size=cfg.data.batch_size)
-    return model, samples, None
+    return model, sample_for_eval(ctx, model, prompts), None
+
+
+def sample_for_eval(ctx: Context, model, prompts: list[str]):
+    """A policy's eval samples: ``eval.samples`` per prompt at temperature 1 from stream ``policy`` of the
+    run's seed (the SFT baseline is stream ``baseline``)."""
+    from rlhfkit.evaluate.sampling import sample_policy, stream_seed
+
+    cfg = ctx.cfg
+    return sample_policy(model, ctx.tokenizer(), prompts, cfg.eval.samples, seed=stream_seed(cfg.seed, "policy"),
+                         max_new_tokens=cfg.data.max_new_tokens, batch_size=cfg.data.batch_size)
+
+
+def against_sft(ctx: Context, model, samples, baseline, prompts: list[str], kl: float | None = None) -> dict[str, Any]:
+    """One policy's figures against the SFT baseline's samples: the world's protocol by the gold judge,
+    KL(policy ‖ SFT) on the policy's samples (or ``kl`` when given; ``model`` None for best-of-N) and the
+    win rates' bootstrap intervals."""
+    from rlhfkit.evaluate.protocol import evaluate_policy_pair
+    from rlhfkit.evaluate.report import win_rate_intervals
+
+    cfg = ctx.cfg
+    metrics = evaluate_policy_pair(model, ctx.model("sft"), ctx.tokenizer(), ctx.gold, prompts, cfg.eval.samples,
+                                   seed=cfg.seed, policy_samples=samples, baseline_samples=baseline, kl=kl,
+                                   n_bootstrap=cfg.eval.n_bootstrap, max_new_tokens=cfg.data.max_new_tokens)
+    metrics.update(win_rate_intervals(ctx.gold, prompts, samples.texts, baseline.texts,
+                                      n_bootstrap=cfg.eval.n_bootstrap, seed=cfg.seed))
+    return metrics
 
 
 def eval_stage(ctx: Context, folder: Path) -> dict[str, Any]:
@@ -81,8 +104,6 @@ def eval_stage(ctx: Context, folder: Path) -> dict[str, Any]:
     finished ones), plus win-rate intervals."""
     from tqdm import tqdm
 
-    from rlhfkit.evaluate.protocol import evaluate_policy_pair
-    from rlhfkit.evaluate.report import win_rate_intervals
     from rlhfkit.evaluate.sampling import sample_policy, stream_seed
 
     cfg = ctx.cfg
@@ -99,11 +120,7 @@ def eval_stage(ctx: Context, folder: Path) -> dict[str, Any]:
             summary[name] = read_json(path)["metrics"]["gold/utility_delta"]
             continue
         model, samples, kl = _policy_samples(ctx, name, prompts, folder)
-        metrics = evaluate_policy_pair(model, sft, tokenizer, ctx.gold, prompts, cfg.eval.samples, seed=cfg.seed,
-                                       policy_samples=samples, baseline_samples=baseline, kl=kl,
-                                       n_bootstrap=cfg.eval.n_bootstrap, max_new_tokens=cfg.data.max_new_tokens)
-        metrics.update(win_rate_intervals(ctx.gold, prompts, samples.texts, baseline.texts,
-                                          n_bootstrap=cfg.eval.n_bootstrap, seed=cfg.seed))
+        metrics = against_sft(ctx, model, samples, baseline, prompts, kl)
         write_json_atomically(path, {"metrics": metrics, "texts": samples.texts})
         summary[name] = metrics["gold/utility_delta"]
         say(f"eval: {name}: Δ utility {metrics['gold/utility_delta']:+.3f} "
