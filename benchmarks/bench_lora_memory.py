@@ -49,13 +49,27 @@ def words(rng: random.Random, n: int) -> str:
     return " ".join("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(n))
 
 
+def word_tokenizer(rng: random.Random, vocab: int):
+    """A byte-level BPE tokenizer ("llama" style) trained on 20000 texts of ``words`` (advances ``rng``)."""
+    from rlhfkit.models.tiny import train_tokenizer
+
+    return train_tokenizer([words(rng, 30) for _ in range(20000)], vocab_size=vocab, style="llama")
+
+
+def run_child(command: list[str], name: str, env: dict[str, str] | None = None) -> dict:
+    """Run one variant's fresh process; its last stdout line is its JSON record (exits on failure)."""
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    if done.returncode != 0:
+        sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def prepare(folder: Path, size: str, vocab: int, seq: int, rows: int) -> tuple[Path, Path]:
     """A saved tiny Llama + tokenizer, and an SFT file whose rows are about ``seq`` tokens."""
-    from rlhfkit.models.tiny import build_tiny_model, save_tiny, train_tokenizer
+    from rlhfkit.models.tiny import build_tiny_model, save_tiny
 
     rng = random.Random(0)
-    texts = [words(rng, 30) for _ in range(20000)]
-    tokenizer = train_tokenizer(texts, vocab_size=vocab, style="llama")
+    tokenizer = word_tokenizer(rng, vocab)
     model_dir = save_tiny(build_tiny_model("llama", size, tokenizer, max_positions=max(512, seq)), tokenizer,
                           folder / "model")
     data = folder / "sft.jsonl"
@@ -132,10 +146,7 @@ def main() -> None:
             command = [sys.executable, __file__, "--variant", variant, "--model", str(model_dir),
                        "--data", str(data), "--out", str(Path(tmp) / variant), "--seq", str(args.seq),
                        "--batch", str(args.batch), "--steps", str(args.steps), "--threads", str(args.threads)]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")
-            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            results.append(run_child(command, variant))
     report(results, args)
 
 
