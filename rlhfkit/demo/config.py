@@ -51,14 +51,14 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
         "data": {"max_length": 128, "max_prompt_length": 64, "identical": "drop"},
         "loss": "rpo", "rpo_alpha": 1.0, "beta": 0.1, "reference_mode": "precompute",
         "train": {"lr": 1.0e-4, "lr_schedule": "cosine", "warmup_ratio": 0.05, "per_device_batch_size": 32,
-                  "num_epochs": 3, "save_every": 50, "log_every": 10},
+                  "num_epochs": 1, "save_every": 50, "log_every": 10},
     },
 }
 
 
 @dataclass
 class DataSection:
-    pair_prompts: int = 3000
+    pair_prompts: int = 12000
     """Train prompts (family- then kind-uniform) whose two SFT samples become one comparison pair each."""
     max_new_tokens: int = 48
     """Length limit of every sampled response (pairs, best-of-N, evaluation)."""
