@@ -22,6 +22,12 @@ the median per-repeat ratio of tokens per CPU-second of this process ("cpu ratio
 leaves out the time the process waited for a core).
 Tokens/s counts response tokens up to and including EOS (B × max_new_tokens in the fixed scenario). Greedy
 outputs are compared token for token. ``--profile`` prints the top operators of one rlhfkit run.
+
+``--precision bf16`` runs both sides inside ``torch.autocast("cpu", torch.bfloat16)`` (float32 weights, bf16
+matrix products — what ``train.mixed_precision=bf16`` does in PPO). rlhfkit then keeps the KV cache and the
+attention in float32 (the CPU attention kernel is slow in bf16 at one query per row); ``model.generate`` runs
+everything the autocast casts in bf16. Greedy outputs then differ where bf16 rounding flips a near-tie, so the
+last column gives the share of identical rows instead.
 """
 
 from __future__ import annotations
@@ -99,10 +105,15 @@ def timed(fn, *a) -> tuple[float, float, torch.Tensor]:
 
 
 def compare(model, prompts, eos_ids: list[int], greedy: bool, args) -> dict:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        return compare_in_precision(model, prompts, eos_ids, greedy, args)
+
+
+def compare_in_precision(model, prompts, eos_ids: list[int], greedy: bool, args) -> dict:
     run_hf(model, prompts[:4], args, greedy, 0, eos_ids)  # warm-up (lazy inits, allocator)
     run_ours(model, prompts[:4], args, greedy, 0, eos_ids)
     hf_tps, our_tps, pair_ratios, cpu_ratios, lengths = [], [], [], [], []
-    identical = True
+    identical, same_rows = True, []
     for rep in range(args.repeats):
         # alternate which side goes first, so a slow spell does not always hit the same side
         order = [("hf", run_hf), ("ours", run_ours)] if rep % 2 == 0 else [("ours", run_ours), ("hf", run_hf)]
@@ -116,10 +127,13 @@ def compare(model, prompts, eos_ids: list[int], greedy: bool, args) -> dict:
         lengths.append(n_ours / len(prompts))
         if greedy:
             identical &= out_hf.shape == out_ours.shape and torch.equal(out_hf, out_ours)
+            if out_hf.shape == out_ours.shape:
+                same_rows.append(float((out_hf == out_ours).all(dim=1).float().mean()))
     return dict(mode="greedy" if greedy else "sampled", hf_tps=statistics.median(hf_tps),
                 our_tps=statistics.median(our_tps), ratio=statistics.median(our_tps) / statistics.median(hf_tps),
                 pair_ratio=statistics.median(pair_ratios), cpu_ratio=statistics.median(cpu_ratios),
-                identical=identical if greedy else None,
+                identical=(identical if args.precision == "fp32" else f"{statistics.mean(same_rows or [0]):.0%} rows")
+                if greedy else None,
                 mean_length=statistics.mean(lengths))
 
 
@@ -149,12 +163,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: both sides under torch.autocast(bfloat16)")
     parser.add_argument("--profile", action="store_true", help="print the top operators of one rlhfkit run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, prompts "
           f"{args.prompt_len}±{args.jitter} tokens, {args.new_tokens} new tokens, T={args.temperature}, "
-          f"top_p={args.top_p}, {args.repeats} alternating repeats")
+          f"top_p={args.top_p}, {args.repeats} alternating repeats, precision {args.precision}")
     if args.profile:
         for size in args.sizes:
             profile(size, args)

@@ -10,6 +10,7 @@ import contextlib
 import json
 from functools import cache
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -91,6 +92,8 @@ class FakeLoop:
     device = torch.device("cpu")
     num_processes = 1
     is_main_process = True
+
+    accelerator = SimpleNamespace(autocast=contextlib.nullcontext)  # full precision: autocast does nothing
 
     def __init__(self, model: torch.nn.Module, lr: float = 0.0) -> None:
         self.model = model

@@ -8,11 +8,9 @@ The toy run (``tests/loop_toy_train.py``): 44 examples, global batch 4 × 2 = 8,
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,11 @@ from safetensors.torch import load_file
 
 from rlhfkit.trainers import checkpoint as ckpt
 from rlhfkit.trainers.metrics_log import read_metrics
+
+try:
+    from multiprocess_helpers import cpu_processes
+except ImportError:  # tests/ imported as a package
+    from tests.multiprocess_helpers import cpu_processes
 
 pytestmark = pytest.mark.slow
 
@@ -34,17 +37,13 @@ TOTAL = 18
 
 def run_toy(output_dir: Path, *extra: str, kill_after: int | None = None, kill_during_save: int | None = None,
             processes: int = 1) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOP_TOY_")}
-    env["OMP_NUM_THREADS"] = "1"
+    # python TOY …, or torchrun with `processes` CPU processes (tests/multiprocess_helpers.py)
+    command, env = cpu_processes([str(TOY), f"train.output_dir={output_dir}", *COMMON, *extra], processes)
+    env = {k: v for k, v in env.items() if not k.startswith("LOOP_TOY_")}
     if kill_after is not None:
         env["LOOP_TOY_KILL_AFTER_STEP"] = str(kill_after)
     if kill_during_save is not None:
         env["LOOP_TOY_KILL_DURING_SAVE"] = str(kill_during_save)
-    command = [sys.executable, str(TOY), f"train.output_dir={output_dir}", *COMMON, *extra]
-    if processes > 1:
-        env["ACCELERATE_USE_CPU"] = "1"  # several CPU processes (what `accelerate launch --cpu` sets)
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={processes}", *command[1:]]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 

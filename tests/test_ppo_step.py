@@ -199,3 +199,34 @@ def test_value_head_option_trains_the_head(tmp_path):
     metrics = trainer.step(encoded[:8], 1)
     assert metrics["ppo/val/mean"] == 0.0  # zero-initialised head (lm-human-preferences)
     assert float(head.weight.detach().abs().sum()) > 0.0
+
+
+@pytest.mark.parametrize("kind", ["separate", "head"])
+def test_old_logprobs_from_sampling_skip_the_policy_forward_and_match_it(tmp_path, kind):
+    other = save_policy_folder(tmp_path, "other_reference", seed=7)
+    cfg = ppo_config(tmp_path, f"reference.path={other}", "rollout.temperature=0.7", "rollout.old_logprobs=sampling",
+                     f"value_model.kind={kind}", "value_model.head_init_std=0.5", "ppo.epochs=2")
+    trainer, encoded, prompts = make_trainer(cfg)
+    actor_critic = trainer.models.actor_critic
+    calls = []
+    actor_critic.language_model.register_forward_hook(lambda *_: calls.append(1))
+    rollout, extras = trainer.collect(encoded[:8], prompts[:8], torch.Generator().manual_seed(3))
+    assert len(calls) == rollout.response_ids.shape[1]  # the sampling steps only: no forward after sampling
+    ids = (rollout.query_ids, rollout.query_mask, rollout.response_ids, rollout.response_mask)
+    with torch.no_grad():  # what the default (old_logprobs=forward) computes with one more forward
+        logprobs, entropy, values = actor_critic(*ids, 0.7, with_entropy=True)
+    mask = rollout.response_mask.bool()
+    assert torch.allclose(rollout.logprobs, logprobs, atol=1e-5)
+    assert torch.allclose(rollout.values, values, atol=1e-5) and values[mask].abs().min() > 0  # real values
+    assert torch.allclose(extras["entropy"], (entropy * mask).sum(1), atol=1e-4)
+    reference = load_causal_lm(other)
+    assert torch.allclose(rollout.ref_logprobs, independent_logprobs(reference, rollout, 0.7), atol=1e-5)
+    # scored in length-sorted groups (minibatches of 4, prompts of several lengths), back in row order
+    assert len(set(rollout.query_mask.sum(1).tolist())) > 2
+    assert torch.allclose(extras["rm_scores"], trainer.models.scorer(prompts[:8], rollout), atol=1e-5)
+    # the PPO step runs on it, and its first ratio is 1 up to float rounding
+    records = []
+    update = trainer.update
+    trainer.update = lambda minibatch: records.append(dict(update(minibatch))) or dict(records[-1])
+    trainer.step(encoded[:8], 1)
+    assert records[0]["ppo/ratio/max"] == pytest.approx(1.0, abs=1e-4)

@@ -133,6 +133,41 @@ def test_cat_repads_and_round_trips_through_index_select():
         Rollout.cat([make_rollout(), make_rollout(complete=False)])
 
 
+def test_trimmed_drops_only_columns_that_are_padding_in_every_row():
+    whole = make_rollout()
+    narrow = whole.index_select([1, 5, 4])  # prompts of 2, 2, 4 tokens; responses of 1, 4, 2 tokens
+    trimmed = narrow.trimmed().validate()
+    assert trimmed.query_ids.shape == (3, 4) and trimmed.response_ids.shape == (3, 4)  # one response column less
+    short = whole.index_select([1, 5]).trimmed().validate()
+    assert short.query_ids.shape == (2, 2) and short.response_ids.shape == (2, 4)
+    for part, rows in ((trimmed, [1, 5, 4]), (short, [1, 5])):
+        full = whole.index_select(rows)
+        for name, tensor in full.present_fields().items():
+            kind = _SHAPES[name]
+            if kind == "BP":  # the kept columns are the last ones, and nothing real was dropped
+                assert torch.equal(getattr(part, name), tensor[:, P - part.query_ids.shape[1] :]), name
+            elif kind == "BT":
+                assert torch.equal(getattr(part, name), tensor[:, : part.response_ids.shape[1]]), name
+            else:
+                assert torch.equal(getattr(part, name), tensor), name
+        assert part.query_mask.sum() == full.query_mask.sum()
+        assert part.response_mask.sum() == full.response_mask.sum()
+
+
+def test_length_groups_cover_every_row_once_sorted_by_prompt_length():
+    whole = make_rollout()
+    groups = list(whole.length_groups(4))
+    rows = torch.cat([r for r, _ in groups])
+    assert sorted(rows.tolist()) == list(range(B)) and [len(r) for r, _ in groups] == [4, 2]
+    lengths = whole.query_mask.sum(1)[rows]
+    assert lengths.tolist() == sorted(lengths.tolist())  # prompt lengths 1, 2, 2, 3 | 4, 4
+    first_rows, first = groups[0]
+    assert first.query_ids.shape[1] == 3  # the group's longest prompt, not the batch's (4)
+    assert torch.equal(first.scores, whole.scores[first_rows])
+    with pytest.raises(ValueError, match="≥ 1"):
+        next(whole.length_groups(0))
+
+
 def test_sequences_and_from_generation():
     class FakeGeneration:  # GenerationOutput's fields, without importing the generation engine
         prompt_ids = torch.tensor([[0, 5, 6]])

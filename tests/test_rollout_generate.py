@@ -7,7 +7,7 @@ import torch
 
 from rlhfkit.models.tiny import ARCHS, tiny_config
 from rlhfkit.rollout import generate as generate_module
-from rlhfkit.rollout.generate import filter_logits, generate, left_pad, sampling_logprobs
+from rlhfkit.rollout.generate import filter_logits, generate, left_pad, sample_categorical, sampling_logprobs
 
 VOCAB = 96
 PAD, BOS = 0, 1
@@ -220,6 +220,54 @@ def test_logprobs_match_an_independent_forward_pass():
     assert (out.logprobs[~valid] == 0).all()
 
 
+def test_entropy_and_readouts_match_an_independent_forward_pass():
+    """Each step's entropy is that of softmax(logits / T) at the position the token was sampled from, and a
+    readout of the hidden state there equals the readout of a full forward's final hidden state."""
+    model = tiny_model("llama", logit_scale=3.0)
+    prompts = ragged_prompts(16, seed=9)  # more than 8 rows: finished rows leave the batch (compaction)
+    temperature = 0.8
+    head = torch.nn.Linear(model.config.hidden_size, 1)
+    with torch.no_grad():
+        head.weight.normal_(generator=torch.Generator().manual_seed(1))
+    eos = list(range(3, 20))  # a sixth of the vocabulary: rows end at various steps
+    out = generate(model, prompts, max_new_tokens=7, temperature=temperature, eos_token_id=eos, pad_token_id=PAD,
+                   generator=torch.Generator().manual_seed(0), return_logprobs=True,
+                   readout=lambda hidden: head(hidden).squeeze(-1))
+    ids, mask = out.sequences()
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                     output_hidden_states=True)
+    P = out.prompt_ids.shape[1]
+    logits = full.logits[:, P - 1 : -1] / temperature  # position P − 1 + t chose response token t
+    log_p = torch.log_softmax(logits, -1)
+    expected_entropy = -(log_p.exp() * log_p).sum(-1)
+    with torch.no_grad():
+        expected_readout = head(full.hidden_states[-1][:, P - 1 : -1]).squeeze(-1)
+    valid = out.response_mask.bool()
+    assert (valid.sum(1) < 4).sum() > 4 and valid.sum() > 30  # many rows ended early, so the batch was compacted
+    assert torch.allclose(out.entropy[valid], expected_entropy[valid], atol=1e-4)
+    assert torch.allclose(out.readouts[valid], expected_readout[valid], atol=1e-4)
+    assert (out.entropy[~valid] == 0).all() and (out.readouts[~valid] == 0).all()
+    assert expected_readout[valid].std() > 0.1  # the readout really varies with the hidden state
+    plain = generate(model, prompts, max_new_tokens=7, eos_token_id=11, pad_token_id=PAD)
+    assert plain.entropy is None and plain.readouts is None
+
+
+def test_sample_categorical_follows_the_probabilities_and_never_draws_a_zero():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                          [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]])
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_categorical(probs, generator) for _ in range(4000)])  # (4000, 3)
+    counts = torch.bincount(draws[:, 0], minlength=6)
+    assert counts[[0, 2, 5]].sum() == 0  # zero-probability tokens are never drawn (first and last included)
+    stat, df = _chi_square(counts, probs[0])
+    assert stat < df + 6 * math.sqrt(2 * df), (stat, df)
+    assert (draws[:, 1] == 0).all() and (draws[:, 2] == 5).all()
+    # one uniform per row per call: the same generator state gives the same draws
+    assert torch.equal(sample_categorical(probs, torch.Generator().manual_seed(5)),
+                       sample_categorical(probs, torch.Generator().manual_seed(5)))
+
+
 def _first_token_distribution(model, prompt, temperature):
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([prompt])).logits[0, -1]
@@ -365,3 +413,34 @@ def test_outputs_can_enter_a_forward_pass_with_gradients():
     loss = model(input_ids=ids, attention_mask=mask).logits.mean() + out.logprobs.sum() * 0
     loss.backward()  # fails with "Inference tensors cannot be saved for backward" if outputs leak out
     assert model.get_input_embeddings().weight.grad is not None
+
+
+def test_under_bf16_autocast_products_are_bf16_attention_float32_and_the_model_is_restored(monkeypatch):
+    model = tiny_model("llama", size="small")
+    prompts = ragged_prompts(6, seed=10)
+    calls = []
+    original = generate_module._sdpa_in_float32
+    # (module, query, key, value, mask): keys and values come from the cache
+    monkeypatch.setattr(generate_module, "_sdpa_in_float32", lambda *a, **k: calls.append(a[3].dtype) or original(*a, **k))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = generate(model, prompts, max_new_tokens=6, eos_token_id=VOCAB + 1, pad_token_id=PAD,
+                       generator=torch.Generator().manual_seed(0), return_logprobs=True)
+    assert model.config._attn_implementation == "sdpa"  # restored
+    # one call per layer and step, on the float32 cache (the products ran in bf16: see the error below)
+    assert len(calls) == model.config.num_hidden_layers * 6 and set(calls) == {torch.float32}
+    ids, mask = out.sequences()
+    P = out.prompt_ids.shape[1]
+
+    def forward_logprobs(autocast: bool) -> torch.Tensor:  # the same tokens' log-probs from a full forward
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
+        return torch.log_softmax(logits[:, P - 1 : -1].float(), -1).gather(-1, out.response_ids[..., None])[..., 0]
+
+    exact = forward_logprobs(autocast=False)
+    bf16_error = (forward_logprobs(autocast=True) - exact).abs().max()  # what bf16 costs a plain forward
+    error = (out.logprobs - exact).abs().max()
+    assert 1e-5 < error < 2 * bf16_error, (error, bf16_error)  # bf16 products, no worse than a bf16 forward
+    # without autocast nothing changes: float32 throughout, the model's own attention
+    calls.clear()
+    generate(model, prompts, max_new_tokens=2, eos_token_id=VOCAB + 1, pad_token_id=PAD)
+    assert calls == []

@@ -138,6 +138,28 @@ class Rollout:
         index = torch.as_tensor(indices, dtype=torch.long)
         return self.replace(**{n: t.index_select(0, index.to(t.device)) for n, t in self.present_fields().items()})
 
+    def trimmed(self) -> Rollout:
+        """The same rows without the padding columns no row needs: leading query columns and trailing response
+        columns that are padding in every row. Fewer positions to compute; each row's tokens, masks and
+        per-token values unchanged."""
+        first = int(self.query_mask.bool().any(dim=0).long().argmax())  # first column some row has a token in
+        last = int(self.response_mask.bool().any(dim=0).nonzero().max()) + 1 if self.response_mask.any() else 0
+        cut = {"BP": lambda t: t[:, first:], "BT": lambda t: t[:, :last], "B": lambda t: t}
+        return self.replace(**{n: cut[_SHAPES[n]](t) for n, t in self.present_fields().items()})
+
+    def length_groups(self, size: int) -> Iterator[tuple[torch.Tensor, Rollout]]:
+        """Rows sorted by query length, in groups of ``size``: ``(row indices (b,), trimmed sub-rollout)``.
+
+        For forward passes whose rows are independent (reference, reward and value models): rows of similar
+        prompt length share a group, so :meth:`trimmed` drops most of the left padding. The order is stable.
+        """
+        if size < 1:
+            raise ValueError(f"group size must be ≥ 1, got {size}")
+        order = torch.sort(self.query_mask.long().sum(dim=1).cpu(), stable=True).indices
+        for start in range(0, self.batch_size, size):
+            rows = order[start : start + size]
+            yield rows, self.index_select(rows).trimmed()
+
     def minibatches(self, size: int, generator: torch.Generator | None = None,
                     shuffle: bool = True) -> Iterator[Rollout]:
         """Yield sub-rollouts of ``size`` rows covering every row exactly once; the last may be smaller.

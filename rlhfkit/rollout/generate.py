@@ -27,11 +27,15 @@ What it does, and why (each detail is one a PPO implementation gets wrong sooner
   where two logits tie to that precision. ``drop_finished=False`` keeps every row (bitwise equal logits).
 - **Logits ÷ temperature, then top-k, then top-p**, then one draw from the given ``torch.Generator``.
 - **Stop when every sequence has produced EOS**; tokens after a row's EOS are padding, masked out.
-- ``torch.inference_mode()``, the model in eval mode (dropout off) and each module's training flag
-  restored after; the returned tensors are ordinary tensors (usable in a forward pass with gradients).
+- ``torch.no_grad()`` (not ``inference_mode``: under a caller's bf16 autocast, only outside inference mode
+  does autocast cache the bf16 copy of each weight instead of casting it again at every token), the model in
+  eval mode (dropout off) and each module's training flag restored after; the returned tensors are ordinary
+  tensors (usable in a forward pass with gradients).
 
-RNG: sampling consumes only ``generator`` (one ``torch.multinomial`` call per decoding step over the rows
-still being decoded), or the global default generator of the model's device when ``generator`` is None.
+RNG: sampling consumes only ``generator`` (one uniform number per row still being decoded, per decoding step,
+turned into a token by inverting the cumulative distribution — ``torch.multinomial`` draws an exponential
+number per vocabulary entry instead, which costs more than the model's attention on a small model), or the
+global default generator of the model's device when ``generator`` is None.
 Greedy decoding consumes no randomness. So the same generator state and the same inputs give the same
 samples, and saving ``generator.get_state()`` in a checkpoint makes sampling resumable. (Which random
 numbers a row receives depends on the whole batch, so a prompt sampled alone gets another — equally
@@ -41,7 +45,8 @@ distributed — response than inside a batch.)
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +70,11 @@ class GenerationOutput:
     # (B, R) float32 log p_T(a_t | s_t) of each sampled token under softmax(logits / temperature), before
     # top-k/top-p truncation (see `sampling_logprobs`); 0 where response_mask is 0. None unless requested.
     logprobs: torch.Tensor | None = None
+    # (B, R) float32 entropy (nats) of that same distribution at each step; 0 off the response. With logprobs.
+    entropy: torch.Tensor | None = None
+    # (B, R) float32 ``readout(h_t)`` of the trunk's final hidden state h_t at the position token t was sampled
+    # from (e.g. a value head: V(s_t)); 0 off the response. None unless a readout was given.
+    readouts: torch.Tensor | None = None
 
     @property
     def response_lengths(self) -> torch.Tensor:
@@ -133,21 +143,40 @@ def sampling_logprobs(scaled_logits: torch.Tensor, tokens: torch.Tensor) -> torc
     return chosen - torch.logsumexp(scaled_logits, dim=-1)
 
 
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row of (B, V) probabilities (rows sum to 1): (B,) long.
+
+    Inverse transform sampling: with ``u = (1 − U) · Σ_v p_v``, ``U ~ Uniform[0, 1)``, the token is the first
+    ``i`` with ``cdf_i ≥ u``. ``u`` lies in (0, cdf_{V−1}], so such an ``i`` exists, and a token of probability 0
+    is never drawn (its cdf equals its predecessor's). One uniform number per row, where
+    ``torch.multinomial`` draws one exponential number per entry.
+    """
+    cdf = probs.cumsum(dim=-1)  # (B, V)
+    uniform = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype)
+    threshold = (1.0 - uniform) * cdf[:, -1:]  # (B, 1) in (0, total]
+    return torch.searchsorted(cdf, threshold).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
 def _next_tokens(
     logits: torch.Tensor, *, greedy: bool, temperature: float, top_k: int, top_p: float,
     generator: torch.Generator | None, want_logprobs: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Pick one token per row from the last-position logits (B, V); return (B,) tokens and (B,) logprobs."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Pick one token per row from the last-position logits (B, V); return (B,) tokens, and with
+    ``want_logprobs`` the (B,) log-probabilities and entropies of softmax(logits / temperature)."""
     logits = logits.float()
     scaled = logits / temperature if temperature != 1.0 else logits
     if greedy:
         # argmax of the raw logits, as model.generate(do_sample=False) does (temperature cannot change it)
         tokens = logits.argmax(dim=-1)
     else:
-        probs = filter_logits(scaled, top_k, top_p).softmax(dim=-1)
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    logprobs = sampling_logprobs(scaled, tokens) if want_logprobs else None
-    return tokens, logprobs
+        tokens = sample_categorical(filter_logits(scaled, top_k, top_p).softmax(dim=-1), generator)
+    if not want_logprobs:
+        return tokens, None, None
+    log_normalizer = torch.logsumexp(scaled, dim=-1, keepdim=True)  # (B, 1)
+    logprobs = scaled.gather(-1, tokens.unsqueeze(-1)) - log_normalizer  # as `sampling_logprobs`, bit for bit
+    # H = −Σ p log p = logsumexp(s) − Σ p·s, with p = softmax(s) = exp(s − logsumexp(s)) of the scaled logits s
+    entropy = log_normalizer - ((scaled - log_normalizer).exp_() * scaled).sum(dim=-1, keepdim=True)
+    return tokens, logprobs.squeeze(-1), entropy.squeeze(-1)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -162,16 +191,18 @@ class _PreallocatedLayer(DynamicLayer):
     ``torch.cat`` copy of the whole cache at every step.
     """
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, dtype: torch.dtype | None = None):
         super().__init__()
         self.capacity = capacity
         self.length = 0
+        self.buffer_dtype = dtype  # None: the keys' own
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, heads = key_states.shape[:2]
-        self.dtype, self.device = key_states.dtype, key_states.device
-        self.key_buffer = key_states.new_empty((batch, heads, self.capacity, key_states.shape[-1]))
-        self.value_buffer = value_states.new_empty((batch, heads, self.capacity, value_states.shape[-1]))
+        self.dtype, self.device = self.buffer_dtype or key_states.dtype, key_states.device
+        self.key_buffer = key_states.new_empty((batch, heads, self.capacity, key_states.shape[-1]), dtype=self.dtype)
+        self.value_buffer = value_states.new_empty((batch, heads, self.capacity, value_states.shape[-1]),
+                                                   dtype=self.dtype)
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -218,10 +249,52 @@ class _PreallocatedLayer(DynamicLayer):
 
 
 class _PreallocatedCache(Cache):
-    """A ``transformers`` Cache whose layers are :class:`_PreallocatedLayer` of a fixed capacity."""
+    """A ``transformers`` Cache whose layers are :class:`_PreallocatedLayer` of a fixed capacity (and dtype)."""
 
-    def __init__(self, capacity: int):
-        super().__init__(layer_class_to_replicate=lambda: _PreallocatedLayer(capacity))
+    def __init__(self, capacity: int, dtype: torch.dtype | None = None):
+        super().__init__(layer_class_to_replicate=lambda: _PreallocatedLayer(capacity, dtype))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Under a caller's bf16 autocast: bf16 matrix products, float32 attention
+# ---------------------------------------------------------------------------------------------------------
+
+_FLOAT32_SDPA = "rlhfkit_sdpa_float32"
+
+
+def _sdpa_in_float32(module, query, key, value, attention_mask, **kwargs):
+    """transformers' sdpa attention computed in float32 whatever the autocast: (B, H, q, D) inputs, output in
+    the query's dtype. PyTorch's CPU attention kernel is several times slower in bf16 at one query per row."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    with torch.autocast(query.device.type, enabled=False):
+        out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
+                                              **kwargs)
+    return out.to(query.dtype), weights
+
+
+def _register_float32_sdpa() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(_FLOAT32_SDPA, _sdpa_in_float32)
+    AttentionMaskInterface.register(_FLOAT32_SDPA, sdpa_mask)
+
+
+@contextmanager
+def _float32_attention(model, wanted: bool):
+    """While decoding under a lower-precision autocast with our float32 KV cache, run the model's sdpa attention
+    in float32 (the matrix products stay in the autocast dtype); the model's setting is restored after."""
+    config = getattr(model, "config", None)
+    if not wanted or getattr(config, "_attn_implementation", None) != "sdpa":
+        yield
+        return
+    _register_float32_sdpa()
+    config._attn_implementation = _FLOAT32_SDPA
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
 
 
 def _supports_preallocated_cache(model) -> bool:
@@ -256,7 +329,9 @@ class _Sampling:
     pad_token_id: int
     generator: torch.Generator | None
     return_logprobs: bool
+    readout: Callable[[torch.Tensor], torch.Tensor] | None
     preallocated_cache: bool
+    cache_dtype: torch.dtype | None  # the KV cache's dtype; None = the keys' own
     logits_to_keep: bool
     drop_finished: bool
 
@@ -314,48 +389,62 @@ def _decode_batch(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s:
     """Prefill the (B, P) left-padded prompts, then decode one token per step for every unfinished row."""
     batch, prompt_len = prompt_ids.shape
     device = prompt_ids.device
-    cache = _PreallocatedCache(prompt_len + s.max_new_tokens) if s.preallocated_cache else DynamicCache(
+    cache = _PreallocatedCache(prompt_len + s.max_new_tokens, s.cache_dtype) if s.preallocated_cache else DynamicCache(
         config=model.config)
     live = _Batch(prompt_mask, prompt_len + s.max_new_tokens, use_4d_mask=s.preallocated_cache)
     # cumsum − 1 numbers each row's real tokens 0, 1, …; left padding gets 0 (masked out anyway)
     positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P)
     extra = {"logits_to_keep": 1} if s.logits_to_keep else {}
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, past_key_values=cache,
-                use_cache=True, **extra)
-    logits = out.logits[:, -1, :]  # (b, V)
-
+    out = {}
     response_ids = torch.full((batch, s.max_new_tokens), s.pad_token_id, dtype=torch.long, device=device)
     response_mask = torch.zeros((batch, s.max_new_tokens), dtype=torch.long, device=device)
-    logprobs = torch.zeros((batch, s.max_new_tokens), device=device) if s.return_logprobs else None
-    steps = 0
-    for t in range(s.max_new_tokens):
-        tokens, token_logprobs = _next_tokens(logits, greedy=s.greedy, temperature=s.temperature, top_k=s.top_k,
-                                              top_p=s.top_p, generator=s.generator, want_logprobs=s.return_logprobs)
-        tokens = tokens.masked_fill(live.finished, s.pad_token_id)  # a finished row only emits padding
-        response_ids[live.rows, t] = tokens
-        response_mask[live.rows, t] = (~live.finished).long()
-        if token_logprobs is not None:
-            logprobs[live.rows, t] = token_logprobs.masked_fill(live.finished, 0.0)
-        live.finished |= torch.isin(tokens, s.eos_ids)
-        steps = t + 1
-        if steps == s.max_new_tokens or bool(live.finished.all()):
-            break
-        kept = _rows_to_keep(live.finished) if s.drop_finished else None
-        if kept is not None:
-            live.keep(kept, cache)
-            tokens = tokens[kept]
-        out = model(input_ids=tokens[:, None], attention_mask=live.attention_mask(prompt_len + steps),
-                    position_ids=live.next_position, past_key_values=cache, use_cache=True)
-        logits = out.logits[:, -1, :]
-        live.next_position = live.next_position + 1
+    per_step = {name: torch.zeros((batch, s.max_new_tokens), device=device)
+                for name, wanted in (("logprobs", s.return_logprobs), ("entropy", s.return_logprobs),
+                                     ("readouts", s.readout is not None)) if wanted}
+    with _capture_hidden(model, s.readout is not None) as captured:
+        logits = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
+                       past_key_values=cache, use_cache=True, **extra).logits[:, -1, :]  # (b, V)
+        steps = 0
+        for t in range(s.max_new_tokens):
+            tokens, token_logprobs, token_entropy = _next_tokens(
+                logits, greedy=s.greedy, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                generator=s.generator, want_logprobs=s.return_logprobs)
+            tokens = tokens.masked_fill(live.finished, s.pad_token_id)  # a finished row only emits padding
+            response_ids[live.rows, t] = tokens
+            response_mask[live.rows, t] = (~live.finished).long()
+            if s.return_logprobs:
+                out["logprobs"], out["entropy"] = token_logprobs, token_entropy
+            if s.readout is not None:  # the hidden state the logits of this step were read from
+                out["readouts"] = s.readout(captured["hidden"][:, -1, :]).reshape(-1).float()
+            for name, values in out.items():
+                per_step[name][live.rows, t] = values.masked_fill(live.finished, 0.0)
+            live.finished |= torch.isin(tokens, s.eos_ids)
+            steps = t + 1
+            if steps == s.max_new_tokens or bool(live.finished.all()):
+                break
+            kept = _rows_to_keep(live.finished) if s.drop_finished else None
+            if kept is not None:
+                live.keep(kept, cache)
+                tokens = tokens[kept]
+            logits = model(input_ids=tokens[:, None], attention_mask=live.attention_mask(prompt_len + steps),
+                           position_ids=live.next_position, past_key_values=cache, use_cache=True).logits[:, -1, :]
+            live.next_position = live.next_position + 1
 
     ended_with_eos = torch.isin(response_ids, s.eos_ids).logical_and(response_mask.bool()).any(dim=1)
     return GenerationOutput(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask,
         response_ids=response_ids[:, :steps], response_mask=response_mask[:, :steps],
-        ended_with_eos=ended_with_eos,
-        logprobs=None if logprobs is None else logprobs[:, :steps],
+        ended_with_eos=ended_with_eos, **{name: values[:, :steps] for name, values in per_step.items()},
     )
+
+
+def _capture_hidden(model, wanted: bool):
+    """The trunk's final hidden states of each forward (``captured["hidden"]``, (b, L, H)) when ``wanted``."""
+    if not wanted:
+        return nullcontext({})
+    from rlhfkit.models.forward import capture_trunk_output
+
+    return capture_trunk_output(model)
 
 
 def _merge(parts: list[GenerationOutput], order: list[int], pad_token_id: int) -> GenerationOutput:
@@ -376,8 +465,9 @@ def _merge(parts: list[GenerationOutput], order: list[int], pad_token_id: int) -
         "response_mask": torch.cat([pad(p.response_mask, width_r, 0, False) for p in parts]),
         "ended_with_eos": torch.cat([p.ended_with_eos for p in parts]),
     }
-    if parts[0].logprobs is not None:
-        fields["logprobs"] = torch.cat([pad(p.logprobs, width_r, 0.0, False) for p in parts])
+    for name in ("logprobs", "entropy", "readouts"):
+        if getattr(parts[0], name) is not None:
+            fields[name] = torch.cat([pad(getattr(p, name), width_r, 0.0, False) for p in parts])
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     inverse = inverse.to(fields["prompt_ids"].device)
@@ -424,6 +514,7 @@ def generate(
     batch_size: int | None = None,
     return_logprobs: bool = False,
     drop_finished: bool = True,
+    readout: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> GenerationOutput:
     """Sample (or greedily decode) up to ``max_new_tokens`` tokens after each prompt; see the module docstring.
 
@@ -433,17 +524,25 @@ def generate(
     the global RNG. ``batch_size`` splits the prompts into chunks of that many rows, grouped by length to
     waste less padding (rows come back in the input order); None decodes all at once. ``drop_finished``
     removes rows that have ended from the running batch (faster; logits equal to float rounding — see the
-    module docstring); False reproduces ``model.generate``'s logits bit for bit.
+    module docstring); False reproduces ``model.generate``'s logits bit for bit. ``return_logprobs`` also
+    returns each step's entropy. ``readout`` maps the trunk's final hidden states (b, H) to (b,) values at
+    every sampling step — the state each token was chosen in, e.g. PPO's value head: V(s_t) at no extra forward.
     Returns a :class:`GenerationOutput` whose row i belongs to ``prompts[i]``.
     """
     _check_settings(prompts, max_new_tokens, temperature, top_p, top_k, batch_size, model)
     eos_ids = _eos_ids(eos_token_id)
     pad_id = eos_ids[0] if pad_token_id is None else int(pad_token_id)
-    device = next(model.parameters()).device
+    weight = next(model.parameters())
+    device = weight.device
+    preallocated = _supports_preallocated_cache(model)
+    # a caller's bf16 autocast over float32 weights: bf16 products, a float32 KV cache and attention
+    mixed = (weight.dtype == torch.float32 and torch.is_autocast_enabled(device.type)
+             and torch.get_autocast_dtype(device.type) != torch.float32)
     settings = _Sampling(
         max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
         greedy=greedy, eos_ids=torch.tensor(eos_ids, device=device), pad_token_id=pad_id, generator=generator,
-        return_logprobs=return_logprobs, preallocated_cache=_supports_preallocated_cache(model),
+        return_logprobs=return_logprobs, readout=readout, preallocated_cache=preallocated,
+        cache_dtype=torch.float32 if mixed and preallocated else None,
         logits_to_keep=_accepts_logits_to_keep(model), drop_finished=drop_finished,
     )
     if batch_size is None or batch_size >= len(prompts):
@@ -456,7 +555,7 @@ def generate(
     training_flags = [(module, module.training) for module in model.modules()]
     model.eval()  # dropout off: samples come from the policy itself, and PPO's recomputed logprobs match
     try:
-        with torch.inference_mode():
+        with torch.no_grad(), _float32_attention(model, mixed and preallocated):
             parts = []
             for chunk in chunks:
                 ids, mask = left_pad([prompts[i] for i in chunk], pad_id)
@@ -465,6 +564,4 @@ def generate(
     finally:
         for module, was_training in training_flags:
             module.training = was_training
-    # Clone outside inference mode: inference tensors cannot be saved for backward, and PPO feeds these ids
-    # to a forward pass with gradients.
-    return GenerationOutput(**{f: None if v is None else v.clone() for f, v in vars(merged).items()})
+    return merged

@@ -5,7 +5,9 @@ One step of :meth:`PPOTrainer.step`, as the algorithm reads:
  1. draw prompts     the shared loop hands this process its share of the step's prompts (order, resume position)
  2. generate         sample a response per prompt: logits ÷ temperature, top-p, up to max_new_tokens, stop at EOS
  3. score            the frozen reward model's normalised score; optionally a fixed penalty for a missing EOS
- 4. forward once     logprobs (policy), ref_logprobs (reference), values (value model): once per rollout
+ 4. forward once     logprobs (policy), ref_logprobs (reference), values (value model): once per rollout —
+                     the policy's from the sampling pass itself with ``rollout.old_logprobs=sampling``; the
+                     frozen models' in length-sorted groups with their padding trimmed
  5. rewards          −β·KL_t at every response token, plus the score at the last one
  6. GAE              advantages and returns with (γ, λ)
  7. whiten           advantages to mean 0, std 1 over the rollout's response tokens
@@ -26,6 +28,7 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 
 from rlhfkit.config import load_config
 from rlhfkit.data import encode_prompt, format_encode_report, load_rows
@@ -114,31 +117,52 @@ class PPOTrainer:
 
     @torch.no_grad()
     def collect(self, batch: list, prompts: list, generator: torch.Generator) -> tuple[Rollout, dict]:
-        """Generate → score → forward once, ``rollout.chunk_size`` prompts at a time; one :class:`Rollout`."""
-        cfg, models = self.cfg, self.models
-        device = self.loop.device
-        size = cfg.rollout.chunk_size or len(batch)
+        """Generate → score → forward once, ``rollout.chunk_size`` prompts at a time; one :class:`Rollout`.
+
+        In the run's precision: with ``train.mixed_precision=bf16`` sampling and every forward run under the
+        same autocast as the updates (the loop's prepared module has it built in)."""
+        size = self.cfg.rollout.chunk_size or len(batch)
         parts, extras = [], defaultdict(list)
         for start in range(0, len(batch), size):
-            generation = generate(  # left-padded prompts, right-padded responses
-                models.actor_critic.language_model, [e.prompt_ids for e in batch[start : start + size]],
-                max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, eos_token_id=models.eos_token_ids,
-                pad_token_id=models.tokenizer.pad_token_id, generator=generator)
-            ids = (generation.prompt_ids, generation.prompt_mask, generation.response_ids, generation.response_mask)
-            # through the loop's (prepared) module: the same numerics as the updates, so the ratio starts at 1
-            logprobs, entropy, values = self.loop.model(*ids, cfg.rollout.temperature, with_entropy=True)
-            rollout = Rollout(*ids, logprobs=logprobs, values=values,
-                              ref_logprobs=models.reference_logprobs(*ids, cfg.rollout.temperature))
-            score = models.scorer(prompts[start : start + size], rollout).to(device).float()  # (B,)
-            ended = ends_with_eos(rollout, models.eos_token_ids)
-            penalty = cfg.ppo.missing_eos_penalty  # Huang et al. 2024: a response with no EOS gets a fixed score
-            scores = score if penalty is None else torch.where(ended, score, torch.full_like(score, penalty))
-            parts.append(rollout.replace(scores=scores))
-            extras["rm_scores"].append(score)
-            extras["ended_with_eos"].append(ended)
-            extras["entropy"].append(masked_sum(entropy, rollout.response_mask, dim=1))  # (B,) nats per sequence
+            with self.loop.accelerator.autocast():
+                rollout, chunk_extras = self.collect_chunk(batch[start : start + size],
+                                                           prompts[start : start + size], generator)
+            parts.append(rollout)
+            for key, value in chunk_extras.items():
+                extras[key].append(value)
         return Rollout.cat(parts).validate(), {k: torch.cat(v) for k, v in extras.items()}
+
+    def collect_chunk(self, batch: list, prompts: list, generator: torch.Generator) -> tuple[Rollout, dict]:
+        """One chunk: sample; log-probs, entropies and values (from the sampling pass, or one forward through
+        the loop's module); reference log-probs and scores of the frozen models, in length-sorted groups."""
+        cfg, models, actor_critic = self.cfg, self.models, self.models.actor_critic
+        temperature = cfg.rollout.temperature
+        from_sampling = cfg.rollout.old_logprobs == "sampling"
+        readout = actor_critic.value_readout if from_sampling and actor_critic.value_model is None else None
+        generation = generate(  # left-padded prompts, right-padded responses
+            actor_critic.language_model, [e.prompt_ids for e in batch], max_new_tokens=cfg.rollout.max_new_tokens,
+            temperature=temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+            eos_token_id=models.eos_token_ids, pad_token_id=models.tokenizer.pad_token_id, generator=generator,
+            return_logprobs=from_sampling, readout=readout)
+        ids = (generation.prompt_ids, generation.prompt_mask, generation.response_ids, generation.response_mask)
+        rollout = Rollout(*ids, logprobs=generation.logprobs)
+        group = cfg.ppo.micro_batch_size or cfg.ppo.minibatch_size  # rows per forward of the frozen models
+        if not from_sampling:
+            # through the loop's (prepared) module: the same numerics as the updates, so the ratio starts at 1
+            logprobs, entropy, values = self.loop.model(*ids, temperature, with_entropy=True)
+        else:
+            logprobs, entropy = generation.logprobs, generation.entropy
+            values = generation.readouts if readout is not None else in_length_groups(
+                rollout, group, lambda _rows, part: actor_critic.values(*part_ids(part)))
+        rollout = rollout.replace(logprobs=logprobs, values=values, ref_logprobs=in_length_groups(
+            rollout, group, lambda _rows, part: models.reference_logprobs(*part_ids(part), temperature)))
+        # one scorer call per chunk: scorers batch internally, and a scorer may count its calls as steps
+        score = models.scorer(prompts, rollout).to(self.loop.device).float()  # (B,)
+        ended = ends_with_eos(rollout, models.eos_token_ids)
+        penalty = cfg.ppo.missing_eos_penalty  # Huang et al. 2024: a response with no EOS gets a fixed score
+        scores = score if penalty is None else torch.where(ended, score, torch.full_like(score, penalty))
+        entropy = masked_sum(entropy, rollout.response_mask, dim=1)  # (B,) nats per sequence
+        return rollout.replace(scores=scores), {"rm_scores": score, "ended_with_eos": ended, "entropy": entropy}
 
     def ppo_epochs(self, rollout: Rollout) -> dict[str, float]:
         """``ppo.epochs`` passes over ``rollout`` in shuffled minibatches; the mean (max for ratio) statistics."""
@@ -224,6 +248,29 @@ class PPOTrainer:
                 "eval/eos_rate": float(extras["ended_with_eos"].float().mean())}
 
 
+def part_ids(part: Rollout) -> tuple[torch.Tensor, ...]:
+    return part.query_ids, part.query_mask, part.response_ids, part.response_mask
+
+
+def in_length_groups(rollout: Rollout, size: int, fn) -> torch.Tensor:
+    """``fn(rows, part)`` on the rows of ``rollout`` in length-sorted groups of ``size`` with their padding
+    trimmed (:meth:`Rollout.length_groups`; ``rows`` their indices), the (b,) or (b, T_part) results put back
+    in row order: (B,), or (B, T) zero-padded. For models whose numbers need not match the updates' bit for bit
+    (frozen ones; a value model's old values)."""
+    out = None
+    for rows, part in rollout.length_groups(size):
+        result = fn(rows, part)
+        if out is None:
+            shape = (len(rollout),) if result.dim() == 1 else tuple(rollout.response_ids.shape)
+            out = result.new_zeros(shape)
+        index = rows.to(result.device)
+        if result.dim() == 1:
+            out[index] = result
+        else:
+            out[index, : result.shape[1]] = result
+    return out
+
+
 def rollout_metrics(rollout: Rollout, extras: dict[str, torch.Tensor], beta: float) -> dict[str, Any]:
     """The ``objective/``, ``ppo/val|returns/`` and ``response/`` metrics of one rollout (docs/metrics.md (PPO))."""
     mask = rollout.response_mask
@@ -270,7 +317,9 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None) 
     kl_controller = make_kl_controller(cfg.kl)
     actor_critic = models.actor_critic
     groups = param_groups(actor_critic, cfg.train.lr, cfg.value_model.lr, cfg.train.weight_decay)
-    process = PartialState()  # the process layout, known before the loop builds its Accelerator
+    # the process layout, known before the loop builds its Accelerator on the same (shared) state; CPU processes
+    # (ACCELERATE_USE_CPU=1, which the Accelerator reads) must be declared here already, or each would run alone
+    process = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     rng = SamplingRNG(derive_seed(cfg.train.seed, "sampling", process.process_index), process.device)
     trainer: PPOTrainer | None = None
     stage_state = {"kl_controller": kl_controller, "sampling_rng": rng}

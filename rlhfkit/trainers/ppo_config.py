@@ -76,6 +76,11 @@ class RolloutConfig:
     """Top-k sampling (0 = off); the same caveat as ``top_p``."""
     chunk_size: int | None = None
     """Prompts generated, scored and forwarded at once (the memory knob of the rollout); null = the whole step."""
+    old_logprobs: Literal["forward", "sampling"] = "forward"
+    """Where the rollout's log-probs (log π_old) come from. ``forward``: one policy forward after sampling, in
+    the numerics of the PPO updates, so the first minibatch's ratio is exactly 1. ``sampling``: the sampling
+    pass's own logits — and with ``value_model.kind=head`` its hidden states for the values — one policy forward
+    fewer per rollout; equal to ``forward`` up to float rounding (~1e-6)."""
     print_samples: int = 2
     """Samples printed with their score and KL at each log step (``train.log_every``); 0 = none."""
 

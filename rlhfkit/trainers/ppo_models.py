@@ -77,6 +77,20 @@ class ActorCritic(nn.Module):
         entropy = entropy[:, width:] if (with_entropy and entropy is not None) else None
         return logprobs[:, width:], entropy, values[:, width:]
 
+    def values(self, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor,
+               response_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) action-aligned ``V(s_t)`` of a separate value model alone (no policy forward); zero off the
+        response. With a value head use :meth:`value_readout` during sampling instead."""
+        if self.value_model is None:
+            raise ValueError("values() needs a separate value model; a value head reads the policy's trunk")
+        ids, mask, response_in_sequence = _full_sequence(query_ids, query_mask, response_ids, response_mask)
+        state_values = token_values(self.value_model, ids, mask)  # (B, P + T): V(x_{≤t})
+        return values_for_actions(state_values, response_in_sequence)[:, query_ids.shape[1]:]
+
+    def value_readout(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The value head on final hidden states: (b, H) -> (b,) float32 (``value_model.kind=head`` only)."""
+        return self.policy.value_head(hidden).squeeze(-1).float()
+
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         unwrap_model(self.language_model).gradient_checkpointing_enable(**kwargs)
         if self.value_model is not None:

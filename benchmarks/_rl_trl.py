@@ -1,0 +1,102 @@
+"""Worker of ``bench_ppo_vs_rloo.py``: TRL's ``RLOOTrainer`` iterations, run under ``.venv-trl/bin/python``.
+
+    .venv-trl/bin/python benchmarks/_rl_trl.py --root DIR --iterations 4 --settings fastest
+
+One iteration = one generation batch: ``prompts × generations`` completions sampled with ``model.generate``
+(TRL's transformers path), the old and reference log-probs and the reward model's scores of the batch, then
+``epochs`` (TRL: ``num_iterations``) passes of optimizer steps over minibatches of ``minibatch`` completions
+(TRL: ``per_device_train_batch_size``; ``steps_per_generation`` = batch ÷ minibatch). Timed with wrappers
+around ``_generate`` (sampling) and ``_generate_and_score_completions`` (the whole rollout) and a callback at
+the end of each optimizer step; an iteration runs from the start of its rollout to the end of its last
+optimizer step. Prints one JSON line: the per-iteration records (the first is the warm-up).
+
+``--settings``: ``fp32`` (no gradient checkpointing, no bf16), ``bf16`` (no gradient checkpointing, bf16
+autocast — on a CPU with bf16 matrix instructions this is the fastest), ``defaults`` (TRL's own: gradient
+checkpointing and bf16 on). Everything else is the same in all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from _rl_common import clock, iteration_record
+
+
+def wrap_timed(trainer, name: str, log: list[tuple]) -> None:
+    """Replace ``trainer.<name>`` by a wrapper appending the ``(start, end)`` clocks of every call to ``log``."""
+    original = getattr(trainer, name)
+
+    def timed(*args, **kwargs):
+        start = clock()
+        out = original(*args, **kwargs)
+        log.append((start, clock()))
+        return out
+
+    setattr(trainer, name, timed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--iterations", type=int, default=4, help="including the first (warm-up)")
+    parser.add_argument("--prompts", type=int, default=16, help="prompts per iteration")
+    parser.add_argument("--generations", type=int, default=4, help="completions per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=80)
+    parser.add_argument("--minibatch", type=int, default=16, help="completions per optimizer step")
+    parser.add_argument("--epochs", type=int, default=1, help="passes over each rollout (TRL: num_iterations)")
+    parser.add_argument("--settings", choices=["fp32", "bf16", "defaults"], default="fp32")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from trl import RLOOConfig, RLOOTrainer
+
+    rows = [json.loads(line) for line in (args.root / "prompts.jsonl").read_text(encoding="utf-8").splitlines()]
+    dataset = Dataset.from_list(rows[: args.iterations * args.prompts])
+    batch = args.prompts * args.generations
+    speed = {"fp32": {"gradient_checkpointing": False, "bf16": False},
+             "bf16": {"gradient_checkpointing": False, "bf16": True}, "defaults": {}}[args.settings]
+    out_dir = tempfile.mkdtemp(prefix="rloo-bench-")
+    config = RLOOConfig(
+        output_dir=out_dir, use_cpu=True, seed=args.seed, report_to="none", save_strategy="no", disable_tqdm=True,
+        logging_steps=10**6, per_device_train_batch_size=args.minibatch, generation_batch_size=batch,
+        num_generations=args.generations, num_iterations=args.epochs, max_completion_length=args.max_new_tokens,
+        temperature=1.0, top_p=1.0, top_k=0, beta=0.05, learning_rate=1e-6, shuffle_dataset=False,
+        max_steps=args.iterations * (batch // args.minibatch) * args.epochs, **speed)
+    tokenizer = AutoTokenizer.from_pretrained(args.root / "policy")
+    reward_model = AutoModelForSequenceClassification.from_pretrained(args.root / "reward")
+    reward_tokenizer = AutoTokenizer.from_pretrained(args.root / "reward")
+
+    step_ends: list[tuple[float, float]] = []
+
+    class StepClock(TrainerCallback):
+        def on_step_end(self, *_args, **_kwargs):
+            step_ends.append(clock())
+
+    trainer = RLOOTrainer(model=str(args.root / "policy"), reward_funcs=reward_model, args=config,
+                          train_dataset=dataset, processing_class=tokenizer,
+                          reward_processing_classes=reward_tokenizer, callbacks=[StepClock()])
+    generation_calls: list[tuple] = []
+    rollout_calls: list[tuple] = []
+    wrap_timed(trainer, "_generate", generation_calls)
+    wrap_timed(trainer, "_generate_and_score_completions", rollout_calls)
+    trainer.train()
+
+    steps_per_iteration = (batch // args.minibatch) * args.epochs
+    records = []
+    for k, (rollout, generation) in enumerate(zip(rollout_calls, generation_calls)):
+        end = step_ends[(k + 1) * steps_per_iteration - 1]
+        records.append(iteration_record(generation, rollout, (rollout[0], end)))
+    print(json.dumps({"side": "trl", "settings": args.settings, "threads": torch.get_num_threads(),
+                      "iterations": records}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The trainers unchanged under ``accelerate launch`` with 2 CPU processes (configs/accelerate/cpu_2proc.yaml):
+every process ends with the same weights, and SFT with the same global batch trains like one process.
+
+Each run goes through the real CLI (``tests/multiprocess_cli.py``), which also makes every process write the
+weights it holds when its training loop ends.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+try:
+    from multiprocess_helpers import cpu_processes
+    from ppo_fixtures import save_policy_folder, save_prompts, save_reward_folder
+    from stage_helpers import colour_rows, model_dir, write_jsonl
+    from test_dpo_common import make_data
+    from test_dpo_common import model_dir as dpo_model_dir
+except ImportError:  # tests/ imported as a package
+    from tests.multiprocess_helpers import cpu_processes
+    from tests.ppo_fixtures import save_policy_folder, save_prompts, save_reward_folder
+    from tests.stage_helpers import colour_rows, model_dir, write_jsonl
+    from tests.test_dpo_common import make_data
+    from tests.test_dpo_common import model_dir as dpo_model_dir
+
+pytestmark = pytest.mark.slow
+
+CLI = Path(__file__).with_name("multiprocess_cli.py")
+QUIET = ["train.progress_bar=false", "train.save_every=0"]
+
+
+def run(out: Path, args: list[str], processes: int) -> dict[int, dict[str, torch.Tensor]]:
+    """``rlhfkit ARGS`` in ``processes`` processes (accelerate launch); the weights each process ended with."""
+    command, env = cpu_processes([str(CLI), str(out / "weights"), *args], processes, launcher="accelerate")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    files = sorted((out / "weights").glob("rank*.pt"))
+    assert [f.name for f in files] == [f"rank{i}.pt" for i in range(processes)], "one file per process"
+    return {i: torch.load(f, weights_only=True) for i, f in enumerate(files)}
+
+
+def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_sft_ranks_agree_and_match_one_process_with_the_same_global_batch(tmp_path):
+    data = write_jsonl(tmp_path / "demos.jsonl", colour_rows(16))
+    args = ["sft", f"model.path={model_dir(tmp_path)}", f"data.train_file={data}", "data.max_length=48",
+            "data.max_prompt_length=24", "train.max_steps=4", "train.lr=1e-3", *QUIET]
+    one = run(tmp_path / "one", [*args, f"train.output_dir={tmp_path / 'one'}", "train.per_device_batch_size=4"], 1)
+    two = run(tmp_path / "two", [*args, f"train.output_dir={tmp_path / 'two'}", "train.per_device_batch_size=2"], 2)
+    assert_identical(two[0], two[1])  # DDP: the same averaged gradient, the same update on every process
+    assert max_difference(two[0], one[0]) < 1e-6  # 2 × 2 rows per step train like 1 × 4 (float rounding)
+    # the check has power: training moved the weights far more than that, and a process training alone on
+    # batches of 2 (what each would do if the processes did not form one group) ends elsewhere
+    from safetensors.torch import load_file
+
+    initial = load_file(next(model_dir(tmp_path).glob("*.safetensors")))
+    assert max_difference({k: one[0][k] for k in initial}, initial) > 1e-3
+    half = run(tmp_path / "half", [*args, f"train.output_dir={tmp_path / 'half'}", "train.per_device_batch_size=2"],
+               1)  # one process, half the global batch: another trajectory
+    assert max_difference(half[0], one[0]) > 1e-4
+
+
+def test_ppo_ranks_hold_identical_policy_and_value_model(tmp_path):
+    args = ["ppo", f"model.path={save_policy_folder(tmp_path)}", f"reward_model.path={save_reward_folder(tmp_path)}",
+            f"data.train_file={save_prompts(tmp_path, 16)}", f"train.output_dir={tmp_path / 'out'}",
+            "train.per_device_batch_size=4", "train.max_steps=2", "ppo.minibatch_size=2", "rollout.max_new_tokens=6",
+            "data.max_prompt_length=32", "data.max_length=64", "train.lr=1e-2", "rollout.print_samples=0", *QUIET]
+    two = run(tmp_path, args, 2)
+    assert_identical(two[0], two[1])  # each process sampled its own rollouts, yet both applied the same updates
+    assert any(k.startswith("value_model.") for k in two[0]) and any(k.startswith("policy.") for k in two[0])
+    from safetensors.torch import load_file
+
+    initial = load_file(next(save_policy_folder(tmp_path).glob("*.safetensors")))
+    trained = {k.removeprefix("policy."): v for k, v in two[0].items() if k.startswith("policy.")}
+    assert max(float((trained[k] - initial[k]).abs().max()) for k in initial) > 1e-4  # it did train
+
+
+def test_dpo_ranks_agree_and_match_one_process_with_the_same_global_batch(tmp_path):
+    make_data(tmp_path)
+    args = ["dpo", f"model.path={dpo_model_dir(tmp_path)}", f"data.train_file={tmp_path / 'train.jsonl'}",
+            "data.max_length=64", "data.max_prompt_length=32", "train.max_steps=3", "train.lr=3e-3", *QUIET]
+    one = run(tmp_path / "one", [*args, f"train.output_dir={tmp_path / 'one'}", "train.per_device_batch_size=8"], 1)
+    two = run(tmp_path / "two", [*args, f"train.output_dir={tmp_path / 'two'}", "train.per_device_batch_size=4"], 2)
+    assert_identical(two[0], two[1])
+    assert max_difference(two[0], one[0]) < 1e-5  # gloo's all-reduce sums in another order than one process
