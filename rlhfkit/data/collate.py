@@ -196,3 +196,124 @@ def length_grouped_batches(
         batches = [b for b in batches if len(b) == batch_size]
     rng.shuffle(batches)
     return batches
+
+
+def collate_shared_prompt(
+    prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[Sequence[int]]], *, pad_token_id: int
+) -> dict[str, torch.Tensor]:
+    """One right-padded row per prompt holding the prompt once and then each of its responses.
+
+    Row g is ``prompt_g + response_g1 + … + response_gK``. Each response attends to the prompt and to itself,
+    never to the other responses, and its position ids continue from the prompt's (as if it followed the
+    prompt alone), so every response gets the logits and hidden states it would get in a row of its own,
+    while the prompt is computed once instead of K times ("prefix sharing": Wang et al. 2024,
+    *Accelerating Direct Preference Optimization with Prefix Sharing*). A DPO pair costs P + C + R tokens
+    instead of 2P + C + R. :func:`rlhfkit.models.forward.shared_prompt_attention_mask` turns ``segment_ids``
+    into the (G, 1, T, T) mask the model needs.
+
+    With G rows and N = Σ K_g responses, numbered row by row (response n of the batch is the k-th of its row):
+
+    * ``input_ids``, ``attention_mask`` (1 on real tokens), ``response_mask`` (1 on response tokens) (G, T);
+    * ``position_ids`` (G, T): 0..p−1 on the prompt, p, p+1, … again on every response, 0 on padding;
+    * ``segment_ids`` (G, T): 0 on the prompt, k on the k-th response (1-based), −1 on padding;
+    * ``response_row``, ``response_start``, ``response_end`` (N,): the row and columns [start, end) of each
+      response; ``prompt_length`` (G,).
+    """
+    if len(prompts) != len(responses) or not prompts:
+        raise ValueError(f"need one list of responses per prompt, got {len(prompts)} prompts and "
+                         f"{len(responses)} response lists")
+    rows, segments, positions, starts, ends, owners = [], [], [], [], [], []
+    for g, (prompt, group) in enumerate(zip(prompts, responses)):
+        if not prompt or not group or any(not r for r in group):
+            raise ValueError(f"row {g}: the prompt and every response need at least one token")
+        row, segment, position = list(prompt), [0] * len(prompt), list(range(len(prompt)))
+        for k, response in enumerate(group, start=1):
+            starts.append(len(row))
+            row += response
+            segment += [k] * len(response)
+            position += range(len(prompt), len(prompt) + len(response))
+            ends.append(len(row))
+            owners.append(g)
+        rows.append(row)
+        segments.append(segment)
+        positions.append(position)
+    input_ids, attention_mask = pad(rows, pad_token_id, "right")
+    segment_ids = torch.full_like(input_ids, -1)
+    position_ids = torch.zeros_like(input_ids)
+    for g, (segment, position) in enumerate(zip(segments, positions)):
+        segment_ids[g, : len(segment)] = torch.tensor(segment)
+        position_ids[g, : len(position)] = torch.tensor(position)
+    return {
+        "input_ids": input_ids,  # (G, T)
+        "attention_mask": attention_mask,  # (G, T)
+        "position_ids": position_ids,  # (G, T)
+        "segment_ids": segment_ids,  # (G, T)
+        "response_mask": (segment_ids > 0).long(),  # (G, T)
+        "response_row": torch.tensor(owners),  # (N,)
+        "response_start": torch.tensor(starts),  # (N,)
+        "response_end": torch.tensor(ends),  # (N,)
+        "prompt_length": torch.tensor([len(p) for p in prompts]),  # (G,)
+    }
+
+
+class LengthGroupedDataset:
+    """A training dataset as the shared loop sees it, each step filled with examples of similar length.
+
+    The loop asks for ``dataset[i]`` for the indices of its permutation P_e of epoch e
+    (``determinism.epoch_permutation``). Here the example at position k of P_e is replaced by the example at
+    position k of a length-grouped order G_e: :func:`length_grouped_batches` with global batches, seeded by
+    (seed, "length_groups", e), the full batches in random order except that the one holding the longest
+    example comes first (an out-of-memory error then shows at the first step, not hours in — as transformers'
+    ``LengthGroupedSampler`` does), and the short one last. A step (k..k+G)
+    is then one group, and the order stays a pure function of (seed, epoch, position), so a resumed run
+    sees the same steps. Reads the loop's ``epoch`` (the epoch of the step being assembled): set ``loop``.
+    ``lengths`` are what a batch pads to, one per example; default ``len(example)`` (for a pair, the longer
+    of its two sequences).
+    """
+
+    def __init__(self, examples: Sequence[Any], global_batch_size: int, seed: int, mega_batch_factor: int = 50,
+                 lengths: Sequence[int] | None = None):
+        if lengths is not None and len(lengths) != len(examples):
+            raise ValueError(f"{len(lengths)} lengths for {len(examples)} examples")
+        self.examples = examples
+        self.lengths = list(lengths) if lengths is not None else [len(e) for e in examples]
+        self.global_batch_size = global_batch_size
+        self.seed = seed
+        self.mega_batch_factor = mega_batch_factor
+        self.loop = None  # the TrainLoop, set before fit
+        self._epoch: int | None = None
+        self._grouped: list[int] = []
+        self._position_of: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> Any:
+        if self.loop is None:
+            raise RuntimeError("LengthGroupedDataset.loop is not set")
+        if self.loop.epoch != self._epoch:
+            self._prepare(self.loop.epoch)
+        return self.examples[self._grouped[self._position_of[index]]]
+
+    def grouped_order(self, epoch: int) -> list[int]:
+        """G_e: example indices of epoch ``epoch``, one global batch of similar lengths after another."""
+        from rlhfkit.trainers.determinism import derive_seed  # lazy: data never needs the trainers otherwise
+
+        batches = length_grouped_batches(self.lengths, self.global_batch_size,
+                                         derive_seed(self.seed, "length_groups", epoch),
+                                         mega_batch_factor=self.mega_batch_factor)
+        full = [b for b in batches if len(b) == self.global_batch_size]
+        short = [b for b in batches if len(b) != self.global_batch_size]  # at most one: the data's tail
+        if full:
+            longest = max(range(len(full)), key=lambda k: max(self.lengths[i] for i in full[k]))
+            full.insert(0, full.pop(longest))
+        return [i for batch in full + short for i in batch]
+
+    def _prepare(self, epoch: int) -> None:
+        from rlhfkit.trainers.determinism import epoch_permutation
+
+        permutation = epoch_permutation(self.seed, epoch, len(self.examples), shuffle=True)
+        self._position_of = [0] * len(self.examples)
+        for position, index in enumerate(permutation):
+            self._position_of[index] = position
+        self._grouped, self._epoch = self.grouped_order(epoch), epoch

@@ -42,7 +42,9 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def unwrap_model(model):
-    """The underlying ``transformers`` model: strips a PEFT wrapper and :class:`PolicyWithValueHead`."""
+    """The underlying ``transformers`` model: strips DDP, a PEFT wrapper and :class:`PolicyWithValueHead`."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
     model = getattr(model, "policy", model) if type(model).__name__ == "PolicyWithValueHead" else model
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) and hasattr(model, "peft_config") else model
@@ -121,3 +123,124 @@ def trunk_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Te
     """Final hidden states of the trunk alone (no LM / score head): (B, T) -> (B, T, H)."""
     trunk = trunk_of(model)
     return trunk(**model_inputs(model, input_ids, attention_mask)).last_hidden_state
+
+
+# ----------------------------------------------------------------------------- shared-prompt rows
+
+
+def shared_prompt_attention_mask(segment_ids: torch.Tensor,
+                                 additive_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Who attends to whom in a shared-prompt row (``rlhfkit.data.collate.collate_shared_prompt``).
+
+    ``allowed[g, 0, q, k] = (k ≤ q) ∧ (seg[k] ≥ 0) ∧ (seg[k] = 0 ∨ seg[k] = seg[q])``: causal, never a padding
+    key, and a response sees the prompt and itself only. A padding query sees itself alone (a query with no
+    key at all would give NaN). Shapes: (G, T) -> (G, 1, T, T) bool, True = attend (what sdpa takes); with
+    ``additive_dtype`` the additive float mask eager attention adds to its scores (0, or the dtype's minimum).
+    """
+    length = segment_ids.shape[-1]
+    query, key = segment_ids[:, :, None], segment_ids[:, None, :]  # (G, T, 1), (G, 1, T)
+    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
+    allowed = causal & (key >= 0) & (query >= 0) & ((key == 0) | (key == query))  # (G, T, T)
+    allowed |= torch.eye(length, dtype=torch.bool, device=segment_ids.device) & (query < 0)
+    allowed = allowed[:, None]  # (G, 1, T, T)
+    if additive_dtype is None:
+        return allowed
+    zero = torch.zeros((), dtype=additive_dtype, device=segment_ids.device)
+    return torch.where(allowed, zero, torch.finfo(additive_dtype).min)
+
+
+def shared_prompt_inputs(model, batch: dict) -> dict:
+    """Keyword arguments for a forward over shared-prompt rows: ids, the (G, 1, T, T) mask in the form the
+    model's attention implementation takes, the batch's position ids, no KV cache."""
+    inner = unwrap_model(model)
+    eager = getattr(inner.config, "_attn_implementation", "sdpa") == "eager"
+    dtype = next(inner.parameters()).dtype if eager else None
+    return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False,
+            "attention_mask": shared_prompt_attention_mask(batch["segment_ids"], dtype)}
+
+
+def response_ids_of(batch: dict) -> torch.Tensor:
+    """(G, T) long: n on the tokens of response n of a shared-prompt batch, −1 on the prompt and padding."""
+    owner = torch.full_like(batch["input_ids"], -1)
+    columns = torch.arange(owner.shape[1], device=owner.device)
+    for n, (row, start, end) in enumerate(zip(*(batch[k].tolist() for k in
+                                                ("response_row", "response_start", "response_end")))):
+        owner[row] = torch.where((columns >= start) & (columns < end), n, owner[row])
+    return owner
+
+
+def shared_prompt_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logps, lengths)`` of every response n of a shared-prompt batch: ``log π(y_n|x) = Σ_t log π(y_t|x, y_<t)``
+    over the response's own tokens, and its token count. (G, T) batch -> (N,), (N,).
+
+    Logits are computed from the first prompt end to the last response end only (``logits_to_keep``).
+    Inside a response, token t is predicted at column t−1; the *first* token of every response is predicted
+    at the prompt's last column p−1 (what the response would follow in a row of its own), not at the end of
+    the response before it — those N log-probs are taken from column p−1 separately.
+    """
+    from rlhfkit.ops import logprobs_from_logits
+
+    input_ids = batch["input_ids"]
+    first = int(batch["prompt_length"].min()) - 1  # the first column whose logits are needed
+    last = int(batch["response_end"].max()) - 1  # one past the last such column
+    inputs = shared_prompt_inputs(model, batch)
+    if "logits_to_keep" in _forward_parameters(model):
+        inputs["logits_to_keep"] = torch.arange(first, last, device=input_ids.device)
+    logits = model(**inputs).logits  # (G, S, V), or (G, T, V) when every column was computed
+    if logits.shape[1] != last - first:
+        logits = logits[:, first:last]
+    token_logprobs = logprobs_from_logits(logits, input_ids[:, first + 1 : last + 1])  # (G, S): token c+1 at c
+    rows, starts = batch["response_row"], batch["response_start"]  # (N,)
+    predictor = batch["prompt_length"][rows] - 1 - first  # (N,) column p−1 in the kept logits
+    first_logprobs = logprobs_from_logits(logits[rows, predictor][:, None],
+                                          input_ids[rows, starts][:, None])[:, 0]  # (N,)
+    owner = response_ids_of(batch)  # (G, T)
+    is_first = torch.zeros_like(owner, dtype=torch.bool)
+    is_first[rows, starts] = True
+    # (G, S): the response of the token each kept column predicts; its first tokens were taken above
+    owner, is_first = owner[:, first + 1 : last + 1], is_first[:, first + 1 : last + 1]
+    inside = (owner >= 0) & ~is_first
+    logps = first_logprobs.new_zeros(rows.shape[0]).index_add(0, owner[inside], token_logprobs[inside])
+    return logps + first_logprobs, batch["response_end"] - starts
+
+
+def shared_prompt_hidden_states(model, batch: dict) -> torch.Tensor:
+    """Final hidden states of the trunk over shared-prompt rows: (G, T) -> (G, T, H).
+
+    Taken from a forward of the whole model (its head's output is not used), so whatever wraps that forward
+    — accelerate's autocast for ``mixed_precision``, DDP's gradient synchronisation — applies.
+    """
+    with capture_trunk_output(model) as captured:
+        model(**shared_prompt_inputs(model, batch))
+    return captured["hidden"]
+
+
+@torch.no_grad()
+def shared_prompt_matches_separate_rows(model, atol: float = 1e-4) -> bool:
+    """Whether ``model`` gives a response the same hidden states in a shared-prompt row as in a row of its own.
+
+    Checked on the live model with a 3-token prompt and two responses: an attention implementation that
+    ignores 4-D masks or position ids (FlashAttention, some custom code) fails it, and callers then keep one
+    row per sequence.
+    """
+    from rlhfkit.data.collate import collate_shared_prompt
+
+    embeddings = model.get_input_embeddings().weight
+    vocab, device = embeddings.shape[0], embeddings.device
+    prompt, responses = [3 % vocab, 7 % vocab, 11 % vocab], [[5 % vocab, 9 % vocab], [13 % vocab, 2, 4 % vocab]]
+    batch = {k: v.to(device) for k, v in collate_shared_prompt([prompt], [responses], pad_token_id=0).items()}
+    was_training = model.training
+    model.eval()
+    try:
+        shared = shared_prompt_hidden_states(model, batch)[0]  # (T, H)
+        for response, start in zip(responses, batch["response_start"].tolist()):
+            ids = torch.tensor([prompt + response], device=device)
+            alone = trunk_hidden_states(model, ids, torch.ones_like(ids))[0, len(prompt):]
+            here = shared[start : start + len(response)]
+            if not torch.allclose(here.float(), alone.float(), atol=atol, rtol=atol):
+                return False
+    except (RuntimeError, ValueError, TypeError):  # an implementation that refuses a 4-D mask
+        return False
+    finally:
+        model.train(was_training)
+    return True

@@ -7,8 +7,10 @@
    ``{"prompt", "responses", "ranking"}`` (``format=auto`` looks at the first row).
 2. **Group** the comparisons of each prompt into one batch element (InstructGPT, Ouyang et al. 2022
    §3.5): a ranking of K is its K(K−1)/2 pairs; preference rows sharing a prompt are gathered
-   (``group_preferences_by_prompt``). Each response of a group is scored **once** (one forward row),
-   then every pair of the group reads its two scores.
+   (``group_preferences_by_prompt``). Each response of a group is scored **once**, then every pair of the
+   group reads its two scores. With ``shared_prompt`` (default) a group is one row ``prompt + response_1 +
+   … + response_K`` in which each response attends to the prompt and to itself only: the same scores as K
+   rows, but the prompt is computed once (P + ΣR tokens instead of K·P + ΣR).
 3. **Loss** per pair ``ℓ = −log σ(r_w − r_l − m)`` (Eq. 1 of InstructGPT; constant margin m as in Llama 2
    Eq. 2, ``margin``), averaged with ``pair_weighting``:
 
@@ -77,8 +79,16 @@ class RewardConfig:
     head_init_std: float | None = None
     """Std of the new scalar head's weights; null: 1/√(d_model + 1) (lm-human-preferences)."""
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    shared_prompt: bool = True
+    """Score a group's responses in one row holding the prompt once (module docstring, step 2). Checked on the
+    live model before training; a model whose attention ignores 4-D masks keeps one row per response."""
+    group_by_length: bool = False
+    """Fill each step with groups of similar length (less padding); the order stays a pure function of
+    (seed, epoch), so resume is exact. Needs ``train.shuffle``."""
 
     def validate(self) -> None:
+        if self.group_by_length and not self.train.shuffle:
+            raise ConfigError("group_by_length=true draws its own seeded order and needs train.shuffle=true")
         if self.margin < 0:
             raise ConfigError(f"margin must be >= 0, got {self.margin}")
         if self.head_init_std is not None and self.head_init_std < 0:
@@ -132,12 +142,47 @@ def weight_units(batch: dict[str, Any], weighting: str) -> int:
     return batch["n_groups"] if weighting == "prompt" else batch["n_pairs"]
 
 
-def reward_step(model, batch: dict[str, Any], margin: float, weighting: str) -> tuple[torch.Tensor, dict]:
-    """Bradley–Terry loss of a ``collate_groups`` micro-batch, weighted mean over its pairs (step_fn)."""
-    from rlhfkit.losses import bradley_terry_loss
-    from rlhfkit.models.heads import score_sequences
+def group_scores(model, batch: dict[str, Any]) -> torch.Tensor:
+    """Raw score of every response of a :func:`collate_comparisons` batch, each computed once. -> (N,) float32.
 
-    scores = score_sequences(model, batch["input_ids"], batch["attention_mask"])  # (N,) each response once
+    One row per response (``collate_groups``): the head at each row's last real token. Shared-prompt rows:
+    the head at each response's last token, the response having attended to the prompt and itself only.
+    """
+    from rlhfkit.models.forward import shared_prompt_hidden_states
+    from rlhfkit.models.heads import scalar_head, score_sequences
+
+    if "segment_ids" not in batch:
+        return score_sequences(model, batch["input_ids"], batch["attention_mask"])
+    hidden = shared_prompt_hidden_states(model, batch)  # (G, T, H)
+    last = hidden[batch["response_row"], batch["response_end"] - 1]  # (N, H)
+    head = scalar_head(model)
+    return head(last.to(next(head.parameters()).dtype)).squeeze(-1).float()
+
+
+def collate_comparisons(groups: Sequence[Any], pad_token_id: int, shared_prompt: bool) -> dict[str, Any]:
+    """``collate_groups`` (one row per response), or one shared-prompt row per group with the same keys for
+    the pairs (``chosen_index``, ``rejected_index``, ``pair_group``, ``n_pairs``, ``n_groups``)."""
+    from rlhfkit.data.collate import collate_groups, collate_shared_prompt
+
+    if not shared_prompt:
+        return collate_groups(groups, pad_token_id=pad_token_id)
+    batch: dict[str, Any] = collate_shared_prompt([g.prompt_ids for g in groups], [g.response_ids for g in groups],
+                                                  pad_token_id=pad_token_id)
+    offsets = [0]
+    for g in groups:
+        offsets.append(offsets[-1] + len(g.response_ids))
+    pairs = [(offsets[i] + c, offsets[i] + r, i) for i, g in enumerate(groups) for c, r in g.pairs]
+    batch["chosen_index"], batch["rejected_index"], batch["pair_group"] = (
+        torch.tensor(column, dtype=torch.long) for column in zip(*pairs))
+    batch["n_pairs"], batch["n_groups"] = len(pairs), len(groups)
+    return batch
+
+
+def reward_step(model, batch: dict[str, Any], margin: float, weighting: str) -> tuple[torch.Tensor, dict]:
+    """Bradley–Terry loss of a :func:`collate_comparisons` micro-batch, weighted mean over its pairs (step_fn)."""
+    from rlhfkit.losses import bradley_terry_loss
+
+    scores = group_scores(model, batch)  # (N,) each response once
     chosen, rejected = scores[batch["chosen_index"]], scores[batch["rejected_index"]]  # (P,)
     out = bradley_terry_loss(chosen, rejected, margin or None)
     weights = pair_weights(batch["pair_group"], batch["n_groups"], weighting).to(scores.device)  # (P,)
@@ -153,12 +198,11 @@ def reward_step(model, batch: dict[str, Any], margin: float, weighting: str) -> 
 def evaluate_pairs(model, groups: Sequence[Any], collate, batch_size: int, margin: float = 0.0) -> dict:
     """Held-out metrics over every pair (each pair counts once): loss, accuracy, margin, score mean/std."""
     from rlhfkit.losses import bradley_terry_loss
-    from rlhfkit.models.heads import score_sequences
 
     losses, accuracies, gaps, all_scores = [], [], [], []
     for start in range(0, len(groups), batch_size):
         batch = collate(list(groups[start : start + batch_size]))
-        scores = score_sequences(model, batch["input_ids"], batch["attention_mask"])
+        scores = group_scores(model, batch)
         chosen, rejected = scores[batch["chosen_index"]], scores[batch["rejected_index"]]
         out = bradley_terry_loss(chosen, rejected, margin or None)
         losses.append(out.losses)
@@ -295,7 +339,8 @@ def normalize_scores(model, references: Sequence[Any], cfg: RewardConfig, pad_to
 
 def train_reward(cfg: RewardConfig) -> RewardResult:
     """Run reward-model training described by ``cfg``; resume if ``train.output_dir`` holds its checkpoint."""
-    from rlhfkit.data.collate import collate_groups
+    from rlhfkit.data.collate import LengthGroupedDataset
+    from rlhfkit.models.forward import shared_prompt_matches_separate_rows
     from rlhfkit.models.reward import save_scalar_model
     from rlhfkit.trainers.checkpoint import save_folder_atomically, write_json
     from rlhfkit.trainers.loop import TrainLoop
@@ -311,9 +356,12 @@ def train_reward(cfg: RewardConfig) -> RewardResult:
                   if cfg.normalize.reference_file else training_references(train_groups))
     model, reward_tok = build_reward_model(cfg, tokenizer)
     pad_id = reward_tok.pad_token_id
+    shared = cfg.shared_prompt and shared_prompt_matches_separate_rows(model)
+    if cfg.shared_prompt and not shared:
+        say(f"reward: {type(model).__name__} ignores the shared-prompt attention mask; one row per response")
 
     def collate(groups):
-        return collate_groups(groups, pad_token_id=pad_id)
+        return collate_comparisons(groups, pad_id, shared)
 
     def evaluate(m):
         return evaluate_pairs(m, eval_groups, collate, cfg.train.per_device_batch_size, cfg.margin)
@@ -322,7 +370,13 @@ def train_reward(cfg: RewardConfig) -> RewardResult:
                      eval_fn=evaluate if eval_groups else None, safe_to_change=SAFE_TO_CHANGE_ON_RESUME)
     Path(cfg.train.output_dir).mkdir(parents=True, exist_ok=True)
     write_json(Path(cfg.train.output_dir) / "data_report.json", {"train": report, "eval": eval_report})
-    summary = loop.fit(train_groups, collate, lambda m, b: reward_step(m, b, cfg.margin, cfg.pair_weighting),
+    dataset: Any = train_groups
+    if cfg.group_by_length:  # what a row pads to: the prompt and all its responses (shared) or the longest one
+        lengths = [len(g.prompt_ids) + (sum if shared else max)(map(len, g.response_ids)) for g in train_groups]
+        global_batch = cfg.train.per_device_batch_size * cfg.train.grad_accum_steps * loop.num_processes
+        dataset = LengthGroupedDataset(train_groups, global_batch, cfg.train.seed, lengths=lengths)
+        dataset.loop = loop
+    summary = loop.fit(dataset, collate, lambda m, b: reward_step(m, b, cfg.margin, cfg.pair_weighting),
                        weight_fn=lambda b: weight_units(b, cfg.pair_weighting))
     trained = loop.unwrapped_model.eval()
     gain, bias, stats = normalize_scores(trained, references, cfg, pad_id)

@@ -8,8 +8,10 @@
    dropped) is printed and saved in ``train.output_dir/data_report.json``.
 3. **Train** on the shared loop: loss ``Σ_tokens −log p(y_t | y_<t) / (response tokens of the global batch)``
    — a token-weighted mean over the whole global batch, exact under gradient accumulation
-   (``weight_fn`` = target tokens per micro-batch). Optional packing (several examples per row, attention
-   and positions restarting at each example: see :mod:`rlhfkit.trainers.pretrain`). Full or LoRA.
+   (``weight_fn`` = target tokens per micro-batch). The LM head runs only over the columns that predict a
+   response token (``logits_to_keep``). Less padding: ``group_by_length`` (steps of similar lengths), or
+   packing (several examples per row, attention and positions restarting at each example: see
+   :mod:`rlhfkit.trainers.pretrain`). Full or LoRA.
 4. **Save** ``train.output_dir/final``: merged weights (a plain ``AutoModelForCausalLM`` folder), or with
    ``lora.enabled=true lora.save_merged=false`` the PEFT adapter folder whose base is ``model.path`` —
    plus the tokenizer and ``rlhfkit_sft.yaml`` (the resolved config).
@@ -46,8 +48,13 @@ class SFTConfig:
     """Pack several examples into each row of up to ``data.max_length`` tokens (less padding, same loss;
     attention and position ids restart at every example). Rows, not examples, are then the loop's units:
     ``per_device_batch_size`` counts packed rows."""
+    group_by_length: bool = False
+    """Fill each step with examples (or packed rows) of similar length: less padding, the same loss; the
+    order stays a pure function of (seed, epoch), so resume is exact. Needs ``train.shuffle``."""
 
     def validate(self) -> None:
+        if self.group_by_length and not self.train.shuffle:
+            raise ConfigError("group_by_length=true draws its own seeded order and needs train.shuffle=true")
         if self.lora.save_merged is False and not self.lora.enabled:
             raise ConfigError("lora.save_merged=false needs lora.enabled=true (there is no adapter to save)")
 
@@ -165,16 +172,40 @@ def check_lengths(model_config, max_length: int) -> None:
 # ----------------------------------------------------------------------------- 3–4: train and save
 
 
+def sft_step(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """Token-mean NLL of the response tokens of a micro-batch (the loop's ``step_fn``; pair it with
+    ``weight_fn=target_token_count``). Same value as ``pretrain.causal_lm_step``, but for a padded batch the
+    LM head runs only over columns first..last that predict a response token of some row (the head and its
+    log-softmax over the vocabulary cost as much as a layer of a small model). Packed rows take the full path.
+    """
+    from rlhfkit.losses import sft_nll
+    from rlhfkit.models.forward import forward_logits
+    from rlhfkit.ops import IGNORE_INDEX, shift_labels
+    from rlhfkit.trainers.pretrain import causal_lm_step
+
+    if "position_ids" in batch:
+        return causal_lm_step(model, batch, "sft/nll")
+    targets = shift_labels(batch["labels"])  # (B, T): targets[:, t] is predicted at column t
+    columns = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+    if columns.numel() == 0:
+        return causal_lm_step(model, batch, "sft/nll")
+    first, last = int(columns[0]), int(columns[-1]) + 1
+    keep = torch.arange(first, last, device=targets.device)
+    logits = forward_logits(model, batch["input_ids"], batch["attention_mask"], logits_to_keep=keep)  # (B, S, V)
+    out = sft_nll(logits, targets[:, first:last])
+    loss = out.nll_sum.sum() / out.token_count.sum().clamp(min=1)
+    return loss, {"sft/nll": loss.detach()}
+
+
 def train_sft(cfg: SFTConfig) -> SFTResult:
     """Run SFT described by ``cfg`` (validated by :func:`load_config`); resume if ``train.output_dir`` holds
     a checkpoint of the same run. Returns where the final model is."""
-    from rlhfkit.data.collate import collate_sft, pad_token_id_for
+    from rlhfkit.data.collate import LengthGroupedDataset, collate_sft, pad_token_id_for
     from rlhfkit.trainers.checkpoint import save_folder_atomically, write_json
     from rlhfkit.trainers.loop import TrainLoop
     from rlhfkit.trainers.metrics_log import say
     from rlhfkit.trainers.pretrain import (
         FINAL_DIR,
-        causal_lm_step,
         check_packed_attention,
         collate_packed,
         mean_nll,
@@ -203,8 +234,12 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
                      eval_fn=evaluate if data.eval else None, safe_to_change=SAFE_TO_CHANGE_ON_RESUME)
     Path(cfg.train.output_dir).mkdir(parents=True, exist_ok=True)
     write_json(Path(cfg.train.output_dir) / "data_report.json", data.report)
-    summary = loop.fit(data.train, collate, lambda m, b: causal_lm_step(m, b, "sft/nll"),
-                       weight_fn=target_token_count)
+    dataset: Any = data.train
+    if cfg.group_by_length:
+        global_batch = cfg.train.per_device_batch_size * cfg.train.grad_accum_steps * loop.num_processes
+        dataset = LengthGroupedDataset(data.train, global_batch, cfg.train.seed)
+        dataset.loop = loop
+    summary = loop.fit(dataset, collate, sft_step, weight_fn=target_token_count)
     trained = loop.unwrapped_model.eval()
     final = save_folder_atomically(Path(cfg.train.output_dir) / FINAL_DIR,
                                    lambda folder: save_sft_model(trained, tokenizer, folder, cfg))
