@@ -35,7 +35,7 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
         "pair_weighting": "prompt",
         "normalize": {"mode": "mean"},
         "train": {"lr": 3.0e-4, "lr_schedule": "cosine", "warmup_ratio": 0.05, "per_device_batch_size": 16,
-                  "grad_accum_steps": 2, "num_epochs": 1, "eval_every": 50, "save_every": 50, "log_every": 10},
+                  "grad_accum_steps": 2, "num_epochs": 2, "eval_every": 50, "save_every": 50, "log_every": 10},
     },
     "ppo": {
         "data": {"max_prompt_length": 64, "max_length": 128},
