@@ -7,8 +7,8 @@ written to ``<out>/recipes/<stage>.yaml`` and validated before any work starts, 
 once, and any stage can be re-run alone with ``rlhfkit <stage> --config <out>/recipes/<stage>.yaml``.
 
 The stage hyper-parameters follow the measurements in WORLD_NOTES.md (SFT 150 steps × 32 at lr 3e-4 on
-the fixed demonstration spec; DPO + NLL (RPO) for a few epochs; reward model from SFT, one epoch as in
-InstructGPT). They are the recipe, not tuned to make the later stages look better.
+the fixed demonstration spec; DPO + NLL (RPO), one epoch over 12000 prompts' pairs; reward model from SFT,
+two epochs, chosen on held-out labels). They are the recipe, not tuned to make the later stages look better.
 """
 
 from __future__ import annotations
