@@ -29,6 +29,21 @@ PAD, BOS = 0, 1
 EOS = VOCAB  # past the model's vocabulary: never sampled
 
 
+def worker_parser(minibatch_help: str, epochs_help: str):
+    """The arguments both workers (ours and TRL's) share, so the two always describe the same work."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--iterations", type=int, default=4, help="including the first (warm-up)")
+    parser.add_argument("--prompts", type=int, default=16, help="prompts per iteration")
+    parser.add_argument("--generations", type=int, default=4, help="completions per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=80)
+    parser.add_argument("--minibatch", type=int, default=16, help=minibatch_help)
+    parser.add_argument("--epochs", type=int, default=1, help=epochs_help)
+    return parser
+
+
 def clock() -> tuple[float, float]:
     """(wall-clock seconds, CPU seconds of this process)."""
     return time.perf_counter(), time.process_time()

@@ -15,14 +15,13 @@ JSON line: the per-iteration records (the first is the warm-up).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import tempfile
 from pathlib import Path
 
 import torch
-from _rl_common import clock, iteration_record
+from _rl_common import clock, iteration_record, worker_parser
 
 
 def timed(log: list[tuple], fn):
@@ -39,14 +38,7 @@ def timed(log: list[tuple], fn):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--iterations", type=int, default=4, help="including the first (warm-up)")
-    parser.add_argument("--prompts", type=int, default=16, help="prompts per iteration")
-    parser.add_argument("--generations", type=int, default=4, help="completions per prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=80)
-    parser.add_argument("--minibatch", type=int, default=16, help="rollouts per optimizer step")
-    parser.add_argument("--epochs", type=int, default=1, help="PPO epochs over each rollout")
+    parser = worker_parser("rollouts per optimizer step", "PPO epochs over each rollout")
     parser.add_argument("--value", choices=["separate", "head"], default="separate")
     parser.add_argument("--old-logprobs", choices=["forward", "sampling"], default="forward")
     parser.add_argument("--precision", choices=["no", "bf16"], default="no", help="train.mixed_precision")

@@ -17,13 +17,11 @@ checkpointing and bf16 on). Everything else is the same in all.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
-from pathlib import Path
 
 import torch
-from _rl_common import clock, iteration_record
+from _rl_common import clock, iteration_record, worker_parser
 
 
 def wrap_timed(trainer, name: str, log: list[tuple]) -> None:
@@ -40,14 +38,7 @@ def wrap_timed(trainer, name: str, log: list[tuple]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--iterations", type=int, default=4, help="including the first (warm-up)")
-    parser.add_argument("--prompts", type=int, default=16, help="prompts per iteration")
-    parser.add_argument("--generations", type=int, default=4, help="completions per prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=80)
-    parser.add_argument("--minibatch", type=int, default=16, help="completions per optimizer step")
-    parser.add_argument("--epochs", type=int, default=1, help="passes over each rollout (TRL: num_iterations)")
+    parser = worker_parser("completions per optimizer step", "passes over each rollout (TRL: num_iterations)")
     parser.add_argument("--settings", choices=["fp32", "bf16", "defaults"], default="fp32")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
