@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
+import pytest
 import torch
 
 from rlhfkit.models.tiny import build_tiny_model, save_tiny, train_tokenizer
@@ -69,3 +70,8 @@ def encode(arch: str, texts=SENTENCES, eos: bool = True) -> list[list[int]]:
 
 def real_positions(mask: torch.Tensor, b: int) -> torch.Tensor:
     return mask[b].nonzero().flatten()
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def arch_model(request):
+    return request.param, model_for(request.param)

@@ -14,14 +14,11 @@ from rlhfkit.models.policy import (
 )
 
 try:
-    from test_models_common import ARCHS, encode, model_for, pad_batch, real_positions
+    from test_models_common import arch_model, encode, model_for, pad_batch, real_positions  # noqa: F401 (fixture)
 except ImportError:  # tests/ imported as a package
-    from tests.test_models_common import ARCHS, encode, model_for, pad_batch, real_positions
+    from tests.test_models_common import arch_model, encode, model_for, pad_batch, real_positions  # noqa: F401 (fixture)
 
 
-@pytest.fixture(scope="module", params=ARCHS)
-def arch_model(request):
-    return request.param, model_for(request.param)
 
 
 def test_position_ids_hand_worked():

@@ -26,14 +26,11 @@ from rlhfkit.trainers.reward import RewardConfig, collate_comparisons, group_sco
 from rlhfkit.trainers.sft import SFTConfig, sft_step
 
 try:
-    from test_models_common import ARCHS, model_for
+    from test_models_common import arch_model, model_for  # noqa: F401 (fixture)
 except ImportError:  # tests/ imported as a package
-    from tests.test_models_common import ARCHS, model_for
+    from tests.test_models_common import arch_model, model_for  # noqa: F401 (fixture)
 
 
-@pytest.fixture(scope="module", params=ARCHS)
-def arch_model(request):
-    return request.param, model_for(request.param)
 
 
 def random_groups(vocab: int, seed: int, n: int = 3, most: int = 3):
