@@ -51,6 +51,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
     if origin is typing.Literal:
+        if isinstance(value, bool):
+            # YAML 1.1 reads the bare words no/off/yes/on as booleans: `mixed_precision: no` means "no".
+            words = ("yes", "on", "true") if value else ("no", "off", "false")
+            value = next((w for w in words if w in args), value)
         if value in args:
             return value
         raise ConfigError(f"{key}: expected one of {', '.join(map(repr, args))}, got {value!r}")

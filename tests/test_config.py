@@ -83,3 +83,25 @@ def test_null_allowed_only_for_optional(tmp_path):
     assert load_config(Stage, None, ["tag=null"]).tag is None
     with pytest.raises(ConfigError, match="steps"):
         load_config(Stage, None, ["steps=null"])
+
+
+@dataclass
+class Precision:
+    mixed_precision: Literal["no", "bf16"] = "bf16"
+    switch: Literal["on", "off", "auto"] = "auto"
+
+
+@pytest.mark.parametrize("source", ["file", "override"])
+def test_yaml_boolean_words_fill_a_literal_that_spells_them(tmp_path, source):
+    # YAML 1.1 reads the bare words no/off/on as booleans; a Literal offering the word means the word.
+    text = "mixed_precision: no\nswitch: off\n" if source == "file" else ""
+    overrides = [] if source == "file" else ["mixed_precision=no", "switch=on"]
+    cfg = load_config(Precision, write(tmp_path, text), overrides)
+    assert cfg.mixed_precision == "no"
+    assert cfg.switch == ("off" if source == "file" else "on")
+
+
+def test_yaml_boolean_not_among_the_literal_words_is_still_an_error(tmp_path):
+    # `true` has no spelling in ("no", "bf16"): it must not be silently mapped to some choice.
+    with pytest.raises(ConfigError, match="mixed_precision: expected one of"):
+        load_config(Precision, write(tmp_path, "mixed_precision: true\n"), [])

@@ -23,8 +23,26 @@ def test_default_preset_file_equals_the_built_in_defaults():
     assert preset_path("default") == ROOT / "configs" / "demo.yaml"
     for stage in STAGES:  # the file spells the stage recipes out; they merge to the same thing
         assert stage_recipe(from_file, stage, {}) == stage_recipe(built_in, stage, {})
-    for name in ("seed", "out", "threads", "world", "data", "annotators", "best_of_n", "hacking", "eval"):
+    for name in ("seed", "out", "threads", "world", "data", "annotators", "best_of_n", "hacking", "eval", "larger"):
         assert getattr(from_file, name) == getattr(built_in, name), name
+
+
+def test_instructgpt_preset_is_the_default_plus_a_larger_model_at_least_8x_the_policies():
+    from rlhfkit.models.tiny import build_tiny_model, count_parameters, train_tokenizer
+
+    preset, default = load_demo_config("instructgpt"), DemoConfig()
+    assert preset.larger.enabled and not default.larger.enabled
+    for stage in STAGES:  # the small policies' recipes are the default preset's
+        assert stage_recipe(preset, stage, {}) == stage_recipe(default, stage, {})
+    assert preset.world == default.world and preset.data == default.data and preset.eval == default.eval
+    larger = preset.larger.world(preset.world)
+    # Same corpus, tokenizer, epochs, batch and seed: only the size and its learning rate differ.
+    differing = {k for k, v in vars(larger).items() if v != getattr(preset.world, k)}
+    assert differing == {"size", "lr"}
+    tokenizer = train_tokenizer(["a tiny text to train on"] * 4, vocab_size=preset.world.vocab_size, style="world")
+    small = count_parameters(build_tiny_model("llama", preset.world.size, tokenizer))
+    big = count_parameters(build_tiny_model("llama", larger.size, tokenizer))
+    assert big >= 8 * small, (big, small)
 
 
 def test_quick_preset_overrides_a_few_keys_and_keeps_the_rest():

@@ -40,10 +40,10 @@ def protocol_keys() -> set[str]:
     return keys
 
 
-def run_demo(out: Path, cache: Path) -> tuple[subprocess.CompletedProcess, float]:
+def run_demo(out: Path, cache: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, float]:
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "demo", "--preset", "quick", "--out", str(out),
-                           f"world.cache_dir={cache}"], capture_output=True, text=True, timeout=900)
+                           f"world.cache_dir={cache}", *overrides], capture_output=True, text=True, timeout=900)
     return done, time.perf_counter() - started
 
 
@@ -179,3 +179,34 @@ def test_a_rerun_reuses_every_stage_and_gives_the_same_report(quick_run):
     second = json.loads((out / "report.json").read_text())
     assert all(second["stages"][s]["reused"] for s in STAGES)
     assert second["policies"] == first["policies"]
+
+
+def test_the_larger_sft_comparison_reuses_the_run_and_judges_the_same_samples(quick_run):
+    """The InstructGPT stages on the quick run (larger model: ``small``, 22x the quick world's ``micro``):
+    stages 1–9 are reused, each small policy's row is judged on exactly its stage-9 samples, every row
+    against the same larger-SFT samples, and the larger SFT model loads with plain transformers."""
+    from transformers import AutoModelForCausalLM
+
+    out, cache, _, _ = quick_run
+    done, _ = run_demo(out, cache, "larger.enabled=true", "larger.size=small")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert all(report["stages"][s]["reused"] for s in STAGES)
+    section = report["instructgpt"]
+    assert section["larger_parameters"] > 8 * section["small_parameters"]
+    rows = section["policies"]
+    assert set(rows) == {"sft", "best_of_n", "dpo", "ppo", "larger_sft_vs_sft"}
+    for name in ("sft", "best_of_n", "dpo", "ppo"):
+        # the same policy samples as stage 9 (side a), so the same mean utility and behaviour rates
+        assert rows[name]["gold/utility_a"] == pytest.approx(report["policies"][name]["gold/utility_a"])
+        assert rows[name]["rates/a/helpful_correct"] == report["policies"][name]["rates/a/helpful_correct"]
+        # every row against the same larger-SFT samples
+        assert rows[name]["gold/utility_b"] == pytest.approx(rows["sft"]["gold/utility_b"])
+        assert rows[name]["gold/utility_delta"] == pytest.approx(
+            rows[name]["gold/utility_a"] - rows[name]["gold/utility_b"], abs=1e-9)
+    # size alone: the larger SFT against the small SFT baseline of stage 9
+    assert rows["larger_sft_vs_sft"]["gold/utility_b"] == pytest.approx(report["policies"]["sft"]["gold/utility_b"])
+    model = AutoModelForCausalLM.from_pretrained(out / "11-larger_sft" / "final")
+    assert sum(p.numel() for p in model.parameters()) == section["larger_parameters"]
+    assert "InstructGPT in miniature" in (out / "report.md").read_text()
+    assert "InstructGPT in miniature" in (out / "report.html").read_text()

@@ -34,7 +34,7 @@ from rlhfkit.demo.config import STAGE_DEFAULTS, DemoConfig
 __all__ = ["DemoConfig", "STAGE_DEFAULTS", "PRESETS", "configure", "load_demo_config", "main", "preset_path",
            "run_demo"]
 
-PRESETS = {"default": "demo.yaml", "quick": "demo_quick.yaml"}
+PRESETS = {"default": "demo.yaml", "quick": "demo_quick.yaml", "instructgpt": "demo_instructgpt.yaml"}
 TOTAL_STAGES = 10
 
 
@@ -65,7 +65,8 @@ def load_demo_config(preset: str = "default", config: str | None = None, overrid
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                        help="default (≤ 15 min on 2 cores) or quick (< 3 min, tiny budgets)")
+                        help="default (≤ 15 min on 2 cores), quick (< 3 min, tiny budgets) or instructgpt (the "
+                             "default plus a 9x larger SFT-only model to beat; ~30 min more)")
     parser.add_argument("--config", "-c", help="a demo recipe instead of the preset's (see configs/demo.yaml)")
     parser.add_argument("--out", help="the run folder (default: the recipe's out, runs/demo)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -84,7 +85,7 @@ def run_demo(cfg: DemoConfig, *, preset: str = "default") -> dict[str, Any]:
     """Run (or resume, reusing finished stages) the ten stages; return the report dict (``report.json``)."""
     import torch
 
-    from rlhfkit.demo import evaluation, pipeline, ppo_stage
+    from rlhfkit.demo import evaluation, instructgpt, pipeline, ppo_stage
     from rlhfkit.demo.runner import Runner, fingerprint, write_json_atomically
     from rlhfkit.judges import GoldJudge
     from rlhfkit.worlds import World
@@ -97,7 +98,9 @@ def run_demo(cfg: DemoConfig, *, preset: str = "default") -> dict[str, Any]:
     ctx.passive_monitor = cfg.hacking.enabled and not ppo_stage.supports_monitor_hook()
     configs = pipeline.write_recipes(ctx)  # every stage's recipe validated before any work
     pipeline.save_settings(ctx)
-    runner = Runner(out, TOTAL_STAGES)
+    larger = cfg.larger.enabled
+    larger_sft_config = instructgpt.larger_sft_config(ctx) if larger else None  # validated before any work
+    runner = Runner(out, TOTAL_STAGES + 3 * larger)
     results = runner.results
     seed = {"seed": cfg.seed}
     recipe = {s: _recipe_dict(c) for s, c in configs.items()}
@@ -131,7 +134,9 @@ def run_demo(cfg: DemoConfig, *, preset: str = "default") -> dict[str, Any]:
     runner.stage(9, "eval", "Evaluation against SFT with the gold judge",
                  {**seed, "eval": _asdict(cfg.eval), "data": _asdict(cfg.data)},
                  ("world", "sft", "ppo", "dpo", "best_of_n"), lambda f: evaluation.eval_stage(ctx, f))
-    runner.header(10, "Report")
+    if larger:
+        _run_larger_stages(runner, ctx, larger_sft_config)
+    runner.header(runner.total, "Report")
     started = time.perf_counter()
     paths = evaluation.write_run_report(ctx, results, preset=preset, total_seconds=runner.elapsed())
     report_seconds = time.perf_counter() - started
@@ -145,6 +150,22 @@ def run_demo(cfg: DemoConfig, *, preset: str = "default") -> dict[str, Any]:
     from rlhfkit.demo.runner import read_json
 
     return read_json(paths["json"])
+
+
+def _run_larger_stages(runner, ctx, sft_config) -> None:
+    """Stages 10–12 of ``--preset instructgpt``: the larger base model, its SFT, every policy against it."""
+    from rlhfkit.demo import instructgpt, pipeline
+
+    cfg, seed = ctx.cfg, {"seed": ctx.cfg.seed}
+    world = cfg.larger.world(cfg.world)
+    runner.stage(10, "larger_world", f"Larger base model ({cfg.larger.size}) on the same corpus (cached)",
+                 _asdict(world), (), lambda f: instructgpt.larger_world_stage(ctx, f))
+    runner.stage(11, "larger_sft", "SFT of the larger base model (the same SFT recipe)", _asdict(sft_config),
+                 ("larger_world",), lambda f: pipeline.sft_stage(ctx, f, sft_config))
+    small, big = (runner.results[s].summary["base_parameters"] for s in ("world", "larger_world"))
+    runner.stage(12, "instructgpt", "InstructGPT in miniature: small policies against the larger SFT model",
+                 {**seed, "eval": _asdict(cfg.eval), "data": _asdict(cfg.data)}, ("eval", "larger_sft"),
+                 lambda f: instructgpt.instructgpt_stage(ctx, f, small, big))
 
 
 def _asdict(obj: Any) -> dict:

@@ -14,6 +14,7 @@ two epochs, chosen on held-out labels). They are the recipe, not tuned to make t
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +127,31 @@ class EvalSection:
 
 
 @dataclass
+class LargerSection:
+    enabled: bool = False
+    """InstructGPT in miniature (``--preset instructgpt``): also pretrain a larger base model on the same corpus
+    (same seed, tokenizer and epochs), fine-tune it with the same SFT recipe, and judge every small policy
+    against that larger SFT-only model."""
+    size: str = "large"
+    """Its size (rlhfkit.models.tiny.SIZES); ``large`` is ~10.9M parameters, 9x the world's default."""
+    lr: float = 2.0e-3
+    """Its pretraining peak learning rate: the world's 3e-3 scaled by sqrt(128 / 288), the width ratio
+    (a wider model takes smaller steps; not tuned)."""
+
+    def world(self, small: WorldBuildConfig) -> WorldBuildConfig:
+        """The larger model's build settings: the small world's, with this size and learning rate."""
+        return dataclasses.replace(small, size=self.size, lr=self.lr)
+
+    def validate(self) -> None:
+        from rlhfkit.models.tiny import SIZES
+
+        if self.size not in SIZES:
+            raise ConfigError(f"larger.size: unknown size {self.size!r}; valid: {', '.join(SIZES)}")
+        if not self.lr > 0:
+            raise ConfigError(f"larger.lr must be > 0, got {self.lr}")
+
+
+@dataclass
 class HackingSection(MonitorConfig):
     enabled: bool = True
     """Run the reward-hacking monitor during PPO (held-out prompts, gold judge as the independent judge)."""
@@ -154,6 +180,7 @@ class DemoConfig:
     best_of_n: BestOfNSection = field(default_factory=BestOfNSection)
     hacking: HackingSection = field(default_factory=HackingSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    larger: LargerSection = field(default_factory=LargerSection)
 
     def validate(self) -> None:
         if self.threads < 0:

@@ -197,7 +197,10 @@ def build_report(ctx: Context, results: dict, *, preset: str, total_seconds: flo
     ppo = results["ppo"].summary
     hacking = dict(ppo.get("monitor") or {"verdict": "monitor disabled"})
     hacking["mode"] = ppo.get("monitor_mode")
-    return {
+    from rlhfkit.demo.instructgpt import report_section
+
+    larger = report_section(ctx, results)
+    return ({"instructgpt": larger} if larger else {}) | {
         "format": 1, "seed": ctx.cfg.seed, "preset": preset, "baseline": "sft", "judge": "gold",
         "eval_prompts": len(prompts), "eval_samples": ctx.cfg.eval.samples,
         "settings": dataclasses.asdict(ctx.cfg),

@@ -19,7 +19,8 @@ from rlhfkit.demo.runner import read_json, say, write_json_atomically
 FAMILY_ORDER = ("helpful", "harmful", "benign", "unanswerable", "sycophancy")
 STAGE_FOLDERS = {"world": "01-world", "sft": "02-sft", "samples": "03-samples", "labels": "04-labels",
                  "reward": "05-reward", "ppo": "06-ppo", "dpo": "07-dpo", "best_of_n": "08-best_of_n",
-                 "eval": "09-eval", "report": "10-report"}
+                 "eval": "09-eval", "larger_world": "10-larger_world", "larger_sft": "11-larger_sft",
+                 "instructgpt": "12-instructgpt"}  # the runner's f"{number:02d}-{name}"; the last three: --preset instructgpt
 
 
 @dataclass

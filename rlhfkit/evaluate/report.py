@@ -52,6 +52,19 @@ TABLE_COLUMNS = (
     ("sycophantic agreement", "rates/a/sycophantic_agreement", "pct"),
     ("mean words", "length/a/mean_words", "f1"),
 )
+# The InstructGPT table (``--preset instructgpt``): small policies against the larger SFT-only model.
+INSTRUCTGPT_COLUMNS = (
+    ("Δ utility [95 % CI]", "gold/utility_delta", "ci"),
+    ("goal-only decisive win [CI]", "win_rate/goal_decisive", "ci"),
+    ("decisive win [CI]", "win_rate/decisive", "ci"),
+    ("win, ties ½ (cap)", "win_rate/ties_half", "cap"),
+    ("utility", "gold/utility_a", "f3"),
+    ("baseline utility", "gold/utility_b", "f3"),
+    ("helpful correct", "rates/a/helpful_correct", "pct"),
+    ("incoherent", "rates/a/incoherent", "pct"),
+)
+INSTRUCTGPT_ROWS = {"sft": "small SFT", "best_of_n": "small best-of-N", "dpo": "small DPO", "ppo": "small PPO",
+                    "larger_sft_vs_sft": "larger SFT (against small SFT)"}
 
 
 # ----------------------------------------------------------------------------- intervals (pure)
@@ -171,6 +184,23 @@ def _facts(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     return facts
 
 
+def _instructgpt(report: Mapping[str, Any]) -> tuple[str, list[str], list[list[str]]] | None:
+    """``(intro, header, rows)`` of the InstructGPT table, or None when the run has none."""
+    section = report.get("instructgpt")
+    if not section:
+        return None
+    small, big = section.get("small_parameters"), section.get("larger_parameters")
+    intro = (f"Every small policy ({small:,} parameters) against an SFT-only model {section.get('size_ratio', 0):.1f}x "
+             f"larger ({big:,} parameters), pretrained on the same base corpus and fine-tuned with the same SFT "
+             "recipe; gold judge, the same eval prompts. The last row is the larger SFT model against the small SFT "
+             "model: what size alone buys. (InstructGPT's headline: its 1.3B PPO model was preferred to the 175B "
+             "models.)") if isinstance(small, int) and isinstance(big, int) else ""
+    policies = section.get("policies", {})
+    rows = [[label] + [format_cell(policies[name], key, kind) for _, key, kind in INSTRUCTGPT_COLUMNS]
+            for name, label in INSTRUCTGPT_ROWS.items() if name in policies]
+    return intro, ["policy"] + [c[0] for c in INSTRUCTGPT_COLUMNS], rows
+
+
 # ----------------------------------------------------------------------------- markdown
 
 
@@ -192,6 +222,10 @@ def render_markdown(report: Mapping[str, Any], plot_files: Mapping[str, str]) ->
              _md_table(["policy"] + [c[0] for c in TABLE_COLUMNS],
                        [[name] + cells for name, cells in _policy_rows(report)]), ""]
     parts += [f"- **{k}**: {v}" for k, v in _facts(report)] + [""]
+    larger = _instructgpt(report)
+    if larger:
+        parts += ["## InstructGPT in miniature: against a larger SFT-only model", "", larger[0], "",
+                  _md_table(larger[1], larger[2]), ""]
     for key, title in PLOT_TITLES.items():
         if key in plot_files:
             parts += [f"## {title}", "", f"![{title}]({plot_files[key]})", ""]
@@ -278,6 +312,9 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
         f'src="data:image/png;base64,{base64.b64encode(images[key]).decode("ascii")}">'
         for key in PLOT_TITLES if key in images)
     notes = "".join(f"<li>{_e(n)}</li>" for n in report.get("notes", []))
+    larger = _instructgpt(report)
+    larger_html = (f"<h2>InstructGPT in miniature: against a larger SFT-only model</h2><p class=\"note\">"
+                   f"{_e(larger[0])}</p>{_html_table(larger[1], larger[2])}") if larger else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>rlhfkit demo report</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
@@ -290,6 +327,7 @@ ties counted half is capped by how good SFT already is (cap in brackets).</p>
 <h2>Results</h2>
 {table}
 <ul class="facts">{facts}</ul>
+{larger_html}
 {figures}
 <h2>Sample responses (first sample of each policy, same prompts)</h2>
 {_examples_html(report)}

@@ -108,7 +108,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, style: str = "
 SIZES = {
     "micro": (32, 2, 2, 64),  # unit tests: a forward pass in milliseconds
     "small": (128, 4, 4, 512),  # the built-in world's default base model, ~1.1M parameters
-    "medium": (256, 6, 8, 1024),  # the world's "larger SFT" comparison
+    "medium": (256, 6, 8, 1024),  # ~6.6M parameters
+    "large": (288, 8, 8, 1152),  # ~10.9M: the InstructGPT preset's SFT-only model, 9x the world's default
     "4m": (256, 4, 4, 1024),  # benchmarks (with vocab 2048)
     "30m": (512, 8, 8, 2048),  # benchmarks
 }

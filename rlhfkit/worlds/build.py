@@ -23,6 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from rlhfkit.config import ConfigError
 from rlhfkit.worlds.corpus import BaseCorpus, build_base_corpus, build_sft_demonstrations
@@ -52,6 +53,10 @@ class WorldBuildConfig:
     epochs: float = 2.0
     """Passes over the packed base corpus (fractional allowed: the step count is rounded up). Two: one
     left 17 % of the SFT model's samples incoherent and its sums wrong as often as right (measured)."""
+    mixed_precision: Literal["no", "bf16"] = "bf16"
+    """Pretrain under bfloat16 autocast (``no``: float32). bf16 halves the step time of the small model on
+    this 2-core CPU (137 → 72 ms at 2 threads; 484 → 239 ms for ``medium``), which is what brings the
+    default build under 3 minutes; the weights and the optimizer stay float32."""
     threads: int = 0
     """torch threads for pretraining; 0 keeps torch's default (all cores)."""
 
@@ -64,6 +69,8 @@ class WorldBuildConfig:
             raise ConfigError(f"size: unknown size {self.size!r}; valid: {', '.join(SIZES)}")
         if self.epochs <= 0:
             raise ConfigError(f"epochs must be positive, got {self.epochs}")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ConfigError(f"mixed_precision: expected no or bf16, got {self.mixed_precision!r}")
 
     def folder(self) -> Path:
         return Path(self.cache_dir) / f"world-s{self.seed}-{self.arch}-{self.size}"
@@ -187,7 +194,7 @@ def build_world(cfg: WorldBuildConfig) -> WorldAssets:
         output_dir=str(root / "pretrain"), seed=cfg.seed, lr=cfg.lr, lr_schedule="cosine",
         warmup_steps=cfg.warmup_steps, max_steps=max_steps, per_device_batch_size=cfg.batch_size,
         weight_decay=0.01, max_grad_norm=1.0, save_every=max(50, max_steps // 4), eval_every=max_steps,
-        log_every=max(10, max_steps // 20), keep_last_checkpoints=1,
+        log_every=max(10, max_steps // 20), keep_last_checkpoints=1, mixed_precision=cfg.mixed_precision,
     )
     model = build_tiny_model(cfg.arch, cfg.size, tokenizer, seed=cfg.seed, max_positions=512)
     n_params = count_parameters(model)
