@@ -7,7 +7,7 @@ written to ``<out>/recipes/<stage>.yaml`` and validated before any work starts, 
 once, and any stage can be re-run alone with ``rlhfkit <stage> --config <out>/recipes/<stage>.yaml``.
 
 The stage hyper-parameters follow the measurements in WORLD_NOTES.md (SFT 150 steps × 32 at lr 3e-4 on
-the fixed demonstration spec; DPO + NLL (RPO), one epoch over 12000 prompts' pairs; reward model from SFT,
+the fixed demonstration spec; DPO + NLL (RPO), one epoch over 24000 prompts' pairs; reward model from SFT,
 two epochs, chosen on held-out labels). They are the recipe, not tuned to make the later stages look better.
 """
 
@@ -59,7 +59,7 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class DataSection:
-    pair_prompts: int = 12000
+    pair_prompts: int = 24000
     """Train prompts (family- then kind-uniform) whose two SFT samples become one comparison pair each."""
     max_new_tokens: int = 48
     """Length limit of every sampled response (pairs, best-of-N, evaluation)."""

@@ -81,6 +81,7 @@ def recipe_fixed(ctx: Context, stage: str) -> dict[str, Any]:
         "ppo": {"model": {"path": str(ctx.final("sft"))}, "reference": {"path": ""},
                 "reward_model": {"path": str(ctx.final("reward"))},
                 "data": {"train_file": str(ctx.file("samples", "rl_prompts.jsonl"))},
+                "ptx": {"data_file": str(sft_file)},  # PPO-ptx's demonstrations: the SFT spec's (on with ptx.coef)
                 "rollout": {"chunk_size": None}},  # one scorer call per step: the demo's recorder counts steps
     }[stage]
     fixed["train"] = train

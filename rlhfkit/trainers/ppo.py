@@ -43,6 +43,7 @@ from rlhfkit.trainers.loop import RunSummary, TrainLoop
 from rlhfkit.trainers.metrics_log import say
 from rlhfkit.trainers.ppo_config import SAFE_TO_CHANGE_ON_RESUME, KLConfig, PPOConfig
 from rlhfkit.trainers.ppo_models import PPOModels, build_ppo_models, param_groups, save_trained
+from rlhfkit.trainers.ppo_ptx import demonstration_nll, load_ptx
 from rlhfkit.trainers.run_doctor import diagnose
 
 KL_CONTROLLERS = {
@@ -85,6 +86,7 @@ class PPOTrainer:
         self.history: list[dict[str, float]] = []  # for the run doctor
         self.warned_at: dict[str, int] = {}
         self.last_rollout: Rollout | None = None  # the latest step's rollout, every field filled (for inspection)
+        self.ptx = load_ptx(cfg, models.tokenizer)  # PPO-ptx demonstrations, or None
 
     def step(self, batch: list, number: int) -> dict[str, float]:
         """One PPO iteration on this process's ``batch`` of encoded prompts; returns the step's metrics."""
@@ -106,7 +108,7 @@ class PPOTrainer:
         rollout = rollout.replace(kl=shaped.kl, rewards=shaped.rewards, advantages=advantages,
                                   returns=returns).validate()
         # 8. PPO epochs over shuffled minibatches: clipped policy loss + vf_coef · clipped value loss.
-        update_stats = self.ppo_epochs(rollout)
+        update_stats = self.ppo_epochs(rollout, number)
         self.last_rollout = rollout
         metrics = self.across_processes({**rollout_metrics(rollout, extras, beta), **update_stats})
         # 9. KL controller: β moves towards the target KL (adaptive) or stays (fixed).
@@ -164,22 +166,25 @@ class PPOTrainer:
         entropy = masked_sum(entropy, rollout.response_mask, dim=1)  # (B,) nats per sequence
         return rollout.replace(scores=scores), {"rm_scores": score, "ended_with_eos": ended, "entropy": entropy}
 
-    def ppo_epochs(self, rollout: Rollout) -> dict[str, float]:
-        """``ppo.epochs`` passes over ``rollout`` in shuffled minibatches; the mean (max for ratio) statistics."""
+    def ppo_epochs(self, rollout: Rollout, number: int = 1) -> dict[str, float]:
+        """``ppo.epochs`` passes over ``rollout`` in shuffled minibatches; the mean (max for ratio) statistics.
+        ``number`` (the step, from 1) numbers the updates, which picks the PPO-ptx demonstrations."""
         sums: dict[str, float] = defaultdict(float)
         ratio_max, updates = 0.0, 0
+        per_step = self.cfg.ppo.epochs * -(-len(rollout) // self.cfg.ppo.minibatch_size)
         for _epoch in range(self.cfg.ppo.epochs):
             for minibatch in rollout.minibatches(self.cfg.ppo.minibatch_size, generator=self.rng.shuffle):
-                stats = self.update(minibatch)
+                stats = self.update(minibatch, (number - 1) * per_step + updates)
                 ratio_max = max(ratio_max, stats.pop("ppo/ratio/max"))
                 for key, value in stats.items():
                     sums[key] += value
                 updates += 1
         return {**{k: v / updates for k, v in sums.items()}, "ppo/ratio/max": ratio_max}
 
-    def update(self, minibatch: Rollout) -> dict[str, float]:
+    def update(self, minibatch: Rollout, number: int = 0) -> dict[str, float]:
         """One optimizer step: token-mean of ``policy loss + vf_coef · value loss`` over the minibatch,
-        accumulated over micro-batches of ``ppo.micro_batch_size`` rows (each weighted by its tokens)."""
+        accumulated over micro-batches of ``ppo.micro_batch_size`` rows (each weighted by its tokens);
+        with PPO-ptx, plus ``ptx.coef ·`` the NLL of update ``number``'s demonstrations."""
         loop, p, temperature = self.loop, self.cfg.ppo, self.cfg.rollout.temperature
         n_tokens = float(minibatch.response_mask.sum())
         size = p.micro_batch_size or len(minibatch)
@@ -188,7 +193,7 @@ class PPOTrainer:
         stats: dict[str, float] = defaultdict(float)
         for i, part in enumerate(parts):
             mask = part.response_mask
-            with loop.no_sync(i < len(parts) - 1):
+            with loop.no_sync(i < len(parts) - 1 or self.ptx is not None):
                 logprobs, _, values = loop.model(part.query_ids, part.query_mask, part.response_ids, mask,
                                                  temperature)
                 policy = ppo_policy_loss(logprobs, part.logprobs, part.advantages, mask, p.clip_range)
@@ -202,8 +207,20 @@ class PPOTrainer:
                                 ("ppo/val/clipfrac", value.clipfrac), ("ppo/ratio/mean", policy.ratio_mean)):
                 stats[key] += share * float(tensor.detach())
             stats["ppo/ratio/max"] = max(stats["ppo/ratio/max"], float(policy.ratio_max))
+        if self.ptx is not None:
+            stats["ppo/ptx/nll"] = self.ptx_backward(number)
         loop.optimizer_step()
         return stats
+
+    def ptx_backward(self, number: int) -> float:
+        """Backward of ``ptx.coef · NLL`` on update ``number``'s demonstrations (the update's last, synchronising
+        backward); returns the NLL."""
+        ids = [t.to(self.loop.device) for t in self.ptx.batch(number)]
+        logprobs, _, values = self.loop.model(*ids, 1.0)  # temperature 1: a language-modelling loss
+        nll = demonstration_nll(logprobs, ids[3])
+        # 0 · values: every parameter takes part in this backward, as DDP's gradient synchronisation expects
+        self.loop.backward(self.cfg.ptx.coef * nll + 0.0 * values.sum())
+        return float(nll.detach())
 
     def across_processes(self, metrics: dict[str, Any]) -> dict[str, float]:
         """Mean over processes (max for ``…/max``); identity with one process."""

@@ -126,6 +126,20 @@ class KLConfig:
 
 
 @dataclass
+class PtxConfig:
+    """PPO-ptx (InstructGPT, Eq. 2): a language-modelling term on demonstrations mixed into every update."""
+
+    coef: float = 0.0
+    """γ: each optimizer update adds ``γ · NLL`` (mean over the demonstrations' response tokens) to the PPO
+    loss; 0 turns it off. InstructGPT mixed pretraining text to stop PPO regressing on what SFT could do."""
+    data_file: str | None = None
+    """``{"prompt", "response"}`` rows — e.g. the SFT demonstrations — encoded like ``data`` (its template
+    and lengths); required when ``coef`` > 0."""
+    batch_size: int = 8
+    """Demonstrations per update, drawn in a seeded order that depends only on the update's number."""
+
+
+@dataclass
 class PPOConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The policy's starting point (usually the SFT model; an adapter folder is merged first)."""
@@ -149,6 +163,8 @@ class PPOConfig:
     """PPO's update: epochs, minibatches, clipping, GAE, the missing-EOS penalty."""
     kl: KLConfig = field(default_factory=KLConfig)
     """The KL penalty's coefficient β and its controller."""
+    ptx: PtxConfig = field(default_factory=PtxConfig)
+    """Optional PPO-ptx term: NLL of demonstrations added to every update (off by default)."""
 
     def validate(self) -> None:
         """Cross-field rules, checked before any model is loaded; each error names its keys."""
@@ -179,6 +195,11 @@ class PPOConfig:
                               f"({r.max_new_tokens}) exceeds data.max_length ({self.data.max_length})")
         if not (p.clip_range > 0 and p.value_clip_range > 0 and p.vf_coef >= 0):
             raise ConfigError("ppo.clip_range and ppo.value_clip_range must be > 0, ppo.vf_coef >= 0")
+        if self.ptx.coef < 0 or self.ptx.batch_size < 1:
+            raise ConfigError(f"ptx.coef must be >= 0 (got {self.ptx.coef}) and ptx.batch_size >= 1 "
+                              f"(got {self.ptx.batch_size})")
+        if self.ptx.coef > 0 and not self.ptx.data_file:
+            raise ConfigError("ptx.coef > 0 needs ptx.data_file ({\"prompt\", \"response\"} demonstrations)")
         if not (0 <= p.gamma <= 1 and 0 <= p.lam <= 1):
             raise ConfigError(f"ppo.gamma ({p.gamma}) and ppo.lam ({p.lam}) must be in [0, 1]")
         if k.init_coef < 0 or (k.controller == "adaptive" and not (k.init_coef > 0 and k.target > 0
