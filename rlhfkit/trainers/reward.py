@@ -389,6 +389,9 @@ def train_reward(cfg: RewardConfig) -> RewardResult:
         write_json(folder / "rlhfkit_normalization.json", {"gain": gain, "bias": bias, "mode": cfg.normalize.mode,
                                                            "reference": stats})
 
-    final = save_folder_atomically(Path(cfg.train.output_dir) / FINAL_DIR, write)
+    final = Path(cfg.train.output_dir) / FINAL_DIR
+    if loop.is_main_process:  # one writer: the ranks hold the same weights, and racing renames could clash
+        save_folder_atomically(final, write)
+    loop.accelerator.wait_for_everyone()  # no rank returns before the folder it names exists
     say(f"reward: saved {final}")
     return RewardResult(final, summary.status, summary.last_metrics, gain, bias, stats)

@@ -241,8 +241,10 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
         dataset.loop = loop
     summary = loop.fit(dataset, collate, sft_step, weight_fn=target_token_count)
     trained = loop.unwrapped_model.eval()
-    final = save_folder_atomically(Path(cfg.train.output_dir) / FINAL_DIR,
-                                   lambda folder: save_sft_model(trained, tokenizer, folder, cfg))
+    final = Path(cfg.train.output_dir) / FINAL_DIR
+    if loop.is_main_process:  # one writer: the ranks hold the same weights, and racing renames could clash
+        save_folder_atomically(final, lambda folder: save_sft_model(trained, tokenizer, folder, cfg))
+    loop.accelerator.wait_for_everyone()  # no rank returns before the folder it names exists
     say(f"sft: saved {'the LoRA adapter' if _saves_adapter(cfg) else 'the model'} in {final}")
     return SFTResult(final, summary.status, summary.last_metrics)
 
