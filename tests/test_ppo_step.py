@@ -127,7 +127,7 @@ def test_first_minibatch_ratio_is_exactly_one_then_moves(tmp_path):
     trainer, encoded, _ = make_trainer(cfg, lr=0.5)
     records = []
     update = trainer.update
-    trainer.update = lambda minibatch: records.append(dict(update(minibatch))) or dict(records[-1])
+    trainer.update = lambda minibatch, *rest: records.append(dict(update(minibatch, *rest))) or dict(records[-1])
     trainer.step(encoded[:8], 1)
     assert len(records) == 4 and trainer.loop.updates == 4  # 2 epochs × 8 rollouts / minibatches of 4
     first = records[0]
@@ -227,6 +227,6 @@ def test_old_logprobs_from_sampling_skip_the_policy_forward_and_match_it(tmp_pat
     # the PPO step runs on it, and its first ratio is 1 up to float rounding
     records = []
     update = trainer.update
-    trainer.update = lambda minibatch: records.append(dict(update(minibatch))) or dict(records[-1])
+    trainer.update = lambda minibatch, *rest: records.append(dict(update(minibatch, *rest))) or dict(records[-1])
     trainer.step(encoded[:8], 1)
     assert records[0]["ppo/ratio/max"] == pytest.approx(1.0, abs=1e-4)
