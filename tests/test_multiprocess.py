@@ -94,3 +94,16 @@ def test_dpo_ranks_agree_and_match_one_process_with_the_same_global_batch(tmp_pa
     two = run(tmp_path / "two", [*args, f"train.output_dir={tmp_path / 'two'}", "train.per_device_batch_size=4"], 2)
     assert_identical(two[0], two[1])
     assert max_difference(two[0], one[0]) < 1e-5  # gloo's all-reduce sums in another order than one process
+
+
+@pytest.mark.parametrize("shared_prompt", ["true", "false"])
+def test_reward_ranks_agree_and_match_one_process_with_the_same_global_batch(tmp_path, shared_prompt):
+    """Both scoring paths — one row per prompt (shared) and one row per response — under DDP."""
+    make_data(tmp_path)
+    args = ["reward", f"model.path={dpo_model_dir(tmp_path)}", f"data.train_file={tmp_path / 'train.jsonl'}",
+            "data.max_length=64", "data.max_prompt_length=32", "train.max_steps=3", "train.lr=3e-3",
+            f"shared_prompt={shared_prompt}", "pair_weighting=pair", *QUIET]
+    one = run(tmp_path / "one", [*args, f"train.output_dir={tmp_path / 'one'}", "train.per_device_batch_size=8"], 1)
+    two = run(tmp_path / "two", [*args, f"train.output_dir={tmp_path / 'two'}", "train.per_device_batch_size=4"], 2)
+    assert_identical(two[0], two[1])
+    assert max_difference(two[0], one[0]) < 1e-5

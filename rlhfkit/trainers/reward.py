@@ -148,14 +148,27 @@ def group_scores(model, batch: dict[str, Any]) -> torch.Tensor:
     One row per response (``collate_groups``): the head at each row's last real token. Shared-prompt rows:
     the head at each response's last token, the response having attended to the prompt and itself only.
     """
-    from rlhfkit.models.forward import shared_prompt_hidden_states
-    from rlhfkit.models.heads import scalar_head, score_sequences
+    from rlhfkit.models.forward import (
+        capture_trunk_output,
+        last_token_index,
+        model_inputs,
+        shared_prompt_hidden_states,
+    )
+    from rlhfkit.models.heads import scalar_head
 
+    head = scalar_head(model)
     if "segment_ids" not in batch:
-        return score_sequences(model, batch["input_ids"], batch["attention_mask"])
+        # Through the whole model's forward (its pooled logits unused), not the trunk alone: under DDP only a
+        # forward of the wrapped module makes the backward synchronise gradients (the trunk alone left the
+        # ranks apart — tests/test_multiprocess.py), and accelerate's autocast wraps that forward too.
+        mask = batch["attention_mask"]
+        with capture_trunk_output(model) as captured:
+            model(**model_inputs(model, batch["input_ids"], mask))
+        rows = torch.arange(mask.shape[0], device=mask.device)
+        last = captured["hidden"][rows, last_token_index(mask)]  # (N, H)
+        return head(last.to(next(head.parameters()).dtype)).squeeze(-1).float()
     hidden = shared_prompt_hidden_states(model, batch)  # (G, T, H)
     last = hidden[batch["response_row"], batch["response_end"] - 1]  # (N, H)
-    head = scalar_head(model)
     return head(last.to(next(head.parameters()).dtype)).squeeze(-1).float()
 
 
