@@ -48,19 +48,15 @@ def larger_sft_config(ctx: Context):
 
 
 def larger_world_stage(ctx: Context, folder: Path) -> dict[str, Any]:
-    from rlhfkit.worlds.build import build_world
+    from rlhfkit.demo.pipeline import build_world_summary
 
-    assets = build_world(ctx.cfg.larger.world(ctx.cfg.world))
-    m = assets.manifest
-    return {"root": str(assets.root), "base_dir": str(assets.base_dir), "base_parameters": m["base_parameters"],
-            "size": ctx.cfg.larger.size, "pretrain_steps": m["pretrain_steps"],
-            "pretrain_tokens": m["pretrain_tokens"], "seconds_pretrain": m["seconds_pretrain"],
-            "eval_nll": m["eval_nll"]}
+    return build_world_summary(ctx.cfg.larger.world(ctx.cfg.world))
 
 
 def instructgpt_stage(ctx: Context, folder: Path, small_parameters: int, larger_parameters: int) -> dict[str, Any]:
     """Each small policy's stage-9 samples against the larger SFT model's, and the larger SFT model against
-    the small SFT baseline; one ``<policy>.json`` each (a killed stage keeps the finished ones)."""
+    the small SFT baseline; one ``<policy>.json`` each, written once every comparison is done."""
+    from rlhfkit.demo.evaluation import against_sft
     from rlhfkit.evaluate.sampling import PolicySamples, sample_policy, stream_seed
     from rlhfkit.models.load import load_tokenizer
 
@@ -70,21 +66,20 @@ def instructgpt_stage(ctx: Context, folder: Path, small_parameters: int, larger_
     larger, tokenizer = ctx.model("larger_sft"), load_tokenizer(ctx.final("larger_sft"))
     say(f"instructgpt: sampling the larger SFT model ({larger_parameters:,} parameters, "
         f"{larger_parameters / small_parameters:.1f}x the policies') on {len(prompts)} eval prompts")
-    sample = {"prompts": prompts, "samples": cfg.eval.samples, "max_new_tokens": cfg.data.max_new_tokens,
-              "batch_size": cfg.data.batch_size}
-    larger_as_baseline = sample_policy(larger, tokenizer, prompts, cfg.eval.samples,
-                                       seed=stream_seed(cfg.seed, "baseline"), max_new_tokens=sample["max_new_tokens"],
-                                       batch_size=sample["batch_size"])
-    larger_as_policy = sample_policy(larger, tokenizer, prompts, cfg.eval.samples,
-                                     seed=stream_seed(cfg.seed, "policy"), max_new_tokens=sample["max_new_tokens"],
-                                     batch_size=sample["batch_size"])
-    small_sft_baseline = PolicySamples.from_texts(prompts, saved["texts"])
+
+    def larger_samples(stream: str):
+        return sample_policy(larger, tokenizer, prompts, cfg.eval.samples, seed=stream_seed(cfg.seed, stream),
+                             max_new_tokens=cfg.data.max_new_tokens, batch_size=cfg.data.batch_size)
+
+    # No KL in these figures (model None): the sides are different models, and best-of-N has no model.
+    larger_as_baseline = larger_samples("baseline")
     versus: dict[str, dict] = {}
     for name in SMALL_POLICIES:
         texts = read_json(ctx.file("eval", f"{name}.json"))["texts"]
-        versus[name] = against(ctx, PolicySamples.from_texts(prompts, texts), larger_as_baseline, prompts)
+        versus[name] = against_sft(ctx, None, PolicySamples.from_texts(prompts, texts), larger_as_baseline, prompts)
     # What size alone buys: the larger SFT model against the small SFT baseline (the eval stage's reference).
-    versus["larger_sft_vs_sft"] = against(ctx, larger_as_policy, small_sft_baseline, prompts)
+    versus["larger_sft_vs_sft"] = against_sft(ctx, None, larger_samples("policy"),
+                                              PolicySamples.from_texts(prompts, saved["texts"]), prompts)
     for name, metrics in versus.items():
         write_json_atomically(folder / f"{name}.json", {"metrics": metrics})
     write_json_atomically(folder / "larger_samples.json", {"prompts": prompts, "texts": larger_as_baseline.texts})
@@ -96,14 +91,6 @@ def instructgpt_stage(ctx: Context, folder: Path, small_parameters: int, larger_
     return {"small_parameters": small_parameters, "larger_parameters": larger_parameters,
             "size_ratio": larger_parameters / small_parameters,
             "utility_delta": {name: m["gold/utility_delta"] for name, m in versus.items()}}
-
-
-def against(ctx: Context, samples, baseline, prompts: list[str]) -> dict[str, Any]:
-    """The eval protocol's figures of ``samples`` against ``baseline`` by the gold judge (no KL: the two
-    sides are different models of different sizes, and best-of-N has no model)."""
-    from rlhfkit.demo.evaluation import against_sft
-
-    return against_sft(ctx, None, samples, baseline, prompts)
 
 
 def report_section(ctx: Context, results: dict) -> dict[str, Any] | None:

@@ -122,12 +122,17 @@ def write_recipes(ctx: Context) -> dict[str, Any]:
 
 
 def world_stage(ctx: Context, folder: Path) -> dict[str, Any]:
+    return build_world_summary(ctx.cfg.world)
+
+
+def build_world_summary(world_cfg) -> dict[str, Any]:
+    """Build (or reuse) the world for ``world_cfg``; the stage summary of its base model."""
     from rlhfkit.worlds.build import build_world
 
-    assets = build_world(ctx.cfg.world)
+    assets = build_world(world_cfg)
     m = assets.manifest
     return {"root": str(assets.root), "base_dir": str(assets.base_dir), "base_parameters": m["base_parameters"],
-            "arch": ctx.cfg.world.arch, "size": ctx.cfg.world.size, "vocab_size": m["vocab_size"],
+            "arch": world_cfg.arch, "size": world_cfg.size, "vocab_size": m["vocab_size"],
             "pretrain_steps": m["pretrain_steps"], "pretrain_tokens": m["pretrain_tokens"],
             "seconds_pretrain": m["seconds_pretrain"], "eval_nll": m["eval_nll"]}
 

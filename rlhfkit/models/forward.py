@@ -204,15 +204,20 @@ def shared_prompt_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tens
     return logps + first_logprobs, batch["response_end"] - starts
 
 
-def shared_prompt_hidden_states(model, batch: dict) -> torch.Tensor:
-    """Final hidden states of the trunk over shared-prompt rows: (G, T) -> (G, T, H).
-
-    Taken from a forward of the whole model (its head's output is not used), so whatever wraps that forward
-    — accelerate's autocast for ``mixed_precision``, DDP's gradient synchronisation — applies.
-    """
+def forward_hidden_states(model, inputs: dict) -> torch.Tensor:
+    """Final hidden states of the trunk from a forward of the *whole* model on ``inputs`` (its head's output is
+    not used): (B, T) -> (B, T, H). Unlike :func:`trunk_hidden_states`, whatever wraps that forward applies —
+    accelerate's autocast for ``mixed_precision``, DDP's gradient synchronisation (a trunk called alone
+    leaves DDP ranks with unsynchronised gradients)."""
     with capture_trunk_output(model) as captured:
-        model(**shared_prompt_inputs(model, batch))
+        model(**inputs)
     return captured["hidden"]
+
+
+def shared_prompt_hidden_states(model, batch: dict) -> torch.Tensor:
+    """Final hidden states of the trunk over shared-prompt rows, through the whole model's forward
+    (:func:`forward_hidden_states`): (G, T) -> (G, T, H)."""
+    return forward_hidden_states(model, shared_prompt_inputs(model, batch))
 
 
 @torch.no_grad()

@@ -46,12 +46,13 @@ class PtxBatches:
     def indices(self, update: int) -> list[int]:
         """Example indices of update ``update`` (0-based): positions ``update·b … update·b + b − 1`` of the
         endless stream made of one seeded permutation of the file per pass."""
-        n, out = len(self.examples), []
+        n, orders, out = len(self.examples), {}, []
         for position in range(update * self.batch_size, (update + 1) * self.batch_size):
             epoch, offset = divmod(position, n)
-            order = list(range(n))
-            random.Random(derive_seed(self.seed, "ptx", epoch)).shuffle(order)
-            out.append(order[offset])
+            if epoch not in orders:  # an update spans at most a few passes: shuffle each once
+                orders[epoch] = list(range(n))
+                random.Random(derive_seed(self.seed, "ptx", epoch)).shuffle(orders[epoch])
+            out.append(orders[epoch][offset])
         return out
 
     def batch(self, update: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -149,26 +149,23 @@ def group_scores(model, batch: dict[str, Any]) -> torch.Tensor:
     the head at each response's last token, the response having attended to the prompt and itself only.
     """
     from rlhfkit.models.forward import (
-        capture_trunk_output,
+        forward_hidden_states,
         last_token_index,
         model_inputs,
         shared_prompt_hidden_states,
     )
     from rlhfkit.models.heads import scalar_head
 
-    head = scalar_head(model)
+    # Both layouts go through the whole model's forward, never the trunk alone: under DDP only a forward of the
+    # wrapped module synchronises gradients (tests/test_multiprocess.py), and accelerate's autocast wraps it.
     if "segment_ids" not in batch:
-        # Through the whole model's forward (its pooled logits unused), not the trunk alone: under DDP only a
-        # forward of the wrapped module makes the backward synchronise gradients (the trunk alone left the
-        # ranks apart — tests/test_multiprocess.py), and accelerate's autocast wraps that forward too.
         mask = batch["attention_mask"]
-        with capture_trunk_output(model) as captured:
-            model(**model_inputs(model, batch["input_ids"], mask))
-        rows = torch.arange(mask.shape[0], device=mask.device)
-        last = captured["hidden"][rows, last_token_index(mask)]  # (N, H)
-        return head(last.to(next(head.parameters()).dtype)).squeeze(-1).float()
-    hidden = shared_prompt_hidden_states(model, batch)  # (G, T, H)
-    last = hidden[batch["response_row"], batch["response_end"] - 1]  # (N, H)
+        hidden = forward_hidden_states(model, model_inputs(model, batch["input_ids"], mask))  # (N, T, H)
+        last = hidden[torch.arange(mask.shape[0], device=mask.device), last_token_index(mask)]  # (N, H)
+    else:
+        hidden = shared_prompt_hidden_states(model, batch)  # (G, T, H)
+        last = hidden[batch["response_row"], batch["response_end"] - 1]  # (N, H)
+    head = scalar_head(model)
     return head(last.to(next(head.parameters()).dtype)).squeeze(-1).float()
 
 
