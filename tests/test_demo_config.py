@@ -138,3 +138,12 @@ def test_heldout_split_never_puts_a_prompt_on_both_sides():
     assert len(train) + len(heldout) == 200
     assert not {p["prompt"] for p in train} & {p["prompt"] for p in heldout}
     assert len({p["prompt"] for p in heldout}) == round(0.2 * 37)
+
+
+def test_world_build_settings_name_the_bad_field():
+    from rlhfkit.worlds.build import WorldBuildConfig
+
+    with pytest.raises(ConfigError, match="attn_implementation: expected eager or sdpa, got 'flash'"):
+        WorldBuildConfig(attn_implementation="flash").validate()  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="mixed_precision: expected no or bf16"):
+        WorldBuildConfig(mixed_precision="fp16").validate()  # type: ignore[arg-type]
