@@ -50,6 +50,8 @@ def run(args, kill_after=None):
 CASES = {
     # 20 examples, 4 per step: 5 steps per epoch, 15 in all. Resumes from step 6: epoch 1, example 4.
     "full, mid-epoch": (["train.save_every=2"], 7, "epoch 1, example 4 of 20"),
+    # NEFTune draws its noise from torch's global generator, which the checkpoint carries.
+    "full with NEFTune noise, mid-epoch": (["train.save_every=2", "neftune_alpha=5"], 7, "epoch 1, example 4 of 20"),
     # 20 examples packed into 14 rows of ≤ 40 tokens, 4 rows per step: 4 steps per epoch (the last one
     # ragged), 12 in all. Resumes from step 4, the end of epoch 0. LoRA dropout makes the torch RNG matter.
     "lora with dropout, packed, at an epoch boundary": (

@@ -11,7 +11,8 @@
    (``weight_fn`` = target tokens per micro-batch). The LM head runs only over the columns that predict a
    response token (``logits_to_keep``). Less padding: ``group_by_length`` (steps of similar lengths), or
    packing (several examples per row, attention and positions restarting at each example: see
-   :mod:`rlhfkit.trainers.pretrain`). Full or LoRA.
+   :mod:`rlhfkit.trainers.pretrain`). Full or LoRA; optionally NEFTune noise on the input embeddings
+   (``neftune_alpha``, :mod:`rlhfkit.models.neftune`).
 4. **Save** ``train.output_dir/final``: merged weights (a plain ``AutoModelForCausalLM`` folder), or with
    ``lora.enabled=true lora.save_merged=false`` the PEFT adapter folder whose base is ``model.path`` —
    plus the tokenizer and ``rlhfkit_sft.yaml`` (the resolved config).
@@ -51,8 +52,13 @@ class SFTConfig:
     group_by_length: bool = False
     """Fill each step with examples (or packed rows) of similar length: less padding, the same loss; the
     order stays a pure function of (seed, epoch), so resume is exact. Needs ``train.shuffle``."""
+    neftune_alpha: float = 0.0
+    """NEFTune: uniform noise of bound α/√(L·d) on the input embeddings while training (Jain et al. 2023;
+    the paper's α: 5–15). 0: off. Evaluation and the saved model are unaffected."""
 
     def validate(self) -> None:
+        if self.neftune_alpha < 0:
+            raise ConfigError(f"neftune_alpha must be >= 0 (0 turns it off), got {self.neftune_alpha}")
         if self.group_by_length and not self.train.shuffle:
             raise ConfigError("group_by_length=true draws its own seeded order and needs train.shuffle=true")
         if self.lora.save_merged is False and not self.lora.enabled:
@@ -201,6 +207,7 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
     """Run SFT described by ``cfg`` (validated by :func:`load_config`); resume if ``train.output_dir`` holds
     a checkpoint of the same run. Returns where the final model is."""
     from rlhfkit.data.collate import LengthGroupedDataset, collate_sft, pad_token_id_for
+    from rlhfkit.models.neftune import neftune
     from rlhfkit.trainers.checkpoint import save_folder_atomically, write_json
     from rlhfkit.trainers.loop import TrainLoop
     from rlhfkit.trainers.metrics_log import say
@@ -239,7 +246,8 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
         global_batch = cfg.train.per_device_batch_size * cfg.train.grad_accum_steps * loop.num_processes
         dataset = LengthGroupedDataset(data.train, global_batch, cfg.train.seed)
         dataset.loop = loop
-    summary = loop.fit(dataset, collate, sft_step, weight_fn=target_token_count)
+    with neftune(model, cfg.neftune_alpha):
+        summary = loop.fit(dataset, collate, sft_step, weight_fn=target_token_count)
     trained = loop.unwrapped_model.eval()
     final = Path(cfg.train.output_dir) / FINAL_DIR
     if loop.is_main_process:  # one writer: the ranks hold the same weights, and racing renames could clash
