@@ -165,3 +165,23 @@ def test_pad_token_policy(arch, root):
         assert tok.pad_token == original.pad_token and tok.pad_token != tok.eos_token
     assert tok.padding_side == original.padding_side
     assert tok("what is 17 plus 25?")["input_ids"] == original("what is 17 plus 25?")["input_ids"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_attention_kernel_switch_keeps_the_logits_and_a_bad_kernel_is_one_sentence(arch, root):
+    from rlhfkit.models.load import set_attention
+
+    folder = saved_model_dir(arch, root)
+    ids = torch.tensor([encode(arch)[0]])
+    default = load_causal_lm(folder)
+    eager = set_attention(load_causal_lm(folder), "eager")
+    assert default.config._attn_implementation == "sdpa" and eager.config._attn_implementation == "eager"
+    assert set_attention(default, None) is default and default.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        assert torch.allclose(eager(ids).logits, default(ids).logits, atol=1e-5)
+    for bad in ("no_such_kernel", "flash_attention_2"):  # unknown; needs a package and a GPU absent here
+        with pytest.raises(ModelLoadError) as info:
+            set_attention(load_causal_lm(folder), bad, key="model.attn_implementation")
+        message = str(info.value)
+        assert message.startswith(f"model.attn_implementation={bad!r} cannot be used: ")
+        assert "\n" not in message and message.endswith("."), message

@@ -230,3 +230,20 @@ def test_old_logprobs_from_sampling_skip_the_policy_forward_and_match_it(tmp_pat
     trainer.update = lambda minibatch, *rest: records.append(dict(update(minibatch, *rest))) or dict(records[-1])
     trainer.step(encoded[:8], 1)
     assert records[0]["ppo/ratio/max"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_attention_kernel_reaches_all_four_models_and_rollouts_match_a_default_forward(tmp_path):
+    """model.attn_implementation=eager: policy, reference, reward and value models all run eager attention,
+    and the rollout's log-probs still equal a plain forward of the policy with transformers' default kernel."""
+    cfg = ppo_config(tmp_path, "model.attn_implementation=eager", "rollout.temperature=0.7")
+    trainer, encoded, prompts = make_trainer(cfg)
+    models = trainer.models
+    loaded = {"policy": models.actor_critic.language_model, "reference": models.reference,
+              "reward": models.scorer.model, "value": models.actor_critic.value_model}
+    for name, model in loaded.items():
+        assert model.config._attn_implementation == "eager", name
+    rollout, _ = trainer.collect(encoded[:8], prompts[:8], torch.Generator().manual_seed(3))
+    default_kernel = load_causal_lm(cfg.model.path)
+    assert default_kernel.config._attn_implementation == "sdpa"
+    assert torch.allclose(rollout.logprobs, independent_logprobs(default_kernel, rollout, 0.7), atol=1e-5)
+    assert torch.allclose(rollout.ref_logprobs, independent_logprobs(default_kernel, rollout, 0.7), atol=1e-5)

@@ -92,20 +92,23 @@ def test_sft_learns_and_final_folder_loads_with_plain_transformers(root, base, d
     assert (out / "final" / "rlhfkit_sft.yaml").exists()
 
 
+@pytest.mark.parametrize("attention", [None, "eager"])
 @pytest.mark.parametrize("packing", [False, True])
-def test_first_step_loss_is_the_response_token_mean_over_the_global_batch(root, base, demos, packing):
+def test_first_step_loss_is_the_response_token_mean_over_the_global_batch(root, base, demos, packing, attention):
     """2 micro-batches × 2 examples (unpacked) of different token counts: the logged loss of step 1 is the
-    token mean over all 4 examples' response tokens, computed independently on the untrained model."""
+    token mean over all 4 examples' response tokens, computed independently on the untrained model (with
+    transformers' default attention kernel, whichever kernel the run trains with)."""
     from rlhfkit.models.load import load_causal_lm
 
     rows = colour_rows(4)
     rows[1]["response"] = "the cat is red and blue and green and yellow."  # unequal response lengths
     data = write_jsonl(root / f"step1-{packing}.jsonl", rows)
-    out = root / f"step1-{packing}"
+    out = root / f"step1-{packing}-{attention}"
     batch = ["train.per_device_batch_size=1", "train.grad_accum_steps=4"] if packing else \
         ["train.per_device_batch_size=2", "train.grad_accum_steps=2"]
+    kernel = [f"model.attn_implementation={attention}"] if attention else []
     assert cli(sft_args(base, data, out, "train.shuffle=false", "train.max_steps=1", "train.lr=1e-3",
-                        f"packing={str(packing).lower()}", *batch)) == 0
+                        f"packing={str(packing).lower()}", *batch, *kernel)) == 0
     logged = read_metrics(out)[0]["train/loss"]
     examples, _ = encode_sft(tokenizer(), load_rows(data, "sft").rows, max_length=48, max_prompt_length=24)
     expected = manual_token_mean_nll(load_causal_lm(base), examples)

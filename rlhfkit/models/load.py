@@ -155,6 +155,19 @@ def load_pretrained_checked(auto_class, folder: Path, dtype, what: str, **kwargs
     return model
 
 
+def set_attention(model, implementation: str | None, key: str = "model.attn_implementation"):
+    """Switch ``model`` (a transformers or PEFT model) to the attention kernel ``implementation`` and return
+    it; None leaves it as loaded. A kernel transformers cannot use here becomes one sentence naming ``key``."""
+    if implementation is None:
+        return model
+    try:
+        model.set_attn_implementation(implementation)
+    except (ValueError, ImportError) as exc:
+        reason = _first_line(exc).rstrip(".")
+        raise ModelLoadError(f"{key}={implementation!r} cannot be used: {reason}.") from None
+    return model
+
+
 def _adapter_base_path(folder: Path, base_model_path: str | Path | None) -> Path:
     adapter_config = _read_json(folder / "adapter_config.json", folder)
     if not any((folder / name).is_file() for name in ADAPTER_WEIGHT_FILES):

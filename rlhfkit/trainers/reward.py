@@ -293,6 +293,7 @@ def training_references(groups: Sequence[Any]) -> list[Any]:
 
 def build_reward_model(cfg: RewardConfig, tokenizer):
     """``(model, reward_tokenizer)``: the causal LM's trunk + a seeded scalar head, LoRA-wrapped if enabled."""
+    from rlhfkit.models.load import set_attention
     from rlhfkit.models.lora import apply_lora
     from rlhfkit.models.reward import reward_model_from_causal_lm
     from rlhfkit.trainers.determinism import derive_seed
@@ -301,6 +302,7 @@ def build_reward_model(cfg: RewardConfig, tokenizer):
     model, reward_tok = reward_model_from_causal_lm(
         cfg.model.path, tokenizer, head_init_std=cfg.head_init_std,
         seed=derive_seed(cfg.train.seed, "reward_head", bits=32), dtype=cfg.model.dtype)
+    set_attention(model, cfg.model.attn_implementation)
     if cfg.lora.enabled:
         with seeded_init(cfg.train.seed, "lora_init"):
             model = apply_lora(model, cfg.lora.settings())

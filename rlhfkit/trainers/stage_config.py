@@ -23,10 +23,16 @@ class ModelConfig:
     """A local Hugging Face model folder (or a PEFT adapter folder) to start from."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights' dtype. float32 on CPU: bf16 matmuls are ~10x slower on most CPUs."""
+    attn_implementation: str | None = None
+    """Attention kernel of every model the stage loads (policy, reference, reward and value models), as
+    transformers names it: ``eager``, ``sdpa``, ``flash_attention_2``, … null: transformers' default (sdpa).
+    The saved models do not record it."""
 
     def validate(self) -> None:
         if not self.path:
             raise ConfigError("model.path is required (a local Hugging Face model folder)")
+        if self.attn_implementation is not None and not self.attn_implementation.strip():
+            raise ConfigError("model.attn_implementation is empty; name a kernel (e.g. eager, sdpa) or use null")
 
 
 @dataclass
