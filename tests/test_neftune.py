@@ -68,11 +68,18 @@ def test_negative_alpha_is_refused_naming_the_key():
         SFTConfig(neftune_alpha=-1.0).validate()
 
 
-def test_sft_trains_on_noised_embeddings_and_evaluates_clean(tmp_path):
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_sft_trains_on_noised_embeddings_and_evaluates_clean(tmp_path, one_thread):
     from rlhfkit.data import encode_sft, load_rows
     from rlhfkit.models.load import load_causal_lm
 
-    torch.set_num_threads(1)
     base = model_dir(tmp_path)
     demos = write_jsonl(tmp_path / "demos.jsonl", colour_rows(4))
     examples, _ = encode_sft(tokenizer(), load_rows(demos, "sft").rows, max_length=48, max_prompt_length=24)

@@ -195,6 +195,7 @@ def load_causal_lm(
     base_model_path: str | Path | None = None,
     adapter_trainable: bool = False,
     merge_adapter: bool = False,
+    attn_implementation: str | None = None,
     **kwargs,
 ):
     """Load a causal LM from a local folder, offline.
@@ -203,17 +204,19 @@ def load_causal_lm(
     the base model (``base_model_name_or_path`` of the adapter config, or ``base_model_path``) is loaded and
     the adapter applied on top: a ``peft.PeftModel`` is returned, trainable if ``adapter_trainable``, or a
     plain model with the adapter merged if ``merge_adapter``. ``dtype`` defaults to float32 (see
-    :func:`resolve_dtype`); ``kwargs`` go to ``from_pretrained`` (e.g. ``attn_implementation``).
+    :func:`resolve_dtype`); ``attn_implementation`` switches the loaded model's attention kernel (see
+    :func:`set_attention`; None keeps transformers' default); other ``kwargs`` go to ``from_pretrained``.
     The model is returned in eval mode, as transformers does. Raises :class:`ModelLoadError`.
     """
     from transformers import AutoModelForCausalLM
 
     folder = _require_folder(path)
     if is_adapter_folder(folder):
-        return _load_adapter(folder, dtype, base_model_path, adapter_trainable, merge_adapter, **kwargs)
-    config = read_model_config(folder)
-    _check_causal(folder, config)
-    return load_pretrained_checked(AutoModelForCausalLM, folder, dtype, "causal LM", **kwargs)
+        model = _load_adapter(folder, dtype, base_model_path, adapter_trainable, merge_adapter, **kwargs)
+    else:
+        _check_causal(folder, read_model_config(folder))
+        model = load_pretrained_checked(AutoModelForCausalLM, folder, dtype, "causal LM", **kwargs)
+    return set_attention(model, attn_implementation)
 
 
 def _load_adapter(folder: Path, dtype, base_model_path, trainable: bool, merge: bool, **kwargs):

@@ -34,6 +34,7 @@ from rlhfkit.models.load import (
     load_pretrained_checked,
     load_tokenizer,
     read_model_config,
+    set_attention,
 )
 
 DEDICATED_PAD_TOKEN = "<|rlhfkit_pad|>"
@@ -160,11 +161,12 @@ def _check_scalar_folder(folder: Path, config) -> None:
         raise ModelLoadError(f"'{folder}' is a classifier with {config.num_labels} labels, not a scalar model (1).")
 
 
-def load_reward_model(path: str | Path, dtype=None, **kwargs):
+def load_reward_model(path: str | Path, dtype=None, *, attn_implementation: str | None = None, **kwargs):
     """Load a reward (or value) model folder saved by :func:`save_scalar_model`: ``(model, tokenizer)``.
 
     The model is in eval mode, with its stored score normalisation in ``model.config``. The tokenizer's
-    pad token is aligned with the config's ``pad_token_id``. Raises :class:`ModelLoadError`.
+    pad token is aligned with the config's ``pad_token_id``. ``attn_implementation``: as for
+    :func:`rlhfkit.models.load.load_causal_lm`. Raises :class:`ModelLoadError`.
     """
     from transformers import AutoModelForSequenceClassification
 
@@ -173,7 +175,8 @@ def load_reward_model(path: str | Path, dtype=None, **kwargs):
         raise ModelLoadError(f"'{folder}' is an adapter folder; reward and value models are saved merged.")
     config = read_model_config(folder)
     _check_scalar_folder(folder, config)
-    model = load_pretrained_checked(AutoModelForSequenceClassification, folder, dtype, "reward model", **kwargs)
+    model = set_attention(load_pretrained_checked(AutoModelForSequenceClassification, folder, dtype,
+                                                  "reward model", **kwargs), attn_implementation)
     tokenizer = load_tokenizer(folder)
     pad = model.config.pad_token_id
     if pad is not None and tokenizer.pad_token_id != pad and pad < len(tokenizer):

@@ -343,13 +343,13 @@ def disable_dropout(model) -> None:
 
 def load_models(cfg: DPOConfig):
     """``(policy, separate reference model or None)``, both in ``model.dtype``."""
-    from rlhfkit.models.load import is_adapter_folder, load_causal_lm, set_attention
+    from rlhfkit.models.load import is_adapter_folder, load_causal_lm
 
     if cfg.lora.enabled and not cfg.lora.save_merged and is_adapter_folder(cfg.model.path):
         raise ConfigError(f"model.path {cfg.model.path} is a PEFT adapter folder: it is merged on load, so a "
                           "new adapter would sit on a base that is not on disk; set lora.save_merged=true")
-    policy = set_attention(load_causal_lm(cfg.model.path, cfg.model.dtype, merge_adapter=True),
-                           cfg.model.attn_implementation)
+    policy = load_causal_lm(cfg.model.path, cfg.model.dtype, merge_adapter=True,
+                            attn_implementation=cfg.model.attn_implementation)
     config = policy.config
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if positions is not None and cfg.data.max_length > positions:
@@ -357,8 +357,8 @@ def load_models(cfg: DPOConfig):
                           f"model in {cfg.model.path}; lower it")
     reference = None
     if cfg.reference is not None:
-        reference = set_attention(load_causal_lm(cfg.reference, cfg.model.dtype, merge_adapter=True),
-                                  cfg.model.attn_implementation)
+        reference = load_causal_lm(cfg.reference, cfg.model.dtype, merge_adapter=True,
+                                   attn_implementation=cfg.model.attn_implementation)
         if reference.config.vocab_size != policy.config.vocab_size:
             raise ConfigError(f"reference {cfg.reference} has {reference.config.vocab_size} tokens in its "
                               f"vocabulary and model.path {policy.config.vocab_size}; π_ref must share the "

@@ -20,7 +20,7 @@ from torch import nn
 from rlhfkit.config import ConfigError
 from rlhfkit.models.forward import unwrap_model
 from rlhfkit.models.heads import PolicyWithValueHead, token_values
-from rlhfkit.models.load import is_adapter_folder, load_causal_lm, load_tokenizer, set_attention
+from rlhfkit.models.load import is_adapter_folder, load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import adapters_disabled, apply_lora, save_policy
 from rlhfkit.models.policy import (
     policy_value_outputs,
@@ -161,18 +161,18 @@ def build_ppo_models(cfg: PPOConfig, scorer: Scorer | None = None) -> PPOModels:
     """Load the four models of ``cfg`` (``scorer`` replaces the reward model, e.g. a programmatic judge)."""
     dtype, attention = cfg.model.dtype, cfg.model.attn_implementation
     tokenizer = load_tokenizer(cfg.model.path)
-    policy = set_attention(load_causal_lm(cfg.model.path, dtype, merge_adapter=True), attention)
+    policy = load_causal_lm(cfg.model.path, dtype, merge_adapter=True, attn_implementation=attention)
     eos_ids = eos_token_ids(tokenizer, policy)
     disable_dropout(policy)
     reference = None
     if not (cfg.lora.enabled and not cfg.reference.path):
-        reference = _frozen(set_attention(
-            load_causal_lm(cfg.reference.path or cfg.model.path, dtype, merge_adapter=True), attention))
+        reference = _frozen(load_causal_lm(cfg.reference.path or cfg.model.path, dtype, merge_adapter=True,
+                                           attn_implementation=attention))
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora.settings())
     if scorer is None:
-        reward_model, reward_tok = load_reward_model(cfg.reward_model.path, dtype)
-        scorer = RewardModelScorer(_frozen(set_attention(reward_model, attention)), reward_tok, tokenizer,
+        reward_model, reward_tok = load_reward_model(cfg.reward_model.path, dtype, attn_implementation=attention)
+        scorer = RewardModelScorer(_frozen(reward_model), reward_tok, tokenizer,
                                    retokenize=cfg.reward_model.retokenize, template=cfg.reward_model.template,
                                    policy_template=cfg.data.template, batch_size=cfg.rollout.chunk_size,
                                    eos_token_id=eos_ids)
@@ -186,8 +186,8 @@ def _build_value_model(cfg: PPOConfig, policy_tokenizer) -> tuple[nn.Module | No
     if cfg.value_model.kind == "head":
         return None, None
     path = cfg.value_model.path or cfg.reward_model.path
-    value_model, value_tok = load_reward_model(path, cfg.model.dtype)
-    set_attention(value_model, cfg.model.attn_implementation)
+    value_model, value_tok = load_reward_model(path, cfg.model.dtype,
+                                               attn_implementation=cfg.model.attn_implementation)
     if not same_vocabulary(policy_tokenizer, value_tok):
         key = "value_model.path" if cfg.value_model.path else "reward_model.path"
         raise ConfigError(f"the value model ({key}: {path}) uses another tokenizer than the policy, but it must "

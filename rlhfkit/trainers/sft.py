@@ -156,11 +156,11 @@ def seeded_init(seed: int, purpose: str):
 
 def build_policy(cfg_model: ModelConfig, lora: LoraConfig, seed: int):
     """The causal LM to train: ``model.path`` (an adapter folder is merged into its base), LoRA if enabled."""
-    from rlhfkit.models.load import load_causal_lm, set_attention
+    from rlhfkit.models.load import load_causal_lm
     from rlhfkit.models.lora import apply_lora
 
-    model = set_attention(load_causal_lm(cfg_model.path, cfg_model.dtype, merge_adapter=True),
-                          cfg_model.attn_implementation)
+    model = load_causal_lm(cfg_model.path, cfg_model.dtype, merge_adapter=True,
+                           attn_implementation=cfg_model.attn_implementation)
     if lora.enabled:
         with seeded_init(seed, "lora_init"):
             model = apply_lora(model, lora.settings())
