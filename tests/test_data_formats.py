@@ -235,11 +235,13 @@ def test_empty_file_blank_lines_and_missing_file(tmp_path):
     assert problems_of(missing, "sft") == [f"{missing}: file not found."]
 
 
-def test_json_array_file_gets_one_clear_sentence(tmp_path):
+def test_json_array_file_is_read_and_a_bad_row_is_named_by_its_line(tmp_path):
     path = tmp_path / "rows.json"
-    path.write_text(json.dumps([GOOD["prompt"], GOOD["prompt"]], indent=2))
+    path.write_text(json.dumps([GOOD["prompt"], {"prompt": ""}], indent=2))
     (problem,) = problems_of(path, "prompt")
-    assert "one JSON array, not JSON Lines" in problem and problem.startswith(f"{path} line 1")
+    assert problem == f'{path} line 5, field "prompt": empty text.'  # "[", "{", prompt, "}," then the row
+    path.write_text(json.dumps([GOOD["prompt"], GOOD["prompt"]], indent=2))
+    assert len(load_rows(path, "prompt")) == 2
 
 
 def test_blank_lines_bom_and_crlf_are_accepted(tmp_path):

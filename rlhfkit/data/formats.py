@@ -1,6 +1,7 @@
-"""The four row formats, loaded and validated before any work (standard library only).
+"""The four row kinds, loaded and validated before any work (standard library only).
 
-Row kinds (see ``docs/data-formats.md``):
+Row kinds, in our own shape (the ecosystem's shapes of each kind: :mod:`rlhfkit.data.shapes`; the
+sources rows come from: :mod:`rlhfkit.data.sources`; see ``docs/data-formats.md``):
 
 ==========  =====================================================================================
 kind        JSON object per line
@@ -12,14 +13,15 @@ ranking     ``{"prompt", "responses": [...], "ranking": [indices best→worst]}`
 prompt      ``{"prompt"}``
 ==========  =====================================================================================
 
-:func:`load_rows` reads a JSON Lines file, a ``datasets.Dataset`` or a list of dicts, checks every row
-and either returns typed rows or raises one :class:`DataValidationError` listing every problem of the
-source, each as one sentence naming the file, the line (``row N`` for a dataset or a list, 0-based like
-``dataset[N]``) and the field::
+:func:`load_rows` reads a file, a ``datasets`` folder or name, a ``datasets.Dataset`` or a list of dicts,
+checks every row and either returns typed rows or raises one :class:`DataValidationError` listing every
+problem of the source, each as one sentence naming the file, the line (``row N`` for a table, a dataset
+or a list, 0-based like ``dataset[N]``) and the field::
 
     data/prefs.jsonl line 7, field "chosen": empty text.
 
-This module never imports torch or ``datasets`` — the annotation app runs it on its exports.
+This module never imports torch; ``datasets`` and ``pyarrow`` only for the sources that need them — the
+annotation app runs it on its exports.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ from rlhfkit.data.rows import (
     SFTRow,
     row_to_dict,
 )
-from rlhfkit.data.validate import KINDS, KNOWN_KEYS, POLICIES, RowChecker, parse_row
+from rlhfkit.data.shapes import column_problems, read_row, readable_names
+from rlhfkit.data.sources import SourceError, Unreadable, open_source
+from rlhfkit.data.validate import KINDS, POLICIES, RowChecker
 from rlhfkit.errors import UserError
 
 __all__ = [
@@ -63,6 +67,7 @@ __all__ = [
     "Row",
     "SFTRow",
     "load_rows",
+    "peek_keys",
     "row_to_dict",
     "write_rows",
 ]
@@ -130,12 +135,18 @@ def load_rows(
     empty: Policy = "error",
     identical: Policy = "error",
     name: str | None = None,
+    columns: Mapping[str, str] | None = None,
+    transcripts: bool = True,
 ) -> LoadResult:
     """Read and validate every row of ``source`` as rows of ``kind`` (one of ``KINDS``).
 
-    ``source``: a JSON Lines path (str or ``os.PathLike``), a ``datasets.Dataset`` (anything with
-    ``__len__``, ``__getitem__`` and ``column_names``) or a list of dicts. ``name`` overrides the
-    display name used in messages. ``empty`` (empty or whitespace-only text) and ``identical``
+    ``source``: a path (str or ``os.PathLike``) of a JSON Lines, JSON, Parquet or CSV file or of a
+    ``datasets`` folder; a ``datasets`` name (``NAME[split]``); a ``datasets.Dataset`` (anything with
+    ``__len__``, ``__getitem__`` and ``column_names``) or a list of dicts (see :mod:`rlhfkit.data.sources`).
+    Rows may be in any shape of ``kind`` that :mod:`rlhfkit.data.shapes` lists (ours, TRL's, HH
+    transcripts). ``columns`` renames the source's columns first (``{"question": "prompt"}``); problems
+    still name the source's column. ``transcripts=False`` keeps HH-transcript strings as text (for
+    ``template: raw``). ``name`` overrides the display name used in messages. ``empty`` (empty or whitespace-only text) and ``identical``
     (chosen identical to rejected, or two identical responses of a ranking) are each ``"error"``,
     ``"warn"`` (keep the row, count and report it) or ``"drop"`` (skip the row, count and report it).
 
@@ -148,20 +159,35 @@ def load_rows(
     for option, value in (("empty", empty), ("identical", identical)):
         if value not in POLICIES:
             raise ValueError(f"{option}={value!r} is not a policy; valid: {', '.join(POLICIES)}")
-    display, records, n_blank = _open_source(source, kind, name)
-    result = LoadResult(rows=[], kind=kind, source=display, n_read=0, n_blank_lines=n_blank)
+    rename = dict(columns or {})
+    aliases = {target: original for original, target in rename.items()}
+    display = name or _display_guess(source)
+    problems = _mapping_problems(rename, kind, display)
+    if problems:
+        raise DataValidationError(problems, display)
+    try:
+        opened = open_source(source, name)
+    except SourceError as exc:
+        raise DataValidationError([exc.sentence], exc.display) from None
+    display = opened.display
+    if opened.columns is not None and opened.columns:
+        problems = column_problems(kind, [rename.get(c, c) for c in opened.columns], display)
+        if problems:
+            raise DataValidationError(problems, display)
+    result = LoadResult(rows=[], kind=kind, source=display, n_read=0, n_blank_lines=opened.n_blank_lines)
     policy = {"empty": empty, "identical": identical}
-    problems: list[str] = []
     ignored: Counter[str] = Counter()
-    for where, obj in records:
+    for where, obj in opened.records:
         result.n_read += 1
-        if isinstance(obj, _Unreadable):
+        if isinstance(obj, Unreadable):
             problems.append(obj.sentence)
             continue
-        checker = RowChecker(where)
-        row = parse_row(checker, obj, kind)
-        if isinstance(obj, Mapping):
-            ignored.update(k for k in obj if k not in KNOWN_KEYS[kind])
+        checker = RowChecker(where, aliases)
+        if rename and isinstance(obj, Mapping):
+            obj = _rename(checker, obj, rename)
+        row, shape = read_row(checker, obj, kind, transcripts=transcripts)
+        if shape is not None:
+            ignored.update(aliases.get(k, k) for k in obj if k not in shape.reads)
         _apply_policies(checker, row, policy, result, problems)
     result.ignored_keys = dict(ignored)
     if problems:
@@ -201,119 +227,50 @@ def _apply_policies(
     result.rows.append(row)
 
 
-@dataclass(frozen=True)
-class _Unreadable:
-    """A line that is not a JSON value (bad UTF-8 or bad JSON); ``sentence`` says why."""
+def peek_keys(source: Any, columns: Mapping[str, str] | None = None) -> frozenset[str]:
+    """The keys of the first row of ``source`` (renamed by ``columns``): for choosing a kind by shape.
 
-    sentence: str
-
-
-def _open_source(source: Any, kind: str, name: str | None) -> tuple[str, Iterator[tuple[str, Any]], int]:
-    """Return (display name, iterator of (where, object), number of blank lines)."""
-    if isinstance(source, str | os.PathLike):
-        display = name or str(source)
-        records, n_blank = _read_jsonl(Path(source), display)
-        return display, iter(records), n_blank
-    if isinstance(source, list | tuple):
-        display = name or "<list>"
-        return display, ((f"{display} row {i}", obj) for i, obj in enumerate(source)), 0
-    if hasattr(source, "column_names") and hasattr(source, "__getitem__"):
-        display = _dataset_display(source, name)
-        _check_dataset_columns(source, kind, display)
-        rows = iter(source) if hasattr(source, "__iter__") else (source[i] for i in range(len(source)))
-        return display, ((f"{display} row {i}", obj) for i, obj in enumerate(rows)), 0
-    raise TypeError(
-        f"load_rows: cannot read {type(source).__name__}; pass a JSON Lines path, a datasets.Dataset "
-        "or a list of dicts"
-    )
-
-
-def _read_jsonl(path: Path, display: str) -> tuple[list[tuple[str, Any]], int]:
-    """Parse every line; undecodable lines become :class:`_Unreadable` so all are reported at once."""
+    Empty when the source cannot be opened or its first row is not an object — :func:`load_rows` then
+    reports why."""
+    rename = dict(columns or {})
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataValidationError([f"{display}: file not found."], display) from None
-    except IsADirectoryError:
-        raise DataValidationError([f"{display}: is a directory, not a JSON Lines file."], display) from None
-    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark, as some editors write
-        data = data[3:]
-    if data.lstrip()[:1] == b"[" and _is_json_array(data):
-        raise DataValidationError(
-            [
-                f"{display} line 1: the file is one JSON array, not JSON Lines; write one JSON object per line."
-            ],
-            display,
-        )
-    records: list[tuple[str, Any]] = []
-    n_blank = 0
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        where = f"{display} line {number}"
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            byte = raw[exc.start : exc.start + 1].hex()
-            records.append(
-                (
-                    where,
-                    _Unreadable(
-                        f"{where}: invalid UTF-8 (byte 0x{byte} at position {exc.start + 1} of the line)."
-                    ),
-                )
-            )
+        opened = open_source(source)
+        keys = opened.columns
+        if keys is None:
+            first = next((obj for _, obj in opened.records), None)
+            keys = list(first) if isinstance(first, Mapping) else []
+    except (SourceError, TypeError):
+        return frozenset()
+    return frozenset(rename.get(k, k) for k in keys)
+
+
+def _display_guess(source: Any) -> str:
+    return os.fspath(source) if isinstance(source, str | os.PathLike) else "the data"
+
+
+def _mapping_problems(rename: dict[str, str], kind: str, display: str) -> list[str]:
+    """``columns`` must map to names ``kind`` reads, each at most once."""
+    valid = readable_names(kind)
+    problems = []
+    for original, target in rename.items():
+        if target not in valid:
+            problems.append(f'{display}: data.columns maps "{original}" to "{target}", which {kind} rows do not '
+                            f"have (valid: {', '.join(sorted(valid))}).")
+    targets = Counter(rename.values())
+    problems += [f'{display}: data.columns maps {n} columns to "{t}".' for t, n in targets.items() if n > 1]
+    return problems
+
+
+def _rename(checker: RowChecker, obj: Mapping[str, Any], rename: dict[str, str]) -> dict[str, Any]:
+    """The row with its columns renamed; a row holding both a column and its new name keeps its own."""
+    out = {}
+    for key, value in obj.items():
+        target = rename.get(key, key)
+        if key in rename and target in obj and target not in rename:
+            checker.add(key, f'data.columns renames it to "{target}", but the row has "{target}" too')
             continue
-        if not text.strip():
-            n_blank += 1
-            continue
-        try:
-            records.append((where, json.loads(text)))
-        except json.JSONDecodeError as exc:
-            records.append((where, _Unreadable(f"{where}: invalid JSON ({exc.msg} at column {exc.colno}).")))
-        except RecursionError:
-            records.append((where, _Unreadable(f"{where}: invalid JSON (nested too deeply).")))
-    if data.endswith(b"\n"):  # the final newline does not open a blank line
-        n_blank -= 1
-    return records, n_blank
-
-
-def _is_json_array(data: bytes) -> bool:
-    try:
-        return isinstance(json.loads(data), list)
-    except (ValueError, RecursionError):
-        return False
-
-
-def _dataset_display(dataset: Any, name: str | None) -> str:
-    if isinstance(getattr(dataset, "column_names", None), dict):
-        splits = ", ".join(dataset.column_names)
-        raise TypeError(
-            f"load_rows: got a DatasetDict with splits {splits}; pass one split, e.g. ds['train']"
-        )
-    if name is None:
-        info = getattr(dataset, "info", None)
-        name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
-        split = getattr(dataset, "split", None)
-        if name and split:
-            name = f"{name}[{split}]"
-    return f'dataset "{name}"' if name else "dataset"
-
-
-def _check_dataset_columns(dataset: Any, kind: str, display: str) -> None:
-    """A column missing from the whole dataset is one problem, not one per row."""
-    columns = list(dataset.column_names)
-    if kind == "sft" and "messages" in columns:
-        return
-    required = {
-        "sft": ["prompt", "response"],
-        "preference": ["prompt", "chosen", "rejected"],
-        "ranking": ["prompt", "responses", "ranking"],
-        "prompt": ["prompt"],
-    }[kind]
-    missing = [c for c in required if c not in columns]
-    if missing:
-        have = ", ".join(f'"{c}"' for c in columns) or "none"
-        problems = [f'{display}, column "{c}": missing (the columns are {have}).' for c in missing]
-        raise DataValidationError(problems, display)
+        out[target] = value
+    return out
 
 
 def write_rows(path: str | os.PathLike, rows: list[Row] | list[dict[str, Any]]) -> Path:

@@ -7,6 +7,7 @@ last two through its ``empty=`` / ``identical=`` policies.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,13 +36,21 @@ _PROMPT_OR_MESSAGES = "a string or a list of messages"
 
 
 class RowChecker:
-    """Collects the problems of one row, each as ``(category, sentence)``."""
+    """Collects the problems of one row, each as ``(category, sentence)``.
 
-    def __init__(self, where: str):
+    ``aliases`` maps a field name the parser reads to the name the source used (``data.columns`` renamed
+    it), so a sentence names the column the user wrote: ``field "question"``, not ``field "prompt"``.
+    """
+
+    def __init__(self, where: str, aliases: Mapping[str, str] | None = None):
         self.where = where
+        self.aliases = dict(aliases or {})
         self.issues: list[tuple[str, str]] = []
 
     def add(self, field: str | None, text: str, category: str = "error") -> None:
+        if field:
+            head = re.match(r"[^.\[]*", field).group(0)
+            field = self.aliases.get(head, head) + field[len(head):]
         location = f'{self.where}, field "{field}"' if field else self.where
         self.issues.append((category, f"{location}: {text}."))
 
@@ -67,15 +76,15 @@ def json_type(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-_MISSING = object()
+MISSING = object()
 
 
-def _get(checker: RowChecker, obj: Mapping[str, Any], key: str) -> Any:
+def get_field(checker: RowChecker, obj: Mapping[str, Any], key: str) -> Any:
     if key in obj:
         return obj[key]
     keys = ", ".join(f'"{k}"' for k in obj) or "none"
     checker.add(key, f"missing (the row has keys {keys})")
-    return _MISSING
+    return MISSING
 
 
 def check_text(checker: RowChecker, value: Any, field: str) -> str | None:
@@ -109,15 +118,15 @@ def check_messages(checker: RowChecker, value: list[Any], field: str) -> list[Me
         if not isinstance(item, Mapping):
             checker.add(where, f'expected a message object {{"role", "content"}}, got {json_type(item)}')
             continue
-        role = item.get("role", _MISSING)
-        if role is _MISSING:
+        role = item.get("role", MISSING)
+        if role is MISSING:
             checker.add(f"{where}.role", "missing")
         elif not isinstance(role, str):
             checker.add(f"{where}.role", f"expected a string, got {json_type(role)}")
         elif role not in ROLES:
             checker.add(f"{where}.role", f'unknown role "{role}" (valid: {", ".join(ROLES)})')
-        content = item.get("content", _MISSING)
-        if content is _MISSING:
+        content = item.get("content", MISSING)
+        if content is MISSING:
             checker.add(f"{where}.content", "missing")
             continue
         text = check_text(checker, content, f"{where}.content")
@@ -128,7 +137,7 @@ def check_messages(checker: RowChecker, value: list[Any], field: str) -> list[Me
 
 def check_prompt(checker: RowChecker, value: Any, field: str = "prompt") -> Prompt | None:
     """Text, or the conversation so far (which must not end with the assistant's turn)."""
-    if value is _MISSING:
+    if value is MISSING:
         return None
     if isinstance(value, str):
         return check_text(checker, value, field)
@@ -147,7 +156,7 @@ def check_prompt(checker: RowChecker, value: Any, field: str = "prompt") -> Prom
 
 def check_response(checker: RowChecker, value: Any, field: str) -> Response | None:
     """Text, or assistant turn(s) as messages: the first and the last must be the assistant's."""
-    if value is _MISSING:
+    if value is MISSING:
         return None
     if isinstance(value, str):
         return check_text(checker, value, field)
@@ -178,13 +187,16 @@ def response_key(response: Response) -> tuple[tuple[str, str], ...]:
     return tuple((m.role, m.content.strip()) for m in response)
 
 
+def parse_prompt_response(checker: RowChecker, obj: Mapping[str, Any], response_key: str = "response") -> SFTRow | None:
+    """``{"prompt", response_key}``: ours (``response``) or TRL's prompt-completion (``completion``)."""
+    prompt = check_prompt(checker, get_field(checker, obj, "prompt"))
+    response = check_response(checker, get_field(checker, obj, response_key), response_key)
+    return SFTRow(prompt, response, checker.where) if prompt is not None and response is not None else None
+
+
 def _parse_sft(checker: RowChecker, obj: Mapping[str, Any]) -> SFTRow | None:
     if "messages" not in obj:
-        prompt = check_prompt(checker, _get(checker, obj, "prompt"))
-        response = check_response(checker, _get(checker, obj, "response"), "response")
-        return (
-            SFTRow(prompt, response, checker.where) if prompt is not None and response is not None else None
-        )
+        return parse_prompt_response(checker, obj)
     if "prompt" in obj or "response" in obj:
         checker.add("messages", 'given together with "prompt"/"response"; use one form or the other')
     value = obj["messages"]
@@ -208,9 +220,15 @@ def _parse_sft(checker: RowChecker, obj: Mapping[str, Any]) -> SFTRow | None:
 
 
 def _parse_preference(checker: RowChecker, obj: Mapping[str, Any]) -> PreferenceRow | None:
-    prompt = check_prompt(checker, _get(checker, obj, "prompt"))
-    chosen = check_response(checker, _get(checker, obj, "chosen"), "chosen")
-    rejected = check_response(checker, _get(checker, obj, "rejected"), "rejected")
+    prompt = check_prompt(checker, get_field(checker, obj, "prompt"))
+    chosen = check_response(checker, get_field(checker, obj, "chosen"), "chosen")
+    rejected = check_response(checker, get_field(checker, obj, "rejected"), "rejected")
+    return make_preference(checker, prompt, chosen, rejected)
+
+
+def make_preference(checker: RowChecker, prompt: Prompt | None, chosen: Response | None,
+                    rejected: Response | None) -> PreferenceRow | None:
+    """The row of checked parts (None where a part failed), with the identical-pair check."""
     if prompt is None or chosen is None or rejected is None:
         return None
     if response_key(chosen) == response_key(rejected):
@@ -219,7 +237,7 @@ def _parse_preference(checker: RowChecker, obj: Mapping[str, Any]) -> Preference
 
 
 def _check_ranking(checker: RowChecker, value: Any, n_responses: int | None) -> list[int] | None:
-    if value is _MISSING:
+    if value is MISSING:
         return None
     if not isinstance(value, list):
         checker.add("ranking", f"expected a list of response indices (best first), got {json_type(value)}")
@@ -240,16 +258,16 @@ def _check_ranking(checker: RowChecker, value: Any, n_responses: int | None) -> 
 
 
 def _parse_ranking(checker: RowChecker, obj: Mapping[str, Any]) -> RankingRow | None:
-    prompt = check_prompt(checker, _get(checker, obj, "prompt"))
-    value = _get(checker, obj, "responses")
+    prompt = check_prompt(checker, get_field(checker, obj, "prompt"))
+    value = get_field(checker, obj, "responses")
     responses: list[Response | None] | None = None
-    if value is not _MISSING and not isinstance(value, list):
+    if value is not MISSING and not isinstance(value, list):
         checker.add("responses", f"expected a list of responses, got {json_type(value)}")
-    elif value is not _MISSING:
+    elif value is not MISSING:
         if len(value) < 2:
             checker.add("responses", f"expected at least 2 responses to rank, got {len(value)}")
         responses = [check_response(checker, v, f"responses[{i}]") for i, v in enumerate(value)]
-    ranking = _check_ranking(checker, _get(checker, obj, "ranking"), len(responses) if responses else None)
+    ranking = _check_ranking(checker, get_field(checker, obj, "ranking"), len(responses) if responses else None)
     if prompt is None or responses is None or ranking is None or len(responses) < 2 or None in responses:
         return None
     keys = [response_key(r) for r in responses]
@@ -262,11 +280,12 @@ def _parse_ranking(checker: RowChecker, obj: Mapping[str, Any]) -> RankingRow | 
 
 
 def _parse_prompt(checker: RowChecker, obj: Mapping[str, Any]) -> PromptRow | None:
-    prompt = check_prompt(checker, _get(checker, obj, "prompt"))
+    prompt = check_prompt(checker, get_field(checker, obj, "prompt"))
     return PromptRow(prompt, checker.where) if prompt is not None else None
 
 
-_PARSERS = {
+# Our own row shape of each kind; rlhfkit.data.shapes adds the ecosystem's shapes beside them.
+PARSERS = {
     "sft": _parse_sft,
     "preference": _parse_preference,
     "ranking": _parse_ranking,
@@ -275,7 +294,7 @@ _PARSERS = {
 
 
 def parse_row(checker: RowChecker, obj: Any, kind: str) -> Row | None:
-    """The typed row of ``obj``, or None when it has an ``"error"`` problem (all recorded in ``checker``).
+    """The typed row of ``obj`` in our own shape of ``kind``, or None when it has an ``"error"`` problem (all recorded in ``checker``).
 
     A row with only ``"empty"`` / ``"identical"`` problems is still returned: the caller's policy
     decides whether to keep it.
@@ -283,5 +302,5 @@ def parse_row(checker: RowChecker, obj: Any, kind: str) -> Row | None:
     if not isinstance(obj, Mapping):
         checker.add(None, f"expected a JSON object, got {json_type(obj)}")
         return None
-    row = _PARSERS[kind](checker, obj)
+    row = PARSERS[kind](checker, obj)
     return row if checker.n_errors == 0 else None
