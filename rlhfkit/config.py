@@ -111,8 +111,16 @@ def _build(cls: type[T], data: dict, prefix: str = "") -> T:
         raise ConfigError(
             f"unknown key {prefix}{unknown[0]!s}; valid keys here: {', '.join(sorted(names))}"
         )
+    factories = {f.name: f.default_factory for f in dataclasses.fields(cls)
+                 if f.default_factory is not dataclasses.MISSING}
     kwargs = {}
     for name, value in data.items():
+        if isinstance(value, dict) and name in factories:
+            # a section given in part keeps the parent's defaults for the rest (DPOConfig's train section
+            # defaults to output_dir runs/dpo, not TrainConfig's own runs/train)
+            default = factories[name]()
+            if dataclasses.is_dataclass(default):
+                value = _merge(_init_fields(default), value)
         kwargs[name] = _coerce(value, hints[name], prefix + name)
     try:
         return cls(**kwargs)
@@ -120,6 +128,11 @@ def _build(cls: type[T], data: dict, prefix: str = "") -> T:
         raise
     except (TypeError, ValueError) as exc:  # a missing required field, or a __post_init__ check
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {exc}") from None
+
+
+def _init_fields(instance: Any) -> dict:
+    """The ``__init__`` arguments that rebuild ``instance`` (nested dataclasses stay instances)."""
+    return {f.name: getattr(instance, f.name) for f in dataclasses.fields(instance) if f.init}
 
 
 def _parse_override_value(text: str) -> Any:
@@ -159,6 +172,24 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _read_yaml(path: str | Path) -> dict:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return loaded
+
+
 def load_config(
     cls: type[T],
     path: str | Path | None = None,
@@ -173,21 +204,7 @@ def load_config(
     source = "config"
     if path is not None:
         source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of keys at the top level")
-        data = loaded
+        data = _read_yaml(path)
     try:
         override_tree: dict = {}
         for item in overrides:
@@ -200,6 +217,73 @@ def load_config(
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return config
+
+
+def _as_tree(value: Any) -> Any:
+    """Plain nested dicts: dataclass instances become dicts, ``"a.b": v`` keys become ``{"a": {"b": v}}``."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = to_dict(value)
+    if not isinstance(value, dict):
+        return value
+    tree: dict = {}
+    for key, item in value.items():
+        item = _as_tree(item)
+        if isinstance(key, str) and "." in key:
+            holder: dict = {}
+            _set_dotted(holder, key, item)
+            tree = _merge(tree, holder)
+        elif isinstance(item, dict) and isinstance(tree.get(key), dict):
+            tree[key] = _merge(tree[key], item)
+        else:
+            tree[key] = item
+    return tree
+
+
+def build_config(cls: type[T], config: Any = None, /, **settings: Any) -> T:
+    """``cls`` from ``config`` — None (the defaults), an instance, a dict, or a YAML path — with keyword
+    ``settings`` on top, validated like :func:`load_config`.
+
+    Sections are dicts (``train={"lr": 1e-4}`` changes one key of ``train``) and dotted keys work in any dict
+    (``**{"train.lr": 1e-4}``), so a notebook writes the same keys as a recipe or the command line::
+
+        build_config(SFTConfig, "configs/sft.yaml", model={"path": "runs/base"}, **{"train.max_steps": 20})
+    """
+    source = "config"
+    if config is None:
+        data: dict = {}
+    elif isinstance(config, str | Path):
+        source, data = str(config), _read_yaml(config)
+    elif isinstance(config, cls | dict):
+        data = _as_tree(config)
+    else:
+        raise TypeError(f"{cls.__name__}: expected None, a {cls.__name__}, a dict or a YAML path, "
+                        f"got {type(config).__name__}")
+    try:
+        built = _build(cls, _merge(_as_tree(data), _as_tree(settings)))
+        validate_tree(built)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return built
+
+
+class Recipe:
+    """Constructors every stage config has beside its dataclass ``__init__`` (which does not validate)."""
+
+    @classmethod
+    def from_yaml(cls: type[T], path: str | Path, *overrides: str, **settings: Any) -> T:
+        """A recipe file with ``key=value`` strings and keyword settings on top (see :func:`build_config`)."""
+        built = load_config(cls, path, overrides)
+        return build_config(cls, built, **settings) if settings else built
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict, **settings: Any) -> T:
+        """Nested dicts (or dotted keys), as a recipe file would hold them."""
+        return build_config(cls, data, **settings)
+
+    @classmethod
+    def build(cls: type[T], **settings: Any) -> T:
+        """The defaults with keyword settings: ``SFTConfig.build(model={"path": p}, train={"lr": 1e-4})``."""
+        return build_config(cls, None, **settings)
 
 
 def validate_tree(config: Any) -> None:

@@ -105,3 +105,12 @@ def test_yaml_boolean_not_among_the_literal_words_is_still_an_error(tmp_path):
     # `true` has no spelling in ("no", "bf16"): it must not be silently mapped to some choice.
     with pytest.raises(ConfigError, match="mixed_precision: expected one of"):
         load_config(Precision, write(tmp_path, "mixed_precision: true\n"), [])
+
+
+def test_a_section_given_in_part_keeps_the_stage_defaults_for_the_rest():
+    """DPOConfig's train section defaults to output_dir runs/dpo and lr 1e-6; setting one key of it (in a
+    recipe, an override or the Python API) must not fall back to TrainConfig's own defaults for the others."""
+    from rlhfkit.trainers.dpo import DPOConfig
+
+    cfg = load_config(DPOConfig, None, ["model.path=m", "train.seed=3"])
+    assert (cfg.train.seed, cfg.train.output_dir, cfg.train.lr) == (3, "runs/dpo", 1e-6)
