@@ -180,3 +180,11 @@ def test_every_foreign_entry_is_exercised_and_never_shadows_a_shape_we_read():
 def test_a_row_matching_nothing_reports_our_missing_keys():
     (p,) = problems([{"prompt": "q"}], "sft")
     assert p == '<list> row 0, field "response": missing (the row has keys "prompt").'
+
+
+def test_a_row_matching_nothing_is_read_as_the_shape_of_the_other_rows():
+    rows = [{"prompt": "a", "completion": "b"}, {"prompt": "c"}]
+    (p,) = problems(rows, "sft")
+    assert p == '<list> row 1, field "completion": missing (the row has keys "prompt").'
+    (p,) = problems(rows[::-1], "sft")  # the usual shape is found wherever the matching rows are
+    assert p == '<list> row 0, field "completion": missing (the row has keys "prompt").'

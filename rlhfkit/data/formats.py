@@ -46,7 +46,7 @@ from rlhfkit.data.rows import (
     SFTRow,
     row_to_dict,
 )
-from rlhfkit.data.shapes import column_problems, read_row, readable_names
+from rlhfkit.data.shapes import column_problems, read_row, readable_names, usual_shape
 from rlhfkit.data.sources import SourceError, Unreadable, open_source
 from rlhfkit.data.validate import KINDS, POLICIES, RowChecker
 from rlhfkit.errors import UserError
@@ -177,15 +177,19 @@ def load_rows(
     result = LoadResult(rows=[], kind=kind, source=display, n_read=0, n_blank_lines=opened.n_blank_lines)
     policy = {"empty": empty, "identical": identical}
     ignored: Counter[str] = Counter()
+    records = []
     for where, obj in opened.records:
+        checker = RowChecker(where, aliases)
+        if rename and isinstance(obj, Mapping):
+            obj = _rename(checker, obj, rename)
+        records.append((checker, obj))
+    usual = usual_shape(kind, (obj for _, obj in records))  # the shape a row matching none was meant to be
+    for checker, obj in records:
         result.n_read += 1
         if isinstance(obj, Unreadable):
             problems.append(obj.sentence)
             continue
-        checker = RowChecker(where, aliases)
-        if rename and isinstance(obj, Mapping):
-            obj = _rename(checker, obj, rename)
-        row, shape = read_row(checker, obj, kind, transcripts=transcripts)
+        row, shape = read_row(checker, obj, kind, transcripts=transcripts, usual=usual)
         if shape is not None:
             ignored.update(aliases.get(k, k) for k in obj if k not in shape.reads)
         _apply_policies(checker, row, policy, result, problems)

@@ -179,8 +179,10 @@ FOREIGN: tuple[Foreign, ...] = (
 )
 
 
-def pick_shape(kind: str, keys: Iterable[str]) -> Shape | Foreign:
-    """The shape of ``kind`` that reads a row with ``keys``; else a known foreign shape; else ours."""
+def pick_shape(kind: str, keys: Iterable[str], usual: Shape | None = None) -> Shape | Foreign:
+    """The shape of ``kind`` that reads a row with ``keys``; else a known foreign shape; else ``usual`` (the
+    shape of the source's other rows, so a row missing ``completion`` among prompt-completion rows is told
+    that, not that ``response`` is missing); else ours."""
     present = set(keys)
     for shape in SHAPES[kind]:
         if shape.keys <= present:
@@ -188,7 +190,17 @@ def pick_shape(kind: str, keys: Iterable[str]) -> Shape | Foreign:
     for foreign in FOREIGN:
         if kind in foreign.kinds and foreign.keys <= present:
             return foreign
-    return SHAPES[kind][0]
+    return usual or SHAPES[kind][0]
+
+
+def usual_shape(kind: str, rows: Iterable[Any]) -> Shape | None:
+    """The shape of the first row (an object) that some shape of ``kind`` reads; None if none does."""
+    for obj in rows:
+        if isinstance(obj, Mapping):
+            shape = pick_shape(kind, obj)
+            if isinstance(shape, Shape) and shape.keys <= set(obj):
+                return shape
+    return None
 
 
 def readable_names(kind: str) -> frozenset[str]:
@@ -222,13 +234,15 @@ def split_transcripts(obj: Mapping[str, Any], shape: Shape) -> Mapping[str, Any]
     return out
 
 
-def read_row(checker: RowChecker, obj: Any, kind: str, *, transcripts: bool = True) -> tuple[Row | None, Shape | None]:
+def read_row(checker: RowChecker, obj: Any, kind: str, *, transcripts: bool = True,
+             usual: Shape | None = None) -> tuple[Row | None, Shape | None]:
     """The typed row of ``obj`` as ``kind`` (None when it has an error; all recorded in ``checker``) and
-    the shape that read it (None when it is not an object or is a known foreign shape)."""
+    the shape that read it (None when it is not an object or is a known foreign shape). ``usual``: see
+    :func:`pick_shape`."""
     if not isinstance(obj, Mapping):
         checker.add(None, f"expected a JSON object, got {json_type(obj)}")
         return None, None
-    shape = pick_shape(kind, obj)
+    shape = pick_shape(kind, obj, usual)
     if isinstance(shape, Foreign):
         checker.add(None, shape.sentence(obj))
         return None, None
@@ -253,4 +267,4 @@ def _key_list(keys: Iterable[str]) -> str:
 
 
 __all__ = ["FOREIGN", "SHAPES", "Foreign", "Shape", "column_problems", "pick_shape", "read_row",
-           "readable_names", "split_transcripts"]
+           "readable_names", "split_transcripts", "usual_shape"]

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import torch
 
-from rlhfkit.config import ConfigError, load_config
+from rlhfkit.config import ConfigError, Recipe, load_config
 from rlhfkit.data.collate import LengthGroupedDataset
 from rlhfkit.losses import PREFERENCE_LOSSES, PreferenceLossOutput, get_preference_loss
 from rlhfkit.trainers.reference_cache import (
@@ -49,7 +49,7 @@ from rlhfkit.trainers.reference_cache import (
     tokenizer_fingerprint,
     weights_fingerprint,
 )
-from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig
+from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig, data_sources, source_name
 from rlhfkit.trainers.train_config import TrainConfig
 
 # Config keys that may differ when a run resumes: they change speed, memory or what is reported, never the
@@ -66,7 +66,7 @@ class DPOLoraConfig(LoraConfig):
 
 
 @dataclass
-class DPOConfig:
+class DPOConfig(Recipe):
     """``rlhfkit dpo`` settings (a recipe: ``configs/dpo.yaml``; LoRA: ``configs/dpo_lora.yaml``)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -116,12 +116,12 @@ class DPOConfig:
             raise ConfigError(f"beta must be > 0, got {self.beta}")
         if self.label_smoothing is not None and self.loss != "cdpo":
             raise ConfigError(f"label_smoothing is used only by loss=cdpo (loss is {self.loss!r}); "
-                              "remove it or set loss=cdpo")
+                              "remove it (label_smoothing=null) or set loss=cdpo")
         if self.label_smoothing is not None and not 0 < self.label_smoothing < 0.5:
             raise ConfigError(f"label_smoothing must be in (0, 0.5), got {self.label_smoothing}")
         if self.rpo_alpha is not None and self.loss != "rpo":
             raise ConfigError(f"rpo_alpha is used only by loss=rpo (loss is {self.loss!r}); "
-                              "remove it or set loss=rpo")
+                              "remove it (rpo_alpha=null) or set loss=rpo")
         if self.rpo_alpha is not None and self.rpo_alpha < 0:
             raise ConfigError(f"rpo_alpha must be >= 0, got {self.rpo_alpha}")
         for name in ("reference_batch_size", "eval_batch_size"):
@@ -306,15 +306,19 @@ def evaluate_pairs(model, pairs: list[Pair], collate: PreferenceCollator, step: 
 LengthGroupedPairs = LengthGroupedDataset
 
 
-def read_rows(cfg: DPOConfig) -> tuple[list, list]:
-    """Every row of the train and eval files, validated (one sentence per problem naming file, line, field)."""
+def read_rows(cfg: DPOConfig, sources: dict[str, Any] | None = None) -> tuple[list, list]:
+    """Every row of the train and eval data, validated (one sentence per problem naming file, line, field).
+    ``sources``: split -> a path or in-memory rows (default: the configured files)."""
     from rlhfkit.data import load_rows, preference_rows_from_rankings
 
-    def read(path: str) -> list:
-        rows = load_rows(path, cfg.data_kind, empty=cfg.data.empty, identical=cfg.data.identical).rows
+    def read(split: str) -> list:
+        rows = load_rows(sources[split], cfg.data_kind, empty=cfg.data.empty, identical=cfg.data.identical,
+                         columns=cfg.data.columns, transcripts=cfg.data.template != "raw",
+                         name=source_name(sources[split], split)).rows
         return preference_rows_from_rankings(rows) if cfg.data_kind == "ranking" else list(rows)
 
-    return read(cfg.data.train_file), (read(cfg.data.eval_file) if cfg.data.eval_file else [])
+    sources = sources or data_sources(cfg.data)
+    return read("train"), (read("eval") if "eval" in sources else [])
 
 
 def encode_rows(cfg: DPOConfig, tokenizer, rows: list, name: str) -> list:
@@ -370,7 +374,7 @@ def load_models(cfg: DPOConfig):
 
 
 def prepare_reference(cfg: DPOConfig, policy, reference_model, tokenizer, data: dict[str, list], device,
-                      is_main: bool):
+                      is_main: bool, data_from: dict[str, Any] | None = None):
     """``(policy ready to train, {split: reference source}, {split: table or None}, reference weights hash)``.
 
     precompute: the tables are computed now with the *starting* weights (before LoRA is applied, before any
@@ -401,7 +405,8 @@ def prepare_reference(cfg: DPOConfig, policy, reference_model, tokenizer, data: 
             tokenizer=tokenizer_fingerprint(tokenizer), reference=reference_hash)
         sources = {}
         for split, examples in data.items():
-            tables[split] = _precompute(cfg, split, starting, examples, tokenizer, context, is_main, say)
+            anchor = cache_anchor(cfg, split, (data_from or data_sources(cfg.data))[split])
+            tables[split] = _precompute(cfg, split, anchor, starting, examples, tokenizer, context, is_main, say)
             sources[split] = PrecomputedReference(tables[split])
     del starting, reference_model  # in precompute mode a separate reference is no longer needed in memory
     if cfg.lora.enabled:
@@ -413,11 +418,18 @@ def prepare_reference(cfg: DPOConfig, policy, reference_model, tokenizer, data: 
     return policy.to(device), sources, tables, reference_hash
 
 
-def _precompute(cfg, split, model, examples, tokenizer, context, is_main, say) -> ReferenceLogps:
+def cache_anchor(cfg: DPOConfig, split: str, source: Any) -> Path:
+    """The path the reference cache is keyed and placed by: the data file or folder, or for in-memory rows
+    and ``datasets`` names a name under ``train.output_dir`` (the rows are in the key through their ids)."""
+    if isinstance(source, str | Path) and Path(source).exists():
+        return Path(source)
+    return Path(cfg.train.output_dir) / f"{split}-dataset"
+
+
+def _precompute(cfg, split, data_file, model, examples, tokenizer, context, is_main, say) -> ReferenceLogps:
     from rlhfkit.data.collate import pad_token_id_for
     from rlhfkit.trainers.reference_cache import cached_reference_logps, compute_reference_logps
 
-    data_file = cfg.data.train_file if split == "train" else cfg.data.eval_file
     result = cached_reference_logps(
         data_file, examples, context,
         lambda: compute_reference_logps(model, examples, pad_token_id=pad_token_id_for(tokenizer),
@@ -460,9 +472,10 @@ def use_shared_prompt(cfg: DPOConfig, policy) -> bool:
     return False
 
 
-def train(cfg: DPOConfig):
+def train(cfg: DPOConfig, *, train_dataset: Any = None, eval_dataset: Any = None):
     """Run (or resume) DPO as configured; return the loop's ``RunSummary``. The final policy is saved in
-    ``train.output_dir/final``."""
+    ``train.output_dir/final``. ``train_dataset`` / ``eval_dataset`` (a ``datasets.Dataset`` or a list of
+    dicts) replace ``data.train_file`` / ``data.eval_file``."""
     from functools import partial
 
     from accelerate import PartialState
@@ -474,7 +487,8 @@ def train(cfg: DPOConfig):
     from rlhfkit.trainers.metrics_log import say
 
     # 1. every row of both files validated before any work; then tokenize
-    train_rows, eval_rows = read_rows(cfg)
+    data_from = data_sources(cfg.data, train_dataset, eval_dataset)
+    train_rows, eval_rows = read_rows(cfg, data_from)
     tokenizer = load_tokenizer(cfg.model.path)
     data = {"train": encode_rows(cfg, tokenizer, train_rows, "train")}
     if eval_rows:
@@ -484,7 +498,7 @@ def train(cfg: DPOConfig):
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     # (no local name keeps a separate reference model alive once its table is computed)
     policy, sources, tables, reference_hash = prepare_reference(cfg, *load_models(cfg), tokenizer, data,
-                                                                state.device, state.is_main_process)
+                                                                state.device, state.is_main_process, data_from)
     say(f"dpo: loss={cfg.loss} beta={cfg.beta} {cfg.loss_options() or ''} reference={cfg.reference_mode}"
         f"{' (adapters disabled)' if cfg.lora.enabled and cfg.reference is None else ''}")
     # 3. the shared loop
@@ -521,5 +535,7 @@ def train(cfg: DPOConfig):
 
 def main(args) -> int:
     """``rlhfkit dpo --config RECIPE key=value …``."""
-    train(load_config(DPOConfig, args.config, args.overrides))
+    from rlhfkit.api import dpo
+
+    dpo(load_config(DPOConfig, args.config, args.overrides))
     return 0

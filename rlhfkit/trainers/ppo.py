@@ -45,6 +45,7 @@ from rlhfkit.trainers.ppo_config import SAFE_TO_CHANGE_ON_RESUME, KLConfig, PPOC
 from rlhfkit.trainers.ppo_models import PPOModels, build_ppo_models, param_groups, save_trained
 from rlhfkit.trainers.ppo_ptx import demonstration_nll, load_ptx
 from rlhfkit.trainers.run_doctor import diagnose
+from rlhfkit.trainers.stage_config import data_sources, source_name
 
 KL_CONTROLLERS = {
     "fixed": lambda kl: FixedKLController(kl.init_coef),
@@ -310,27 +311,33 @@ def rollout_metrics(rollout: Rollout, extras: dict[str, torch.Tensor], beta: flo
     }
 
 
-def load_prompts(path: str, cfg: PPOConfig, tokenizer) -> tuple[list, list]:
-    """``(encoded prompts, the rows' prompts)`` of a ``{"prompt"}`` file, validated before any training."""
-    rows = load_rows(path, "prompt", empty=cfg.data.empty).rows
+def load_prompts(source: Any, cfg: PPOConfig, tokenizer, split: str = "train") -> tuple[list, list]:
+    """``(encoded prompts, the rows' prompts)`` of ``{"prompt"}`` rows (a path or in-memory rows), validated
+    before any training."""
+    rows = load_rows(source, "prompt", empty=cfg.data.empty, columns=cfg.data.columns,
+                     transcripts=cfg.data.template != "raw", name=source_name(source, split)).rows
     encoded, report = encode_prompt(tokenizer, rows, max_prompt_length=cfg.data.max_prompt_length,
                                     template=cfg.data.template)
     if report.n_truncated_prompt:
-        say(format_encode_report(report, path))
+        say(format_encode_report(report, source_name(source, split)))
     return encoded, [row.prompt for row in rows]
 
 
-def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None) -> RunSummary:
+def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None, train_dataset: Any = None,
+          eval_dataset: Any = None) -> RunSummary:
     """Run (or resume) PPO as configured; write checkpoints, ``metrics.jsonl``, then ``final/`` (the policy)
     and ``value_model/`` in ``train.output_dir``. Returns the loop's summary.
 
     ``monitor`` (e.g. :class:`rlhfkit.evaluate.hacking.HackingMonitor`) is called after every step as
     ``monitor(step, total, policy, tokenizer) -> check | None``; its ``hacking/*`` metrics are logged, its
-    state is checkpointed, and a check with ``stop`` ends the run there (a re-run finds it complete)."""
+    state is checkpointed, and a check with ``stop`` ends the run there (a re-run finds it complete).
+    ``train_dataset`` / ``eval_dataset`` (a ``datasets.Dataset`` or a list of ``{"prompt"}`` dicts) replace
+    ``data.train_file`` / ``data.eval_file``."""
+    sources = data_sources(cfg.data, train_dataset, eval_dataset)
     seed_everything(cfg.train.seed)
     models = build_ppo_models(cfg, scorer)
-    prompts, prompt_rows = load_prompts(cfg.data.train_file, cfg, models.tokenizer)
-    eval_set = load_prompts(cfg.data.eval_file, cfg, models.tokenizer) if cfg.data.eval_file else None
+    prompts, prompt_rows = load_prompts(sources["train"], cfg, models.tokenizer)
+    eval_set = load_prompts(sources["eval"], cfg, models.tokenizer, "eval") if "eval" in sources else None
     kl_controller = make_kl_controller(cfg.kl)
     actor_critic = models.actor_critic
     groups = param_groups(actor_critic, cfg.train.lr, cfg.value_model.lr, cfg.train.weight_decay)
@@ -388,6 +395,7 @@ def run_monitor(monitor: Any, loop: TrainLoop, models: PPOModels, step: Any, met
 
 
 def main(args) -> int:
-    cfg = load_config(PPOConfig, args.config, getattr(args, "overrides", []) or [])
-    train(cfg)
+    from rlhfkit.api import ppo
+
+    ppo(load_config(PPOConfig, args.config, getattr(args, "overrides", []) or []))
     return 0

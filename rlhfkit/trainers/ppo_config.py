@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rlhfkit.config import ConfigError
+from rlhfkit.config import ConfigError, Recipe
 from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig
 from rlhfkit.trainers.train_config import TrainConfig
 
@@ -140,7 +140,7 @@ class PtxConfig:
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(Recipe):
     model: ModelConfig = field(default_factory=ModelConfig)
     """The policy's starting point (usually the SFT model; an adapter folder is merged first)."""
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)

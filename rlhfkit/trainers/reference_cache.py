@@ -260,7 +260,8 @@ def cache_key_parts(data_file: str | Path, examples: Sequence[EncodedPreference]
                     context: CacheContext) -> dict[str, str]:
     return {
         "format": FORMAT,
-        "data_file": file_fingerprint(data_file),
+        # a datasets folder or in-memory rows have no single file: their rows are in "examples"
+        "data_file": file_fingerprint(data_file) if Path(data_file).is_file() else "",
         "encode": json.dumps(context.encode, sort_keys=True, default=str),
         "tokenizer": context.tokenizer,
         "examples": examples_fingerprint(examples),

@@ -36,7 +36,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,8 +44,8 @@ from typing import Any, Literal
 
 import torch
 
-from rlhfkit.config import ConfigError, load_config, save_config
-from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig
+from rlhfkit.config import ConfigError, Recipe, load_config, save_config
+from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig, data_sources, source_name
 from rlhfkit.trainers.train_config import TrainConfig
 
 
@@ -65,13 +64,14 @@ class NormalizeConfig:
 
 
 @dataclass
-class RewardConfig:
+class RewardConfig(Recipe):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     format: Literal["auto", "preference", "ranking"] = "auto"
-    """Row format of the data files; ``auto``: ranking if the first row has ``responses``."""
+    """Row kind of the data; ``auto``: ranking if the first row has ``responses``, else preference (any
+    preference shape: explicit or implicit prompt, HH transcripts — docs/data-formats.md)."""
     margin: float = 0.0
     """Constant m in ``−log σ(r_w − r_l − m)``: the chosen must win by m before the loss flattens."""
     pair_weighting: Literal["prompt", "pair"] = "prompt"
@@ -112,8 +112,9 @@ class RewardResult:
 
 def main(args) -> int:
     """``rlhfkit reward [--config FILE] key=value…``"""
-    config = load_config(RewardConfig, args.config, args.overrides)
-    result = train_reward(config)
+    from rlhfkit.api import reward
+
+    result = reward(load_config(RewardConfig, args.config, args.overrides))
     print(f"reward: {result.status}; model saved in {result.final_dir}")
     return 0
 
@@ -231,22 +232,18 @@ def evaluate_pairs(model, groups: Sequence[Any], collate, batch_size: int, margi
 # ----------------------------------------------------------------------------- data
 
 
-def detect_format(path: str | Path) -> str:
-    """``ranking`` if the first non-blank line is an object with ``responses``, else ``preference``
-    (a malformed file is then reported by the validator, naming the line)."""
-    try:
-        with open(path, encoding="utf-8-sig") as handle:
-            for line in handle:
-                if line.strip():
-                    row = json.loads(line)
-                    return "ranking" if isinstance(row, dict) and "responses" in row else "preference"
-    except (OSError, ValueError):
-        pass
-    return "preference"
+def detect_format(source: Any, columns: dict[str, str] | None = None) -> str:
+    """``ranking`` if the first row has ``responses``, else ``preference`` (a malformed source is then
+    reported by the validator, naming the line)."""
+    from rlhfkit.data.formats import peek_keys
+
+    return "ranking" if "responses" in peek_keys(source, columns) else "preference"
 
 
-def load_comparison_groups(path: str, cfg: RewardConfig, tokenizer) -> tuple[list[Any], dict[str, Any]]:
-    """Validated rows → one comparison group per prompt → tokenized ``EncodedGroup``s, plus a report."""
+def load_comparison_groups(source: Any, cfg: RewardConfig, tokenizer,
+                           split: str = "train") -> tuple[list[Any], dict[str, Any]]:
+    """Validated rows → one comparison group per prompt → tokenized ``EncodedGroup``s, plus a report.
+    ``source``: a path or in-memory rows (see ``load_rows``)."""
     from rlhfkit.data import (
         encode_groups,
         format_encode_report,
@@ -257,15 +254,17 @@ def load_comparison_groups(path: str, cfg: RewardConfig, tokenizer) -> tuple[lis
     )
     from rlhfkit.trainers.metrics_log import say
 
-    kind = detect_format(path) if cfg.format == "auto" else cfg.format
-    loaded = load_rows(path, kind, empty=cfg.data.empty, identical=cfg.data.identical)
+    kind = detect_format(source, cfg.data.columns) if cfg.format == "auto" else cfg.format
+    name = source_name(source, split)
+    loaded = load_rows(source, kind, empty=cfg.data.empty, identical=cfg.data.identical,
+                       columns=cfg.data.columns, transcripts=cfg.data.template != "raw", name=name)
     say(loaded.summary())
     groups = ranking_groups(loaded.rows) if kind == "ranking" else group_preferences_by_prompt(loaded.rows)
     encoded, report = encode_groups(tokenizer, groups, max_length=cfg.data.max_length,
                                     max_prompt_length=cfg.data.max_prompt_length, template=cfg.data.template)
-    say(format_encode_report(report, f"reward {Path(path).name} ({len(groups)} prompts)"))
+    say(format_encode_report(report, f"reward {Path(name).name} ({len(groups)} prompts)"))
     pairs = sum(len(g.pairs) for g in encoded)
-    summary = {"file": str(path), "format": kind, "rows_read": loaded.n_read, "rows_kept": len(loaded.rows),
+    summary = {"file": name, "format": kind, "rows_read": loaded.n_read, "rows_kept": len(loaded.rows),
                "rows_dropped_loading": loaded.n_dropped, "groups": len(encoded), "pairs": pairs,
                "pairs_if_rankings_were_flat": sum(n_pairs(len(g.responses)) for g in groups),
                "encode": dataclasses.asdict(report)}
@@ -349,8 +348,10 @@ def normalize_scores(model, references: Sequence[Any], cfg: RewardConfig, pad_to
 # ----------------------------------------------------------------------------- the stage
 
 
-def train_reward(cfg: RewardConfig) -> RewardResult:
-    """Run reward-model training described by ``cfg``; resume if ``train.output_dir`` holds its checkpoint."""
+def train_reward(cfg: RewardConfig, *, train_dataset: Any = None, eval_dataset: Any = None) -> RewardResult:
+    """Run reward-model training described by ``cfg``; resume if ``train.output_dir`` holds its checkpoint.
+    ``train_dataset`` / ``eval_dataset`` (a ``datasets.Dataset`` or a list of dicts) replace
+    ``data.train_file`` / ``data.eval_file``."""
     from rlhfkit.data.collate import LengthGroupedDataset
     from rlhfkit.models.forward import shared_prompt_matches_separate_rows
     from rlhfkit.models.reward import save_scalar_model
@@ -360,10 +361,11 @@ def train_reward(cfg: RewardConfig) -> RewardResult:
     from rlhfkit.trainers.pretrain import FINAL_DIR
     from rlhfkit.trainers.sft import check_model_folder
 
+    sources = data_sources(cfg.data, train_dataset, eval_dataset)
     tokenizer = check_model_folder(cfg.model, cfg.data.max_length)
-    train_groups, report = load_comparison_groups(cfg.data.train_file, cfg, tokenizer)
-    eval_groups, eval_report = (load_comparison_groups(cfg.data.eval_file, cfg, tokenizer)
-                                if cfg.data.eval_file else (None, None))
+    train_groups, report = load_comparison_groups(sources["train"], cfg, tokenizer)
+    eval_groups, eval_report = (load_comparison_groups(sources["eval"], cfg, tokenizer, "eval")
+                                if "eval" in sources else (None, None))
     references = (load_reference_rows(cfg.normalize.reference_file, cfg, tokenizer)
                   if cfg.normalize.reference_file else training_references(train_groups))
     model, reward_tok = build_reward_model(cfg, tokenizer)

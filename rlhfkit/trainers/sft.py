@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from rlhfkit.config import ConfigError, load_config, save_config
-from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig
+from rlhfkit.config import ConfigError, Recipe, load_config, save_config
+from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig, data_sources, source_name
 from rlhfkit.trainers.train_config import TrainConfig
 
 
@@ -40,7 +40,7 @@ class SFTLoraConfig(LoraConfig):
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(Recipe):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: SFTLoraConfig = field(default_factory=SFTLoraConfig)
@@ -79,8 +79,9 @@ class SFTResult:
 
 def main(args) -> int:
     """``rlhfkit sft [--config FILE] key=value…``"""
-    config = load_config(SFTConfig, args.config, args.overrides)
-    result = train_sft(config)
+    from rlhfkit.api import sft
+
+    result = sft(load_config(SFTConfig, args.config, args.overrides))
     print(f"sft: {result.status}; model saved in {result.final_dir}")
     return 0
 
@@ -111,23 +112,23 @@ def check_model_folder(cfg_model: ModelConfig, max_length: int, lora_enabled: bo
     return load_tokenizer(cfg_model.path)
 
 
-def load_sft_data(cfg: SFTConfig, tokenizer) -> SFTData:
-    """Validate every row of the train (and eval) file, encode, pack if asked; print the encode report."""
+def load_sft_data(cfg: SFTConfig, tokenizer, sources: dict[str, Any] | None = None) -> SFTData:
+    """Validate every row of the train (and eval) data, encode, pack if asked; print the encode report.
+    ``sources``: split -> a path or in-memory rows (default: the configured files)."""
     from rlhfkit.data import encode_sft, format_encode_report, load_rows
     from rlhfkit.trainers.metrics_log import say
     from rlhfkit.trainers.pretrain import pack_examples
 
     report: dict[str, Any] = {}
     encoded = {}
-    for split, path in (("train", cfg.data.train_file), ("eval", cfg.data.eval_file)):
-        if path is None:
-            continue
-        loaded = load_rows(path, "sft", empty=cfg.data.empty)
+    for split, source in (sources or data_sources(cfg.data)).items():
+        loaded = load_rows(source, "sft", empty=cfg.data.empty, columns=cfg.data.columns,
+                           transcripts=cfg.data.template != "raw", name=source_name(source, split))
         say(loaded.summary())
         examples, enc = encode_sft(tokenizer, loaded.rows, max_length=cfg.data.max_length,
                                    max_prompt_length=cfg.data.max_prompt_length, template=cfg.data.template)
         say(format_encode_report(enc, f"sft {split}"))
-        report[split] = {"file": str(path), "rows_read": loaded.n_read, "rows_dropped_loading": loaded.n_dropped,
+        report[split] = {"file": source_name(source, split), "rows_read": loaded.n_read, "rows_dropped_loading": loaded.n_dropped,
                          "rows_warned": loaded.n_warned, **dataclasses.asdict(enc), "rows_kept": enc.n_kept}
         encoded[split] = examples
     train, evaluation = encoded["train"], encoded.get("eval")
@@ -204,9 +205,10 @@ def sft_step(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]
     return loss, {"sft/nll": loss.detach()}
 
 
-def train_sft(cfg: SFTConfig) -> SFTResult:
+def train_sft(cfg: SFTConfig, *, train_dataset: Any = None, eval_dataset: Any = None) -> SFTResult:
     """Run SFT described by ``cfg`` (validated by :func:`load_config`); resume if ``train.output_dir`` holds
-    a checkpoint of the same run. Returns where the final model is."""
+    a checkpoint of the same run. Returns where the final model is. ``train_dataset`` / ``eval_dataset``
+    (a ``datasets.Dataset`` or a list of dicts) replace ``data.train_file`` / ``data.eval_file``."""
     from rlhfkit.data.collate import LengthGroupedDataset, collate_sft, pad_token_id_for
     from rlhfkit.models.neftune import neftune
     from rlhfkit.trainers.checkpoint import save_folder_atomically, write_json
@@ -220,8 +222,9 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
         target_token_count,
     )
 
+    sources = data_sources(cfg.data, train_dataset, eval_dataset)
     tokenizer = check_model_folder(cfg.model, cfg.data.max_length, cfg.lora.enabled, cfg.lora.save_merged)
-    data = load_sft_data(cfg, tokenizer)
+    data = load_sft_data(cfg, tokenizer, sources)
     model = build_policy(cfg.model, cfg.lora, cfg.train.seed)
     if cfg.packing:
         check_packed_attention(model)

@@ -10,7 +10,7 @@ A stage config nests these beside ``train: TrainConfig`` (``rlhfkit.trainers.tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from rlhfkit.config import ConfigError
@@ -38,9 +38,15 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train_file: str = ""
-    """JSON Lines file of training rows (format by stage: see docs/data-formats.md)."""
+    """Training rows: a JSON Lines, JSON, Parquet or CSV file, a ``datasets`` folder (``save_to_disk``) or a
+    ``datasets`` name loadable offline; ``SOURCE[split]`` picks a split. Row shapes by stage (ours, TRL's,
+    HH transcripts): docs/data-formats.md. In Python, ``train_dataset=`` (a ``datasets.Dataset`` or a list
+    of dicts) replaces it."""
     eval_file: str | None = None
-    """Held-out rows of the same format; evaluated every ``train.eval_every`` steps and at the end."""
+    """Held-out rows of the same kind; evaluated every ``train.eval_every`` steps and at the end."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Rename the data's columns to the names rlhfkit reads, e.g. ``{question: prompt, answer: response}``;
+    problems still name the data's own column."""
     max_length: int = 512
     """Prompt + response tokens kept; the response's end is truncated first (and counted)."""
     max_prompt_length: int | None = 256
@@ -53,13 +59,30 @@ class DataConfig:
     """Preference rows whose chosen equals rejected carry no signal (loss ln 2): same choices as ``empty``."""
 
     def validate(self) -> None:
-        if not self.train_file:
-            raise ConfigError("data.train_file is required")
+        for source, target in self.columns.items():
+            if not isinstance(source, str) or not isinstance(target, str) or not source or not target:
+                raise ConfigError(f"data.columns: expected column names (strings), got {source!r}: {target!r}")
         if self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
             raise ConfigError(
                 f"data.max_prompt_length ({self.max_prompt_length}) must be below data.max_length "
                 f"({self.max_length}), or no response token would fit"
             )
+
+
+def data_sources(data: DataConfig, train_dataset=None, eval_dataset=None) -> dict[str, object]:
+    """``{"train": …, "eval": …}``: what each split reads — the Python objects passed to a stage, else the
+    configured files (a split without either is absent). Raises ConfigError when there is no training data."""
+    sources = {"train": train_dataset if train_dataset is not None else data.train_file or None,
+               "eval": eval_dataset if eval_dataset is not None else data.eval_file}
+    if sources["train"] is None:
+        raise ConfigError("data.train_file is required (in Python: or pass train_dataset=)")
+    return {split: source for split, source in sources.items() if source is not None}
+
+
+def source_name(source: object, split: str) -> str:
+    """How problems, logs and reports name a split's source: the path, or the Python argument that passed
+    the rows (``train_dataset``, ``eval_dataset``)."""
+    return source if isinstance(source, str) else f"{split}_dataset"
 
 
 @dataclass
