@@ -104,3 +104,9 @@ def test_peek_keys_sees_the_first_row_of_any_source(tmp_path):
     assert peek_keys(path) == {"prompt", "completion"}
     assert peek_keys([{"q": 1}], {"q": "prompt"}) == {"prompt"}
     assert peek_keys(tmp_path / "missing.jsonl") == frozenset()
+
+
+def test_csv_blank_lines_are_skipped_but_a_row_of_empty_cells_is_reported(tmp_path):
+    path = tmp_path / "prompts.csv"
+    path.write_text('prompt\nhello\n\n""\nworld\n', encoding="utf-8")
+    assert problems(path, "prompt") == [f'{path} line 4, field "prompt": empty text.']

@@ -229,7 +229,7 @@ def _read_csv(data: bytes, display: str) -> Opened:
             continue
         where = f"{display} line {start}"
         start = reader.line_num + 1
-        if not any(cell.strip() for cell in cells):
+        if not cells:  # a blank line; a line of empty cells ("" or ",") is a row, and its empty text is reported
             n_blank += 1
             continue
         if len(cells) != len(header):
