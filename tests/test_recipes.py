@@ -103,7 +103,8 @@ def prose_pairs() -> list[tuple[str, list[str], str]]:
                 pair = _pair(word)
                 if pair:
                     run.append(pair)
-                    continue
+                    if word[-1] not in ",;.)":  # punctuation after a value ends the run
+                        continue
                 if run:
                     found.append((recipe.name, run, f"{recipe.name}: # … {' '.join(run)} …"))
                 run = []
@@ -127,9 +128,8 @@ def inline_alternatives() -> list[tuple[str, list[str], str]]:
                 stack.append((indent, key))
             alternatives = []
             head = comment.split(";")[0]
-            if "|" in head:
-                alternatives = [w.strip() for w in head.split("|")]
-                alternatives = [w.replace("…", "").strip() for w in alternatives]
+            if "|" in head:  # "eager | sdpa | flash_attention_2 …, for all four models": first words
+                alternatives = [(w.replace("…", " ").replace(",", " ").split() or [""])[0] for w in head.split("|")]
             alternatives += re.findall(r"\bor: ([\w.-]+)", comment)
             for alt in alternatives:
                 if re.fullmatch(r"[\w.-]+", alt):
@@ -147,6 +147,8 @@ def test_the_comments_offer_what_we_expect():
     assert ("dpo.yaml", "loss=cdpo label_smoothing=0.1") in offered
     assert ("dpo.yaml", "loss=ipo") in offered
     assert ("dpo.yaml", "model.attn_implementation=flash_attention_2") in offered
+    assert ("ppo.yaml", "model.attn_implementation=flash_attention_2") in offered
+    assert {("dpo_lora.yaml", "loss=dpo"), ("dpo_lora.yaml", "loss=ipo")} <= offered
     assert ("iterate.yaml", "labels.source=people") in offered
     assert ("iterate.yaml", "ppo_reference=sft") in offered
     assert ("sft.yaml", "model.path=.cache/rlhfkit/world-s0-llama-small/base "
