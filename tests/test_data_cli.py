@@ -193,3 +193,13 @@ def test_each_format_trains_through_the_cli(case, models, tmp_path):
     assert (out / "final" / "config.json").is_file()
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
     assert max(m.get("step", 0) for m in steps) == 2
+
+
+def test_ppo_reports_a_bad_prompt_row_before_loading_any_model(tmp_path, capsys):
+    """The rows are checked first: with model folders that do not exist, the row is still what is reported."""
+    source = write_jsonl(tmp_path / "prompts", [{"prompt": "hi"}, {"prompt": None}])
+    args = ["ppo", f"model.path={tmp_path / 'no-policy'}", f"reward_model.path={tmp_path / 'no-reward'}",
+            f"data.train_file={source}", f"train.output_dir={tmp_path / 'out'}"]
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert f'{source} line 2, field "prompt": expected a string or a list of messages, got null.' in err, err

@@ -311,16 +311,24 @@ def rollout_metrics(rollout: Rollout, extras: dict[str, torch.Tensor], beta: flo
     }
 
 
-def load_prompts(source: Any, cfg: PPOConfig, tokenizer, split: str = "train") -> tuple[list, list]:
-    """``(encoded prompts, the rows' prompts)`` of ``{"prompt"}`` rows (a path or in-memory rows), validated
-    before any training."""
-    rows = load_rows(source, "prompt", empty=cfg.data.empty, columns=cfg.data.columns,
+def read_prompt_rows(source: Any, cfg: PPOConfig, split: str = "train") -> list:
+    """Every ``{"prompt"}`` row of ``source`` (a path or in-memory rows), validated — before any model loads."""
+    return load_rows(source, "prompt", empty=cfg.data.empty, columns=cfg.data.columns,
                      transcripts=cfg.data.template != "raw", name=source_name(source, split)).rows
+
+
+def encode_prompts(rows: list, cfg: PPOConfig, tokenizer, name: str) -> tuple[list, list]:
+    """``(encoded prompts, the rows' prompts)``."""
     encoded, report = encode_prompt(tokenizer, rows, max_prompt_length=cfg.data.max_prompt_length,
                                     template=cfg.data.template)
     if report.n_truncated_prompt:
-        say(format_encode_report(report, source_name(source, split)))
+        say(format_encode_report(report, name))
     return encoded, [row.prompt for row in rows]
+
+
+def load_prompts(source: Any, cfg: PPOConfig, tokenizer, split: str = "train") -> tuple[list, list]:
+    """``(encoded prompts, the rows' prompts)`` of ``{"prompt"}`` rows (a path or in-memory rows)."""
+    return encode_prompts(read_prompt_rows(source, cfg, split), cfg, tokenizer, source_name(source, split))
 
 
 def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None, train_dataset: Any = None,
@@ -334,10 +342,12 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None, 
     ``train_dataset`` / ``eval_dataset`` (a ``datasets.Dataset`` or a list of ``{"prompt"}`` dicts) replace
     ``data.train_file`` / ``data.eval_file``."""
     sources = data_sources(cfg.data, train_dataset, eval_dataset)
+    rows = {split: read_prompt_rows(source, cfg, split) for split, source in sources.items()}  # before any model
     seed_everything(cfg.train.seed)
     models = build_ppo_models(cfg, scorer)
-    prompts, prompt_rows = load_prompts(sources["train"], cfg, models.tokenizer)
-    eval_set = load_prompts(sources["eval"], cfg, models.tokenizer, "eval") if "eval" in sources else None
+    prompts, prompt_rows = encode_prompts(rows["train"], cfg, models.tokenizer, source_name(sources["train"], "train"))
+    eval_set = (encode_prompts(rows["eval"], cfg, models.tokenizer, source_name(sources["eval"], "eval"))
+                if "eval" in rows else None)
     kl_controller = make_kl_controller(cfg.kl)
     actor_critic = models.actor_critic
     groups = param_groups(actor_critic, cfg.train.lr, cfg.value_model.lr, cfg.train.weight_decay)
