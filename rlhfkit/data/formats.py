@@ -146,9 +146,10 @@ def load_rows(
     Rows may be in any shape of ``kind`` that :mod:`rlhfkit.data.shapes` lists (ours, TRL's, HH
     transcripts). ``columns`` renames the source's columns first (``{"question": "prompt"}``); problems
     still name the source's column. ``transcripts=False`` keeps HH-transcript strings as text (for
-    ``template: raw``). ``name`` overrides the display name used in messages. ``empty`` (empty or whitespace-only text) and ``identical``
-    (chosen identical to rejected, or two identical responses of a ranking) are each ``"error"``,
-    ``"warn"`` (keep the row, count and report it) or ``"drop"`` (skip the row, count and report it).
+    ``template: raw``). ``name`` overrides the display name used in messages. ``empty`` (empty or
+    whitespace-only text) and ``identical`` (chosen identical to rejected, or two identical responses of a
+    ranking) are each ``"error"``, ``"warn"`` (keep the row, count and report it) or ``"drop"`` (skip the
+    row, count and report it).
 
     Raises :class:`DataValidationError` listing every problem if any row is invalid, if there are no
     rows, or if every row was dropped. Unknown keys (``"id"``, ``"meta"``, …) are ignored and counted

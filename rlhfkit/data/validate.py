@@ -25,7 +25,8 @@ from rlhfkit.data.rows import (
 
 KINDS = ("sft", "preference", "ranking", "prompt")
 POLICIES = ("error", "warn", "drop")
-# Keys each kind reads; any other key ("id", "meta", "source", …) is ignored and counted.
+# The keys of each kind's own shape; rlhfkit.data.shapes.SHAPES lists every shape a kind reads (and so which
+# keys are ignored and counted: "id", "meta", "source", …).
 KNOWN_KEYS = {
     "sft": frozenset({"prompt", "response", "messages"}),
     "preference": frozenset({"prompt", "chosen", "rejected"}),

@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.data.formats import DataValidationError, _read_jsonl, _Unreadable
+from rlhfkit.data.formats import DataValidationError
+from rlhfkit.data.sources import SourceError, Unreadable, open_source
 from rlhfkit.data.validate import RowChecker, check_prompt, check_text, json_type
 from rlhfkit.errors import UserError
 
@@ -110,12 +111,15 @@ def read_pairs(path: str | Path) -> tuple[list[PairRow], dict[str, int]]:
     an empty file. Empty responses are errors: a judge cannot compare nothing.
     """
     display = str(path)
-    records, _ = _read_jsonl(Path(path), display)
+    try:
+        records = list(open_source(path).records)  # JSON Lines, or any file kind load_rows reads
+    except SourceError as exc:
+        raise DataValidationError([exc.sentence], display, "nothing was labelled") from None
     problems: list[str] = []
     pairs: list[PairRow] = []
     ignored: Counter[str] = Counter()
     for where, obj in records:
-        if isinstance(obj, _Unreadable):
+        if isinstance(obj, Unreadable):
             problems.append(obj.sentence)
             continue
         checker = RowChecker(where)
