@@ -105,7 +105,8 @@ def _parse_implicit_preference(checker: RowChecker, obj: Mapping[str, Any]) -> R
     return make_preference(checker, prompt, *parts)
 
 
-# kind -> its shapes, ours first. The first is also how a row matching none is read (so "missing" names ours).
+# kind -> its shapes, ours first. A row matching none is read as the shape of the source's other rows, or
+# as the first (so a "missing" key is named after the shape the row was meant to have).
 SHAPES: dict[str, tuple[Shape, ...]] = {
     "sft": (
         _shape("prompt/response", ("prompt", "response"), PARSERS["sft"], ("messages",)),
