@@ -110,3 +110,45 @@ def test_csv_blank_lines_are_skipped_but_a_row_of_empty_cells_is_reported(tmp_pa
     path = tmp_path / "prompts.csv"
     path.write_text('prompt\nhello\n\n""\nworld\n', encoding="utf-8")
     assert problems(path, "prompt") == [f'{path} line 4, field "prompt": empty text.']
+
+
+OFFLINE_NAME_SCRIPT = r"""
+import glob, json, os, shutil, sys
+import datasets
+from rlhfkit.data import DataValidationError, load_rows
+
+work = sys.argv[1]
+with open(os.path.join(work, "train.jsonl"), "w") as f:
+    f.write(json.dumps({"prompt": "2+2?", "completion": "4."}) + "\n")
+datasets.load_dataset("json", data_files={"train": os.path.join(work, "train.jsonl")}, split="train")
+# what a download of the Hub dataset "someone/demos" leaves in the datasets cache: the prepared json build,
+# filed under that name (datasets' own cache layout)
+cache = str(datasets.config.HF_DATASETS_CACHE)
+built = glob.glob(os.path.join(cache, "json", "*"))
+if not built:
+    print("SKIP: this datasets version keeps its cache elsewhere")
+    sys.exit(0)
+shutil.copytree(built[0], os.path.join(cache, "someone___demos", "default"))
+for arrow in glob.glob(os.path.join(cache, "someone___demos", "**", "json-*.arrow"), recursive=True):
+    os.rename(arrow, arrow.replace(os.sep + "json-", os.sep + "demos-"))
+print(load_rows("someone/demos[train]", "sft").rows[0].response)
+try:
+    load_rows("someone/absent", "sft")
+except DataValidationError as exc:
+    print(exc.problems[0])
+"""
+
+
+def test_a_datasets_name_loads_offline_from_the_cache_and_an_unknown_name_is_one_sentence(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run([sys.executable, "-c", OFFLINE_NAME_SCRIPT, str(tmp_path)], env=env, text=True,
+                         capture_output=True, check=True).stdout.splitlines()
+    if out and out[0].startswith("SKIP"):
+        pytest.skip(out[0])
+    assert out[0] == "4."
+    assert out[1].startswith("someone/absent: no such file or folder, and datasets cannot load it as a dataset "
+                             "name (")
