@@ -8,6 +8,7 @@ from fractions import Fraction
 from itertools import accumulate
 
 import numpy as np
+import pytest
 import torch
 
 from rlhfkit.ops import inverse_cdf, sample_categorical
@@ -29,6 +30,12 @@ def exact_cumulative(probs: torch.Tensor) -> list[int]:
     return list(accumulate(units))
 
 
+def draw(probs: torch.Tensor, uniform: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """inverse_cdf for one row and many uniforms, a chunk of them at a time (each picks a block of entries)."""
+    return torch.cat([inverse_cdf(probs[None, :], uniform[None, i : i + chunk])[0]
+                      for i in range(0, uniform.shape[0], chunk)])
+
+
 def test_every_token_of_a_large_vocabulary_is_drawn_exactly_in_its_interval():
     probs = lm_like_probs()
     assert (probs < 3e-8).float().mean() > 0.3 and probs.min() > 0
@@ -37,8 +44,8 @@ def test_every_token_of_a_large_vocabulary_is_drawn_exactly_in_its_interval():
     starts = [0, *cdf[:-1]]
     # the sampler draws token i when (1 − U)·total ∈ (cdf_{i−1}, cdf_i]: aim at the middle of each interval
     middles = [Fraction(a + b, 2 * total) for a, b in zip(starts, cdf)]
-    uniform = torch.tensor([float(1 - m) for m in middles], dtype=torch.float64)[None, :]  # (1, V)
-    drawn = inverse_cdf(probs[None, :], uniform)[0]
+    uniform = torch.tensor([float(1 - m) for m in middles], dtype=torch.float64)  # (V,)
+    drawn = draw(probs, uniform)
     wrong = (drawn != torch.arange(VOCAB)).nonzero().flatten()
     assert len(wrong) == 0, f"{len(wrong)} tokens drawn outside their interval, e.g. {wrong[:5].tolist()}"
     # and just inside both ends of the interval of a tail token far down the cumulative sum
@@ -48,21 +55,22 @@ def test_every_token_of_a_large_vocabulary_is_drawn_exactly_in_its_interval():
         assert int(inverse_cdf(probs[None, :], torch.tensor([[float(1 - inside)]], dtype=torch.float64))) == i
 
 
+@pytest.mark.slow
 def test_draws_match_the_true_probabilities_at_the_level_of_sampling_noise():
-    """A million random draws through the sampler's map. (A float32 sum passes this too: its error, total
-    variation ~9e-4, is per token — empty and doubled intervals side by side — and far below what a million
+    """200,000 random draws through the sampler's map. (A float32 sum passes this too: its error, total
+    variation ~9e-4, is per token — empty and doubled intervals side by side — and far below what 200,000
     draws over 151,936 tokens resolve; the interval test above is the one that sees it.)"""
     probs = lm_like_probs(seed=1)
-    n = 1_000_000
-    uniform = torch.rand((1, n), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    counts = torch.bincount(inverse_cdf(probs[None, :], uniform)[0], minlength=VOCAB).double()
+    n = 200_000
+    uniform = torch.rand(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    counts = torch.bincount(draw(probs, uniform), minlength=VOCAB).double()
     p = probs.double()
     # the deep tail: tokens smaller than half the float32 spacing at the mass before them (~45,000 tokens,
     # 3e-4 of the mass) — drawn at their true rate
     before = torch.cat([torch.zeros(1, dtype=torch.float64), p.cumsum(0)[:-1]])
     tail = p < torch.from_numpy(np.spacing(before.float().numpy())).double() / 2
     mass = float(p[tail].sum())
-    assert tail.sum() > 10_000 and n * mass > 200
+    assert tail.sum() > 10_000 and n * mass > 50
     expected, sd = n * mass, (n * mass * (1 - mass)) ** 0.5
     assert abs(float(counts[tail].sum()) - expected) < 5 * sd, (float(counts[tail].sum()), expected, sd)
     # total variation against the truth is what exact multinomial sampling (numpy, float64) gives
