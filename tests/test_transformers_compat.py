@@ -9,6 +9,7 @@ import tomllib
 import warnings
 from pathlib import Path
 
+import pytest
 import transformers
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -33,6 +34,7 @@ def test_transformers_has_an_upper_bound_and_the_installed_version_is_inside_it(
     assert Version(upper[0].version) <= Version("5.40")
 
 
+@pytest.mark.slow  # a PPO step through the CLI (~25 s); the engine's own check is in test_generate_kernels.py
 def test_a_ppo_run_emits_no_deprecation_or_future_warning(tmp_path):
     args = ["ppo", f"model.path={save_policy_folder(tmp_path)}", f"reward_model.path={save_reward_folder(tmp_path)}",
             f"data.train_file={save_prompts(tmp_path)}", f"data.eval_file={save_prompts(tmp_path, 4, 'eval.jsonl')}",
