@@ -15,6 +15,7 @@ import warnings
 import pytest
 import torch
 
+from rlhfkit.models.load import set_attention
 from rlhfkit.models.tiny import DROPOUT_ARCHS, tiny_config
 from rlhfkit.rollout import generate as generate_module
 from rlhfkit.rollout.generate import generate, left_pad, sampling_logprobs
@@ -36,9 +37,8 @@ def build(arch: str, kernel: str, seed: int = 0):
                          dropout=0.1 if arch == "opt" else 0.0)
     config.initializer_range = 0.3
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
-    model.config._attn_implementation = kernel
-    return model
+    model = AutoModelForCausalLM.from_config(config).eval()
+    return set_attention(model, kernel)  # as every stage switches kernels
 
 
 def ragged_prompts(n: int = 6, seed: int = 1) -> list[list[int]]:
@@ -128,7 +128,7 @@ def test_a_kernel_that_unpads_gets_2d_masks_and_model_generates_cache(arch):
     assert generate_module._mask_format(model) == "2d"
     prompts = ragged_prompts(6, seed=5)
     out = greedy(model, prompts)  # the kernel raises if it ever gets a 4-D mask
-    model.config._attn_implementation = "sdpa"
+    set_attention(model, "sdpa")
     reference = greedy(model, prompts)
     assert torch.equal(out.response_ids, reference.response_ids)
     assert (out.logprobs - reference.logprobs).abs().max() <= 1e-5

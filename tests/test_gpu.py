@@ -16,6 +16,7 @@ import os
 import pytest
 import torch
 
+from rlhfkit.models.load import set_attention
 from rlhfkit.models.tiny import DROPOUT_ARCHS, tiny_config
 from rlhfkit.rollout.generate import generate, left_pad
 
@@ -43,9 +44,8 @@ def build(arch: str, kernel: str, dtype: torch.dtype):
                          dropout=0.1 if arch == "opt" else 0.0)
     config.initializer_range = 0.3
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype).to(DEVICE).eval()
-    model.config._attn_implementation = kernel  # FA2 checks for CUDA at load; set after moving the model
-    return model
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(DEVICE).eval()
+    return set_attention(model, kernel)  # as every stage does; FA2 checks for CUDA, so after moving the model
 
 
 def prompts(n: int = 16, seed: int = 1) -> list[list[int]]:
