@@ -1,4 +1,5 @@
-"""Tensor helpers shared by the losses and the trainers: masked statistics, log-probabilities.
+"""Tensor helpers shared by the losses, the trainers and the sampler: masked statistics, log-probabilities,
+categorical sampling.
 
 Pure functions of tensors; imports only torch and the standard library.
 
@@ -14,6 +15,8 @@ Conventions used throughout rlhfkit:
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -196,3 +199,72 @@ def sequence_logprobs(token_logprobs: torch.Tensor, mask: torch.Tensor) -> torch
     if token_logprobs.dim() != 2:
         raise ValueError(f"token_logprobs must be (B, T), got shape {tuple(token_logprobs.shape)}")
     return masked_sum(token_logprobs, mask, dim=1)
+
+
+# Vocabulary entries converted to float64 at once by `_block_sums` on a CPU (2**20: 8 MiB): a full (B, V) float64
+# copy at V = 151,936 is a fresh 78 MB allocation per step, whose page faults cost more than the arithmetic.
+_SAMPLER_CHUNK_ELEMENTS = 2**20
+
+
+def _block_sums(probs: torch.Tensor, block: int) -> torch.Tensor:
+    """(B, V) → (B, ⌈V / block⌉) float64 sums of consecutive blocks of ``block`` entries (the last may be short)."""
+    rows, vocab = probs.shape
+    sums = probs.new_empty((rows, -(-vocab // block)), dtype=torch.float64)
+    columns = vocab if probs.device.type != "cpu" else max(block, _SAMPLER_CHUNK_ELEMENTS // max(rows, 1) // block * block)
+    for start in range(0, vocab, columns):  # start is a multiple of block
+        part = probs[:, start : start + columns]
+        full = part.shape[1] // block
+        first = start // block
+        if full:
+            sums[:, first : first + full] = part[:, : full * block].double().view(rows, full, block).sum(dim=-1)
+        if part.shape[1] % block:
+            sums[:, first + full] = part[:, full * block :].double().sum(dim=-1)
+    return sums
+
+
+def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """The tokens the uniform numbers ``U`` fall on: (B, V) probabilities, (B, n) ``U`` in [0, 1) → (B, n) long.
+
+    Token ``i`` is drawn when ``(1 − U) · Σ_v p_v`` lies in ``(cdf_{i−1}, cdf_i]``, an interval as wide as
+    ``p_i``; with ``U ~ Uniform[0, 1)`` that is a draw from ``p`` (inverse transform sampling). ``1 − U`` lies
+    in (0, 1], so the threshold is in (0, total] and a token of probability 0 is never drawn (its interval is
+    empty).
+
+    The cumulative sums are float64, in two levels: sums of blocks of ~√V entries and their cumulative sum pick
+    the block, then the cumulative sum of that block's entries picks the token. Accumulated in float32 (the
+    previous sampler), a token below half a float32 ulp of the running sum (3e-8 near 1) got an empty or a
+    doubled interval: at V = 151,936 and a realistic spread of logits ~40,000 tail tokens could never be drawn
+    and the distribution drawn was off by total variation ~9e-4 (issue 17). In float64 each interval is exact
+    to ~2⁻⁵³ of the total (~1e-16; only tokens below that, together < V·1e-16, stay undrawable — far below any
+    sampling noise). The two levels read the (B, V) tensor once and convert only block sums and n blocks to
+    float64, which makes the exact sampler cheaper than one float32 cumulative sum over the whole vocabulary
+    (``benchmarks/bench_sampler.py``). MPS has no float64: the sums run on the CPU there.
+    """
+    if probs.device.type == "mps":
+        return inverse_cdf(probs.cpu(), uniform.cpu()).to(probs.device)
+    rows, vocab = probs.shape
+    block = 1 << max(4, round(math.log2(math.sqrt(vocab))))  # 64 at V = 2048, 512 at V = 151,936
+    block_cdf = _block_sums(probs, block).cumsum(dim=-1)  # (B, nb)
+    threshold = (1.0 - uniform.to(torch.float64)) * block_cdf[:, -1:]  # (B, n) in (0, total]
+    chosen = torch.searchsorted(block_cdf, threshold).clamp_(max=block_cdf.shape[1] - 1)  # (B, n) block index
+    before = block_cdf.gather(1, (chosen - 1).clamp(min=0)).masked_fill_(chosen == 0, 0.0)  # mass of earlier blocks
+    tokens = chosen.unsqueeze(-1) * block + torch.arange(block, device=probs.device)  # (B, n, block)
+    inside = probs.gather(1, tokens.clamp(max=vocab - 1).flatten(1)).view(tokens.shape).double()
+    within = inside.masked_fill_(tokens >= vocab, 0.0).cumsum(dim=-1)  # (B, n, block)
+    # the residual lies in (0, block sum]; the block's own cumulative sum may end 1 ulp lower: stay inside it,
+    # on its last token of positive probability
+    residual = torch.minimum(threshold - before, within[..., -1])  # (B, n)
+    offset = torch.searchsorted(within, residual.unsqueeze(-1)).squeeze(-1)  # (B, n)
+    return (chosen * block + offset).clamp_(max=vocab - 1)
+
+
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row of (B, V) probabilities (rows need not be normalised): (B,) long.
+
+    One float64 uniform number per row (53 random bits) mapped through :func:`inverse_cdf`, where
+    ``torch.multinomial`` (or Gumbel-max) draws one random number per vocabulary entry — on a small model that
+    costs more than the model's attention. ``generator`` None uses the global RNG of ``probs``' device.
+    """
+    dtype = torch.float32 if probs.device.type == "mps" else torch.float64  # MPS: no float64 numbers
+    uniform = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=dtype)
+    return inverse_cdf(probs, uniform).squeeze(-1)

@@ -17,8 +17,13 @@ What it does, and why (each detail is one a PPO implementation gets wrong sooner
   writes one column and attends to a view of the filled prefix, so attention sees exactly the values
   ``DynamicCache`` would have built, and the model's own attention kernel runs on them (with
   ``drop_finished=False``, bitwise the same logits as ``model.generate``).
-- **A preallocated 4-D attention mask**, passed as is (the models use a 4-D mask unchanged) instead of a
-  2-D mask grown by ``torch.cat`` and re-expanded at every step.
+- **A preallocated 4-D attention mask in the attention kernel's own format**, passed as is (the models use a
+  4-D mask unchanged) instead of a 2-D mask grown by ``torch.cat`` and re-expanded at every step: boolean
+  (True = attend) for ``sdpa``, additive (0 or the dtype's minimum, as ``transformers.masking_utils.eager_mask``
+  builds it) for ``eager``, which *adds* the mask to the scores — a boolean mask added to scores masks nothing.
+  Any other kernel (``flash_attention_2``/``3``, ``flex_attention``, hub kernels) takes ``model.generate``'s own
+  path: ``DynamicCache`` and a 2-D mask, which transformers turns into what the kernel needs (FlashAttention
+  un-pads by the 2-D mask's sequence lengths; it cannot read a (B, 1, 1, L) mask).
 - **Finished rows leave the batch** (``drop_finished=True``, the default). Once a quarter of the rows have
   produced EOS, the others are copied into a smaller batch (cache, mask, positions), so a step costs what
   the unfinished rows need; ``model.generate`` computes every row until the last one ends. Mathematically
@@ -32,10 +37,11 @@ What it does, and why (each detail is one a PPO implementation gets wrong sooner
   eval mode (dropout off) and each module's training flag restored after; the returned tensors are ordinary
   tensors (usable in a forward pass with gradients).
 
-RNG: sampling consumes only ``generator`` (one uniform number per row still being decoded, per decoding step,
-turned into a token by inverting the cumulative distribution — ``torch.multinomial`` draws an exponential
-number per vocabulary entry instead, which costs more than the model's attention on a small model), or the
-global default generator of the model's device when ``generator`` is None.
+RNG: sampling consumes only ``generator`` (one float64 uniform number per row still being decoded, per
+decoding step, turned into a token by inverting the cumulative distribution, accumulated in float64 so that
+every token keeps its exact share — see :func:`rlhfkit.ops.sample_categorical`; ``torch.multinomial`` draws an
+exponential number per vocabulary entry instead, which costs more than the model's attention on a small
+model), or the global default generator of the model's device when ``generator`` is None.
 Greedy decoding consumes no randomness. So the same generator state and the same inputs give the same
 samples, and saving ``generator.get_state()`` in a checkpoint makes sampling resumable. (Which random
 numbers a row receives depends on the whole batch, so a prompt sampled alone gets another — equally
@@ -52,7 +58,9 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-__all__ = ["GenerationOutput", "generate", "left_pad", "filter_logits", "sampling_logprobs"]
+from rlhfkit.ops import sample_categorical
+
+__all__ = ["GenerationOutput", "generate", "left_pad", "filter_logits", "sampling_logprobs", "sample_categorical"]
 
 # Never shrink a batch below this many rows when dropping finished ones (see `_rows_to_keep`).
 _MIN_ROWS = 8
@@ -141,20 +149,6 @@ def sampling_logprobs(scaled_logits: torch.Tensor, tokens: torch.Tensor) -> torc
     scaled_logits = scaled_logits.float()
     chosen = scaled_logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     return chosen - torch.logsumexp(scaled_logits, dim=-1)
-
-
-def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One draw per row of (B, V) probabilities (rows sum to 1): (B,) long.
-
-    Inverse transform sampling: with ``u = (1 − U) · Σ_v p_v``, ``U ~ Uniform[0, 1)``, the token is the first
-    ``i`` with ``cdf_i ≥ u``. ``u`` lies in (0, cdf_{V−1}], so such an ``i`` exists, and a token of probability 0
-    is never drawn (its cdf equals its predecessor's). One uniform number per row, where
-    ``torch.multinomial`` draws one exponential number per entry.
-    """
-    cdf = probs.cumsum(dim=-1)  # (B, V)
-    uniform = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype)
-    threshold = (1.0 - uniform) * cdf[:, -1:]  # (B, 1) in (0, total]
-    return torch.searchsorted(cdf, threshold).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 def _next_tokens(
@@ -297,6 +291,23 @@ def _float32_attention(model, wanted: bool):
         config._attn_implementation = "sdpa"
 
 
+# The decode-step mask each kernel takes with the preallocated cache; other kernels get DynamicCache + 2-D mask.
+_MASK_FORMATS = {"sdpa": "boolean", "eager": "additive"}
+
+
+def _attention_kernel(model) -> str:
+    """The model's attention implementation (``eager`` where transformers leaves it unset, its default)."""
+    return getattr(model.config, "_attn_implementation", None) or "eager"
+
+
+def _mask_format(model) -> str:
+    """How the decode steps pass the attention mask: ``boolean`` or ``additive`` 4-D with the preallocated
+    cache, or ``2d`` with ``DynamicCache`` — ``model.generate``'s own path, for every kernel whose mask format we
+    do not build (FlashAttention un-pads by a 2-D mask) and for attention our cache does not implement."""
+    kind = _MASK_FORMATS.get(_attention_kernel(model), "2d")
+    return kind if _supports_preallocated_cache(model) else "2d"
+
+
 def _supports_preallocated_cache(model) -> bool:
     """Our cache only implements full causal attention: sliding-window or hybrid models use DynamicCache."""
     config = model.config
@@ -306,9 +317,15 @@ def _supports_preallocated_cache(model) -> bool:
     return not (getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None))
 
 
-def _accepts_logits_to_keep(model) -> bool:
+def _forward_parameters(model) -> set[str]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # unwrap PEFT
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return set(inspect.signature(base.forward).parameters)
+
+
+def _cache_keyword(model) -> str:
+    """``cache``, the name transformers ≥ 5.2x gives the KV-cache argument (``past_key_values`` is deprecated
+    there, removal announced for 5.40), where the model's forward takes it; else ``past_key_values``."""
+    return "cache" if "cache" in _forward_parameters(model) else "past_key_values"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -330,8 +347,10 @@ class _Sampling:
     generator: torch.Generator | None
     return_logprobs: bool
     readout: Callable[[torch.Tensor], torch.Tensor] | None
-    preallocated_cache: bool
+    mask_format: str  # "boolean" / "additive" 4-D with the preallocated cache, "2d" with DynamicCache
+    mask_dtype: torch.dtype  # an additive mask's dtype: the embeddings' (as transformers' eager_mask)
     cache_dtype: torch.dtype | None  # the KV cache's dtype; None = the keys' own
+    cache_keyword: str  # the forward's name for the KV cache: "cache" or (older transformers) "past_key_values"
     logits_to_keep: bool
     drop_finished: bool
 
@@ -342,17 +361,21 @@ class _Batch:
     ``rows`` maps each live row to its index in the output; everything else is indexed by live row.
     """
 
-    def __init__(self, prompt_mask: torch.Tensor, capacity: int, use_4d_mask: bool):
+    def __init__(self, prompt_mask: torch.Tensor, capacity: int, mask_format: str, mask_dtype: torch.dtype):
         batch, prompt_len = prompt_mask.shape
         device = prompt_mask.device
         self.rows = torch.arange(batch, device=device)  # (b,) output row of each live row
         self.finished = torch.zeros(batch, dtype=torch.bool, device=device)  # (b,) has emitted EOS
         self.next_position = prompt_mask.sum(dim=1, keepdim=True)  # (b, 1): a row's n tokens sit at 0..n−1
         self.has_padding = not bool(prompt_mask.all())
-        if use_4d_mask:  # (b, 1, 1, capacity) bool; generated columns are always visible
+        padding = prompt_mask == 0  # (b, P)
+        if mask_format == "boolean":  # (b, 1, 1, capacity), True = attend; generated columns always visible
             self.mask = torch.ones((batch, 1, 1, capacity), dtype=torch.bool, device=device)
-            self.mask[:, 0, 0, :prompt_len] = prompt_mask.bool()
-        else:  # the 2-D mask, grown by one column per step (DynamicCache path)
+            self.mask[:, 0, 0, :prompt_len] = ~padding
+        elif mask_format == "additive":  # (b, 1, 1, capacity), added to the scores: 0 = attend, min = never
+            self.mask = torch.zeros((batch, 1, 1, capacity), dtype=mask_dtype, device=device)
+            self.mask[:, 0, 0, :prompt_len].masked_fill_(padding, torch.finfo(mask_dtype).min)
+        else:  # the 2-D mask, grown by one column per step (DynamicCache path); transformers builds the rest
             self.mask = prompt_mask
 
     def attention_mask(self, length: int) -> torch.Tensor | None:
@@ -389,12 +412,13 @@ def _decode_batch(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s:
     """Prefill the (B, P) left-padded prompts, then decode one token per step for every unfinished row."""
     batch, prompt_len = prompt_ids.shape
     device = prompt_ids.device
-    cache = _PreallocatedCache(prompt_len + s.max_new_tokens, s.cache_dtype) if s.preallocated_cache else DynamicCache(
-        config=model.config)
-    live = _Batch(prompt_mask, prompt_len + s.max_new_tokens, use_4d_mask=s.preallocated_cache)
+    capacity = prompt_len + s.max_new_tokens
+    cache = DynamicCache(config=model.config) if s.mask_format == "2d" else _PreallocatedCache(capacity, s.cache_dtype)
+    live = _Batch(prompt_mask, capacity, s.mask_format, s.mask_dtype)
     # cumsum − 1 numbers each row's real tokens 0, 1, …; left padding gets 0 (masked out anyway)
     positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P)
     extra = {"logits_to_keep": 1} if s.logits_to_keep else {}
+    with_cache = {s.cache_keyword: cache, "use_cache": True}
     out = {}
     response_ids = torch.full((batch, s.max_new_tokens), s.pad_token_id, dtype=torch.long, device=device)
     response_mask = torch.zeros((batch, s.max_new_tokens), dtype=torch.long, device=device)
@@ -403,7 +427,7 @@ def _decode_batch(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s:
                                      ("readouts", s.readout is not None)) if wanted}
     with _capture_hidden(model, s.readout is not None) as captured:
         logits = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
-                       past_key_values=cache, use_cache=True, **extra).logits[:, -1, :]  # (b, V)
+                       **with_cache, **extra).logits[:, -1, :]  # (b, V)
         steps = 0
         for t in range(s.max_new_tokens):
             tokens, token_logprobs, token_entropy = _next_tokens(
@@ -427,7 +451,7 @@ def _decode_batch(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s:
                 live.keep(kept, cache)
                 tokens = tokens[kept]
             logits = model(input_ids=tokens[:, None], attention_mask=live.attention_mask(prompt_len + steps),
-                           position_ids=live.next_position, past_key_values=cache, use_cache=True).logits[:, -1, :]
+                           position_ids=live.next_position, **with_cache).logits[:, -1, :]
             live.next_position = live.next_position + 1
 
     ended_with_eos = torch.isin(response_ids, s.eos_ids).logical_and(response_mask.bool()).any(dim=1)
@@ -534,16 +558,18 @@ def generate(
     pad_id = eos_ids[0] if pad_token_id is None else int(pad_token_id)
     weight = next(model.parameters())
     device = weight.device
-    preallocated = _supports_preallocated_cache(model)
-    # a caller's bf16 autocast over float32 weights: bf16 products, a float32 KV cache and attention
+    mask_format = _mask_format(model)
+    # a caller's bf16 autocast over float32 weights: bf16 products, a float32 KV cache and sdpa attention
     mixed = (weight.dtype == torch.float32 and torch.is_autocast_enabled(device.type)
              and torch.get_autocast_dtype(device.type) != torch.float32)
+    float32_sdpa = mixed and mask_format == "boolean"
     settings = _Sampling(
         max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
         greedy=greedy, eos_ids=torch.tensor(eos_ids, device=device), pad_token_id=pad_id, generator=generator,
-        return_logprobs=return_logprobs, readout=readout, preallocated_cache=preallocated,
-        cache_dtype=torch.float32 if mixed and preallocated else None,
-        logits_to_keep=_accepts_logits_to_keep(model), drop_finished=drop_finished,
+        return_logprobs=return_logprobs, readout=readout, mask_format=mask_format,
+        mask_dtype=model.get_input_embeddings().weight.dtype,
+        cache_dtype=torch.float32 if float32_sdpa else None, cache_keyword=_cache_keyword(model),
+        logits_to_keep="logits_to_keep" in _forward_parameters(model), drop_finished=drop_finished,
     )
     if batch_size is None or batch_size >= len(prompts):
         order = list(range(len(prompts)))
@@ -555,7 +581,7 @@ def generate(
     training_flags = [(module, module.training) for module in model.modules()]
     model.eval()  # dropout off: samples come from the policy itself, and PPO's recomputed logprobs match
     try:
-        with torch.no_grad(), _float32_attention(model, mixed and preallocated):
+        with torch.no_grad(), _float32_attention(model, float32_sdpa):
             parts = []
             for chunk in chunks:
                 ids, mask = left_pad([prompts[i] for i in chunk], pad_id)

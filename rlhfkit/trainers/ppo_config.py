@@ -80,7 +80,9 @@ class RolloutConfig:
     """Where the rollout's log-probs (log π_old) come from. ``forward``: one policy forward after sampling, in
     the numerics of the PPO updates, so the first minibatch's ratio is exactly 1. ``sampling``: the sampling
     pass's own logits — and with ``value_model.kind=head`` its hidden states for the values — one policy forward
-    fewer per rollout; equal to ``forward`` up to float rounding (~1e-6)."""
+    fewer per rollout; equal to ``forward`` up to float rounding (~1e-6) in float32 only, so refused with
+    ``train.mixed_precision=bf16`` or a half-precision ``model.dtype``: there bf16 rounds the one-token sampling
+    steps and the full-sequence forward differently (up to 0.2–0.5 nats apart, first ratios 0.6–1.7)."""
     print_samples: int = 2
     """Samples printed with their score and KL at each log step (``train.log_every``); 0 = none."""
 
@@ -211,6 +213,11 @@ class PPOConfig(Recipe):
                               f"value_model.head_init_std (got path {v.path!r})")
         if v.lr is not None and not v.lr > 0:
             raise ConfigError(f"value_model.lr must be > 0 or null (= train.lr), got {v.lr}")
+        if r.old_logprobs == "sampling" and (t.mixed_precision != "no" or self.model.dtype != "float32"):
+            raise ConfigError(
+                f"rollout.old_logprobs=sampling needs float32 numerics (train.mixed_precision={t.mixed_precision}, "
+                f"model.dtype={self.model.dtype}): in bf16 the sampling pass's log-probs differ from the training "
+                "forward's by up to ~0.5 nats, so PPO's first ratio would not be 1; use rollout.old_logprobs=forward")
         if self.data.eval_file is not None and not self.data.eval_file:
             raise ConfigError("data.eval_file is empty; give a prompts file or null")
 
