@@ -49,6 +49,7 @@ from rlhfkit.trainers.reference_cache import (
     tokenizer_fingerprint,
     weights_fingerprint,
 )
+from rlhfkit.trainers.runtime import set_threads
 from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig
 from rlhfkit.trainers.train_config import TrainConfig
 
@@ -473,6 +474,7 @@ def train(cfg: DPOConfig):
     from rlhfkit.trainers.loop import TrainLoop
     from rlhfkit.trainers.metrics_log import say
 
+    set_threads(cfg.train.threads)  # before any work: encoding and reference passes use them too
     # 1. every row of both files validated before any work; then tokenize
     train_rows, eval_rows = read_rows(cfg)
     tokenizer = load_tokenizer(cfg.model.path)

@@ -45,6 +45,7 @@ from rlhfkit.trainers.ppo_config import SAFE_TO_CHANGE_ON_RESUME, KLConfig, PPOC
 from rlhfkit.trainers.ppo_models import PPOModels, build_ppo_models, param_groups, save_trained
 from rlhfkit.trainers.ppo_ptx import demonstration_nll, load_ptx
 from rlhfkit.trainers.run_doctor import diagnose
+from rlhfkit.trainers.runtime import set_threads
 
 KL_CONTROLLERS = {
     "fixed": lambda kl: FixedKLController(kl.init_coef),
@@ -327,6 +328,7 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None) 
     ``monitor`` (e.g. :class:`rlhfkit.evaluate.hacking.HackingMonitor`) is called after every step as
     ``monitor(step, total, policy, tokenizer) -> check | None``; its ``hacking/*`` metrics are logged, its
     state is checkpointed, and a check with ``stop`` ends the run there (a re-run finds it complete)."""
+    set_threads(cfg.train.threads)  # before any work: encoding and reference passes use them too
     seed_everything(cfg.train.seed)
     models = build_ppo_models(cfg, scorer)
     prompts, prompt_rows = load_prompts(cfg.data.train_file, cfg, models.tokenizer)

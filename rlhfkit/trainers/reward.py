@@ -46,6 +46,7 @@ from typing import Any, Literal
 import torch
 
 from rlhfkit.config import ConfigError, load_config, save_config
+from rlhfkit.trainers.runtime import set_threads
 from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig
 from rlhfkit.trainers.train_config import TrainConfig
 
@@ -360,6 +361,7 @@ def train_reward(cfg: RewardConfig) -> RewardResult:
     from rlhfkit.trainers.pretrain import FINAL_DIR
     from rlhfkit.trainers.sft import check_model_folder
 
+    set_threads(cfg.train.threads)  # before any work: encoding and reference passes use them too
     tokenizer = check_model_folder(cfg.model, cfg.data.max_length)
     train_groups, report = load_comparison_groups(cfg.data.train_file, cfg, tokenizer)
     eval_groups, eval_report = (load_comparison_groups(cfg.data.eval_file, cfg, tokenizer)

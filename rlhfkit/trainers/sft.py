@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from rlhfkit.config import ConfigError, load_config, save_config
+from rlhfkit.trainers.runtime import set_threads
 from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig
 from rlhfkit.trainers.train_config import TrainConfig
 
@@ -220,6 +221,7 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
         target_token_count,
     )
 
+    set_threads(cfg.train.threads)  # before any work: encoding and reference passes use them too
     tokenizer = check_model_folder(cfg.model, cfg.data.max_length, cfg.lora.enabled, cfg.lora.save_merged)
     data = load_sft_data(cfg, tokenizer)
     model = build_policy(cfg.model, cfg.lora, cfg.train.seed)

@@ -77,6 +77,10 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16"] = "no"
     """Autocast to bfloat16 through accelerate. (fp16's loss scaling makes inf gradients on purpose, which
     fights the non-finite guard, so it is not offered.)"""
+    threads: int = 0
+    """torch intra-op threads for the whole stage (encoding, reference log-probs, generation, training), set
+    before any work; 0 keeps the process's setting (torch's default: one per core). One is often fastest
+    for small models on a busy machine. Like the world build's, the demo's and ``iterate``'s ``threads``."""
 
     # --- non-finite losses
     nonfinite: Literal["stop", "skip"] = "stop"
@@ -103,6 +107,8 @@ class TrainConfig:
     """A tqdm bar with loss, learning rate and gradient norm (main process only)."""
 
     def validate(self) -> None:
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0 (0 keeps torch's setting), got {self.threads}")
         positive = ("per_device_batch_size", "grad_accum_steps", "num_epochs", "log_every",
                     "keep_last_checkpoints", "max_consecutive_skips")
         for name in positive:
@@ -140,6 +146,8 @@ SAFE_TO_CHANGE_ON_RESUME = frozenset({
     "wandb_project", "run_name", "progress_bar", "nonfinite", "max_consecutive_skips",
     # Recomputation replays the same RNG state (torch.utils.checkpoint preserves it): same numbers.
     "gradient_checkpointing",
+    # The same arithmetic spread over more or fewer cores (a sum may round differently in its last bit).
+    "threads",
 })
 # Safe when the global batch (their product × processes) is unchanged: the same examples form each step,
 # only split differently into micro-batches (equal up to float rounding). This is the out-of-memory fix.
