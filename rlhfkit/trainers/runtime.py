@@ -8,15 +8,17 @@ default is one thread per core). One thread is often fastest for small models on
 ``mixed_precision: auto``: bf16 autocast only where a short matmul probe finds it faster on this machine.
 
 bf16 autocast halves the world's pretraining step on a CPU with native bf16 matrix units (AVX512-BF16 or
-AMX: 137 → 72 ms a step, README), and makes it ~100× *slower* on one without them (bf16 matmuls measured at
-1.3 GFLOP/s against ~100 in float32 there): a fixed default is wrong on one of the two. So ``auto`` times the
+AMX: 137 → 72 ms a step, README), and makes it 30–100× *slower* on one without them (the 2-core AMD EPYC
+development machine, AVX2 only: bf16 0.6–2.4 GFLOP/s against float32 51–93 per thread): a fixed default is
+wrong on one of the two. So ``auto`` times the
 operation autocast changes — a linear layer on float32 activations, under ``torch.autocast(bfloat16)`` (the
 casts included, as in training) and in plain float32 — alternating the two a few times and keeping each
 one's best rate (the fastest repeat is the one least disturbed by other jobs), then picks bf16 only when it
 is at least :data:`BF16_MIN_SPEEDUP` times faster. A margin that wide keeps the choice stable from run to run
 on a given machine (the two kinds of machine above are 2× apart in one direction or 100× in the other).
 
-The probe runs on the device the run trains on (CUDA when there is one, else the CPU). On a CPU it runs on one
+The probe runs on the device the run trains on (CUDA when there is one, else the CPU; Apple's MPS is not
+probed and gets float32). On a CPU it runs on one
 thread: the ratio of the two rates is the hardware's, and one thread keeps it readable on a busy machine,
 where several threads stall on each other and both rates collapse towards the same noise (measured on the
 2-core development machine under load: 1 thread 0.01–0.04×, 2 threads 0.5–0.95×). It takes well under a
@@ -65,15 +67,21 @@ def set_threads(threads: int) -> None:
 
 
 def probe_device() -> str:
-    """The device a run trains on when nothing says otherwise (accelerate's default): CUDA, else the CPU."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """The device a run trains on when nothing says otherwise (accelerate's default): CUDA, Apple's MPS,
+    else the CPU."""
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
 
 
 def measure_matmul_rates(device: str = "cpu", *, budget_s: float = 0.2, min_rounds: int = 2,
-                         max_rounds: int = 30) -> tuple[float, float, float]:
+                         max_rounds: int = 30, slice_s: float = 0.01) -> tuple[float, float, float]:
     """``(float32 GFLOP/s, bf16-autocast GFLOP/s, seconds spent)``: each the best of alternating repeats.
 
-    Repeats stop after ``max_rounds``, or once ``budget_s`` is spent and ``min_rounds`` are done."""
+    Each round times each op for ``slice_s`` (at least once), so the cheaper op gets as many chances to
+    run undisturbed as the dearer one. Rounds stop after ``max_rounds``, or once ``budget_s`` is spent and
+    ``min_rounds`` are done."""
     rows, width = PROBE_SHAPES["cuda" if device.startswith("cuda") else "cpu"]
     device_type = torch.device(device).type
     generator = torch.Generator().manual_seed(0)
@@ -104,8 +112,12 @@ def measure_matmul_rates(device: str = "cpu", *, budget_s: float = 0.2, min_roun
     with torch.no_grad(), _one_thread_on_cpu(device_type):
         fp32(), bf16()  # first calls choose and build kernels: not timed
         for done in range(1, max_rounds + 1):
-            best["fp32"] = min(best["fp32"], seconds(fp32))
-            best["bf16"] = min(best["bf16"], seconds(bf16))
+            for name, fn in (("fp32", fp32), ("bf16", bf16)):
+                slice_end = time.perf_counter() + slice_s  # a cheap op is timed several times a round
+                while True:
+                    best[name] = min(best[name], seconds(fn))
+                    if time.perf_counter() >= slice_end:
+                        break
             if done >= min_rounds and time.perf_counter() - started > budget_s:
                 break
     return flops / best["fp32"] / 1e9, flops / best["bf16"] / 1e9, time.perf_counter() - started
