@@ -116,3 +116,29 @@ def test_resolving_auto_names_the_cached_builds_precision_else_the_probes(tmp_pa
     assert load_built(resolved) is not None and build.resolve_precision(cached) == resolved
     explicit = dataclasses.replace(fresh, mixed_precision="bf16")
     assert build.resolve_precision(explicit) is explicit and calls == ["cpu"]
+
+
+# ---- train.mixed_precision=auto in any stage's loop: resolved once, recorded, kept on resume
+
+
+def toy_run(output_dir, max_steps: int) -> TrainLoop:
+    torch.manual_seed(0)
+    loop = TrainLoop(TrainConfig(output_dir=str(output_dir), max_steps=max_steps, per_device_batch_size=2,
+                                 lr_schedule="constant", progress_bar=False, mixed_precision="auto"),
+                     torch.nn.Linear(4, 1))
+    loop.fit([torch.randn(4) for _ in range(8)], torch.stack, lambda m, x: (m(x).pow(2).mean(), {}))
+    return loop
+
+
+def test_a_training_run_resolves_auto_once_and_its_resumption_keeps_it(tmp_path, monkeypatch, capsys):
+    fake_rates(monkeypatch, 100.0, 400.0)  # bf16 wins here
+    first = toy_run(tmp_path, max_steps=1)
+    assert first.accelerator.mixed_precision == "bf16" and first.config.mixed_precision == "bf16"
+    saved = json.loads((tmp_path / "checkpoint-1" / "config.json").read_text())["train"]["mixed_precision"]
+    assert saved == "bf16"
+    assert "precision: bf16 autocast: matmul under bf16 autocast 400.0 GFLOP/s vs float32 100.0" in capsys.readouterr().err
+    calls = fake_rates(monkeypatch, 100.0, 1.0)  # the probe would now say float32 ...
+    second = toy_run(tmp_path, max_steps=2)  # ... but the run resumes from checkpoint-1 in bf16, unrefused
+    assert second.accelerator.mixed_precision == "bf16" and calls == [] and second.summary.step == 2
+    assert "as checkpoint-1 that this run resumes" in capsys.readouterr().err
+    assert toy_run(tmp_path / "fresh", max_steps=1).accelerator.mixed_precision == "no" and calls == ["cpu"]

@@ -156,3 +156,28 @@ def choose_precision(requested: str, device: str | None = None) -> PrecisionChoi
               f"({bf16_rate / fp32_rate:.2f}×; bf16 needs ≥ {BF16_MIN_SPEEDUP}×) on {where}, "
               f"probe {1000 * spent:.0f} ms")
     return PrecisionChoice(precision, reason, round(fp32_rate, 2), round(bf16_rate, 2), round(spent, 3), device)
+
+
+def resolve_run_precision(output_dir) -> str:
+    """What ``train.mixed_precision: auto`` means for the run in ``output_dir``: the precision of its latest
+    checkpoint when it resumes (never probed again), else the probe's choice on this process's device —
+    rank 0's, sent to every process, so all of them train alike."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list, parse_flag_from_env
+
+    from rlhfkit.trainers import checkpoint as ckpt
+    from rlhfkit.trainers.metrics_log import say
+
+    latest, _ = ckpt.find_latest_checkpoint(output_dir)
+    if latest is not None:
+        saved = ckpt.read_json(latest / "config.json")["train"].get("mixed_precision")
+        if saved in PRECISIONS:
+            say(f"precision: {saved} (mixed_precision=auto), as {latest.name} that this run resumes")
+            return saved
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    choice = choose_precision("auto", str(state.device))
+    decided = [choice.precision, choice.reason]
+    if state.num_processes > 1:
+        broadcast_object_list(decided)  # from the main process
+    say(f"precision: {decided[1]}")
+    return decided[0]
