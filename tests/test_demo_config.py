@@ -145,5 +145,5 @@ def test_world_build_settings_name_the_bad_field():
 
     with pytest.raises(ConfigError, match="attn_implementation: expected eager or sdpa, got 'flash'"):
         WorldBuildConfig(attn_implementation="flash").validate()  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="mixed_precision: expected no or bf16"):
+    with pytest.raises(ConfigError, match="mixed_precision: expected auto, no or bf16"):
         WorldBuildConfig(mixed_precision="fp16").validate()  # type: ignore[arg-type]

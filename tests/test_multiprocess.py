@@ -107,3 +107,19 @@ def test_reward_ranks_agree_and_match_one_process_with_the_same_global_batch(tmp
     two = run(tmp_path / "two", [*args, f"train.output_dir={tmp_path / 'two'}", "train.per_device_batch_size=4"], 2)
     assert_identical(two[0], two[1])
     assert max_difference(two[0], one[0]) < 1e-5
+
+
+def test_setup_and_result_lines_print_once_with_two_processes(tmp_path):
+    data = write_jsonl(tmp_path / "demos.jsonl", colour_rows(16))
+    args = ["sft", f"model.path={model_dir(tmp_path)}", f"data.train_file={data}", "data.max_length=48",
+            "data.max_prompt_length=24", "train.max_steps=2", "train.per_device_batch_size=2",
+            f"train.output_dir={tmp_path / 'out'}", *QUIET]
+    command, env = cpu_processes([str(CLI), str(tmp_path / "weights"), *args], 2, launcher="accelerate")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert len(list((tmp_path / "weights").glob("rank*.pt"))) == 2  # two processes did train
+    err = done.stderr.replace("\r", "\n")
+    for line in (f"{data}: 16 sft rows", "sft train: 16 rows", "sft: saved the model", "finished 2 steps"):
+        assert err.count(line) == 1, (line, err[-3000:])
+    assert err.count("Loading weights: 100%") <= 1  # transformers' bar: the main process's at most
+    assert done.stdout.count("sft: completed") == 1, done.stdout

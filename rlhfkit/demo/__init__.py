@@ -24,6 +24,7 @@ reproducible. Library entry point: :func:`run_demo`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -89,9 +90,13 @@ def run_demo(cfg: DemoConfig, *, preset: str = "default") -> dict[str, Any]:
     from rlhfkit.demo.runner import Runner, fingerprint, write_json_atomically
     from rlhfkit.judges import GoldJudge
     from rlhfkit.worlds import World
+    from rlhfkit.worlds.build import resolve_precision
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # world.mixed_precision=auto resolved once, up front: the world stage's fingerprint, the saved settings and
+    # the larger model then name the precision the world is actually built in (see resolve_precision)
+    cfg = dataclasses.replace(cfg, world=resolve_precision(cfg.world))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = pipeline.Context(cfg, out)

@@ -180,7 +180,7 @@ def _write_samples(path: str | Path, samples_a, samples_b) -> None:
 # ---- the human table ---------------------------------------------------------------------------------------
 
 
-W = 36  # width of the label column
+W = 36  # the label column's least width; a longer label (a judge named by its path) widens it for all rows
 
 
 def _f(value, signed: bool = False, digits: int = 3) -> str:
@@ -189,23 +189,30 @@ def _f(value, signed: bool = False, digits: int = 3) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def _line(label: str, text: str) -> str:
-    return f"  {label:<{W}}{text}"
+def _line(label: str, text: str) -> tuple[str, str]:
+    return label, text
 
 
-def _ab_row(label: str, a, b, delta=None, low=None, high=None) -> str:
+def _ab_row(label: str, a, b, delta=None, low=None, high=None) -> tuple[str, str]:
     interval = f"[{_f(low, True)}, {_f(high, True)}]" if low is not None else ""
     delta_text = _f(delta, True) if delta is not None else ""
-    return f"  {label:<{W}}{_f(a):>9}{_f(b):>9}{delta_text:>10}  {interval}".rstrip()
+    return label, f"{_f(a):>9}{_f(b):>9}{delta_text:>10}  {interval}".rstrip()
+
+
+def _render(rows: list[tuple[str, str] | str]) -> list[str]:
+    """``(label, figures)`` rows with one label column wide enough for the longest label (two spaces
+    before the figures at least), so the figures line up and never touch a label; strings pass as they are."""
+    width = max([W] + [len(row[0]) + 2 for row in rows if isinstance(row, tuple)])
+    return [row if isinstance(row, str) else f"  {row[0]:<{width}}{row[1]}".rstrip() for row in rows]
 
 
 def format_table(metrics: dict, settings: dict, notes: list[str]) -> str:
     """The compact human summary printed by ``rlhfkit eval``."""
     m = metrics
     level = round(100 * settings.get("confidence", 0.95))
-    lines = [f"policy A = {settings['policy']}   baseline B = {settings['baseline']}",
-             f"judge {settings['judge']}; {settings['prompts']}; {settings['samples']} samples per prompt",
-             "", f"  {'':<{W}}{'A':>9}{'B':>9}{'A − B':>10}  {level}% CI"]
+    header = [f"policy A = {settings['policy']}   baseline B = {settings['baseline']}",
+              f"judge {settings['judge']}; {settings['prompts']}; {settings['samples']} samples per prompt", ""]
+    lines: list[tuple[str, str] | str] = [("", f"{'A':>9}{'B':>9}{'A − B':>10}  {level}% CI")]
     if "gold/utility_delta" in m:
         lines.append(_ab_row("gold utility", m["gold/utility_a"], m["gold/utility_b"], m["gold/utility_delta"],
                              m["gold/utility_delta_ci_low"], m["gold/utility_delta_ci_high"]))
@@ -229,14 +236,13 @@ def format_table(metrics: dict, settings: dict, notes: list[str]) -> str:
                         f"{_f(m['judge/pairs/tie_fraction'])} / {_f(m['pairs/identical_fraction'])}")]
     lines.append("")
     if "rates/a/incoherent" in m:
-        lines.append(f"  {'behaviour rate (among family)':<{W}}{'A':>9}{'B':>9}")
+        lines.append(("behaviour rate (among family)", f"{'A':>9}{'B':>9}"))
         for name, (family, _) in RATES.items():
-            label = f"{name} ({family or 'all'})"
-            lines.append(f"  {label:<{W}}{_f(m[f'rates/a/{name}']):>9}{_f(m[f'rates/b/{name}']):>9}")
+            lines.append((f"{name} ({family or 'all'})", f"{_f(m[f'rates/a/{name}']):>9}{_f(m[f'rates/b/{name}']):>9}"))
     for unit in ("words", "tokens"):
         if f"length/a/mean_{unit}" in m:
-            lines.append(f"  {'mean ' + unit:<{W}}{_f(m[f'length/a/mean_{unit}'], digits=1):>9}"
-                         f"{_f(m.get(f'length/b/mean_{unit}'), digits=1):>9}")
+            lines.append((f"mean {unit}", f"{_f(m[f'length/a/mean_{unit}'], digits=1):>9}"
+                                          f"{_f(m.get(f'length/b/mean_{unit}'), digits=1):>9}"))
     if m.get("kl/nats_per_seq") is not None:
         kl = f"{_f(m['kl/nats_per_seq'], digits=4)} ± {_f(m.get('kl/nats_per_seq_stderr'), digits=4)}"
         if "kl/k1_nats_per_seq" in m:
@@ -244,4 +250,4 @@ def format_table(metrics: dict, settings: dict, notes: list[str]) -> str:
                    f"{_f(m['kl/k1_nats_per_seq_stderr'], digits=4)})")
         lines.append(_line("KL(A ‖ B), nats per sequence", kl))
     lines += [f"  note: {note}" for note in notes]
-    return "\n".join(lines)
+    return "\n".join(header + _render(lines))

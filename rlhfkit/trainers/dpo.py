@@ -49,6 +49,7 @@ from rlhfkit.trainers.reference_cache import (
     tokenizer_fingerprint,
     weights_fingerprint,
 )
+from rlhfkit.trainers.runtime import set_threads
 from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig, data_sources, source_name
 from rlhfkit.trainers.train_config import TrainConfig
 
@@ -486,6 +487,7 @@ def train(cfg: DPOConfig, *, train_dataset: Any = None, eval_dataset: Any = None
     from rlhfkit.trainers.loop import TrainLoop
     from rlhfkit.trainers.metrics_log import say
 
+    set_threads(cfg.train.threads)  # before any work: encoding and reference passes use them too
     # 1. every row of both files validated before any work; then tokenize
     data_from = data_sources(cfg.data, train_dataset, eval_dataset)
     train_rows, eval_rows = read_rows(cfg, data_from)

@@ -63,6 +63,7 @@ from rlhfkit.trainers.loop_support import (
     resume_problem,
 )
 from rlhfkit.trainers.metrics_log import MetricsLog, Progress, plain_number, say
+from rlhfkit.trainers.runtime import resolve_run_precision
 from rlhfkit.trainers.train_config import TrainConfig
 
 
@@ -162,6 +163,8 @@ class TrainLoop:
     @property
     def accelerator(self):
         if self._accelerator is None:
+            if self.config.mixed_precision == "auto":  # resolved once and recorded: checkpoints keep it
+                self.config.mixed_precision = resolve_run_precision(self.output_dir)
             self._accelerator = make_accelerator(self.config.mixed_precision)
         return self._accelerator
 

@@ -199,8 +199,38 @@ class Progress:
             self._bar = None
 
 
+def is_main_process() -> bool:
+    """Whether this process speaks for the run: the only process, or rank 0 of a multi-process launch.
+
+    The launchers (torchrun, ``accelerate launch``, deepspeed) set ``RANK`` before any process group exists,
+    so the setup lines printed before the training loop builds its Accelerator are covered too."""
+    dist = sys.modules.get("torch.distributed")  # never imported here: the core imports light
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
+
+
+def quiet_other_processes() -> None:
+    """In a multi-process run, keep every process but the main one from printing what the main one prints
+    (all run the same code): their standard output goes to /dev/null, and transformers' progress bars
+    and info logs are off. Standard error stays, so an error on any process is still seen."""
+    if is_main_process():
+        return
+    sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the life of the process
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
 def say(message: str) -> None:
-    """A line for the person running the job, on stderr, without breaking a tqdm bar."""
+    """A line for the person running the job, on stderr, without breaking a tqdm bar; in a multi-process
+    run only the main process says it (every process runs the same setup)."""
+    if not is_main_process():
+        return
     try:
         from tqdm import tqdm
 

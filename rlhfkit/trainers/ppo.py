@@ -45,6 +45,7 @@ from rlhfkit.trainers.ppo_config import SAFE_TO_CHANGE_ON_RESUME, KLConfig, PPOC
 from rlhfkit.trainers.ppo_models import PPOModels, build_ppo_models, param_groups, save_trained
 from rlhfkit.trainers.ppo_ptx import demonstration_nll, load_ptx
 from rlhfkit.trainers.run_doctor import diagnose
+from rlhfkit.trainers.runtime import set_threads
 from rlhfkit.trainers.stage_config import data_sources, source_name
 
 KL_CONTROLLERS = {
@@ -341,6 +342,7 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None, 
     state is checkpointed, and a check with ``stop`` ends the run there (a re-run finds it complete).
     ``train_dataset`` / ``eval_dataset`` (a ``datasets.Dataset`` or a list of ``{"prompt"}`` dicts) replace
     ``data.train_file`` / ``data.eval_file``."""
+    set_threads(cfg.train.threads)  # before any work: encoding and reference passes use them too
     sources = data_sources(cfg.data, train_dataset, eval_dataset)
     rows = {split: read_prompt_rows(source, cfg, split) for split, source in sources.items()}  # before any model
     seed_everything(cfg.train.seed)

@@ -45,6 +45,7 @@ from typing import Any, Literal
 import torch
 
 from rlhfkit.config import ConfigError, Recipe, load_config, save_config
+from rlhfkit.trainers.runtime import set_threads
 from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig, data_sources, source_name
 from rlhfkit.trainers.train_config import TrainConfig
 
@@ -361,6 +362,7 @@ def train_reward(cfg: RewardConfig, *, train_dataset: Any = None, eval_dataset: 
     from rlhfkit.trainers.pretrain import FINAL_DIR
     from rlhfkit.trainers.sft import check_model_folder
 
+    set_threads(cfg.train.threads)  # before any work: encoding and reference passes use them too
     sources = data_sources(cfg.data, train_dataset, eval_dataset)
     tokenizer = check_model_folder(cfg.model, cfg.data.max_length)
     train_groups, report = load_comparison_groups(sources["train"], cfg, tokenizer)

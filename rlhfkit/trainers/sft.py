@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from rlhfkit.config import ConfigError, Recipe, load_config, save_config
+from rlhfkit.trainers.runtime import set_threads
 from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig, data_sources, source_name
 from rlhfkit.trainers.train_config import TrainConfig
 
@@ -222,6 +223,7 @@ def train_sft(cfg: SFTConfig, *, train_dataset: Any = None, eval_dataset: Any = 
         target_token_count,
     )
 
+    set_threads(cfg.train.threads)  # before any work: encoding and reference passes use them too
     sources = data_sources(cfg.data, train_dataset, eval_dataset)
     tokenizer = check_model_folder(cfg.model, cfg.data.max_length, cfg.lora.enabled, cfg.lora.save_merged)
     data = load_sft_data(cfg, tokenizer, sources)

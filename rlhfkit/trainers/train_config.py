@@ -74,9 +74,18 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (``model.gradient_checkpointing_enable()``): less memory,
     about a third more compute, same result."""
-    mixed_precision: Literal["no", "bf16"] = "no"
-    """Autocast to bfloat16 through accelerate. (fp16's loss scaling makes inf gradients on purpose, which
-    fights the non-finite guard, so it is not offered.)"""
+    mixed_precision: Literal["no", "bf16", "auto"] = "no"
+    """Autocast to bfloat16 through accelerate (``bf16``), float32 (``no``), or ``auto``: bf16 only where a
+    short matmul probe finds it at least 1.25× faster here (``rlhfkit/trainers/runtime.py``; rank 0's choice
+    for every process, logged with both rates). ``auto`` is resolved once and written into this config (so
+    checkpoints record it and a resumed run keeps it). The default stays float32: never the slow choice
+    (bf16 can be 30–100× slower on a CPU without native bf16, float32 at most ~2× on one with it), and the
+    same numbers on every machine. (fp16's loss scaling makes inf gradients on purpose, which fights the
+    non-finite guard, so it is not offered.)"""
+    threads: int = 0
+    """torch intra-op threads for the whole stage (encoding, reference log-probs, generation, training), set
+    before any work; 0 keeps the process's setting (torch's default: one per core). One is often fastest
+    for small models on a busy machine. Like the world build's, the demo's and ``iterate``'s ``threads``."""
 
     # --- non-finite losses
     nonfinite: Literal["stop", "skip"] = "stop"
@@ -103,6 +112,8 @@ class TrainConfig:
     """A tqdm bar with loss, learning rate and gradient norm (main process only)."""
 
     def validate(self) -> None:
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0 (0 keeps torch's setting), got {self.threads}")
         positive = ("per_device_batch_size", "grad_accum_steps", "num_epochs", "log_every",
                     "keep_last_checkpoints", "max_consecutive_skips")
         for name in positive:
@@ -140,6 +151,8 @@ SAFE_TO_CHANGE_ON_RESUME = frozenset({
     "wandb_project", "run_name", "progress_bar", "nonfinite", "max_consecutive_skips",
     # Recomputation replays the same RNG state (torch.utils.checkpoint preserves it): same numbers.
     "gradient_checkpointing",
+    # The same arithmetic spread over more or fewer cores (a sum may round differently in its last bit).
+    "threads",
 })
 # Safe when the global batch (their product × processes) is unchanged: the same examples form each step,
 # only split differently into micro-batches (equal up to float rounding). This is the out-of-memory fix.
