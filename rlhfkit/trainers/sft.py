@@ -208,6 +208,7 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
     """Run SFT described by ``cfg`` (validated by :func:`load_config`); resume if ``train.output_dir`` holds
     a checkpoint of the same run. Returns where the final model is."""
     from rlhfkit.data.collate import LengthGroupedDataset, collate_sft, pad_token_id_for
+    from rlhfkit.data.templates import adopt_template
     from rlhfkit.models.neftune import neftune
     from rlhfkit.trainers.checkpoint import save_folder_atomically, write_json
     from rlhfkit.trainers.loop import TrainLoop
@@ -221,6 +222,7 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
     )
 
     tokenizer = check_model_folder(cfg.model, cfg.data.max_length, cfg.lora.enabled, cfg.lora.save_merged)
+    adopt_template(tokenizer, cfg.data.template)  # the saved tokenizer carries the template trained with
     data = load_sft_data(cfg, tokenizer)
     model = build_policy(cfg.model, cfg.lora, cfg.train.seed)
     if cfg.packing:
