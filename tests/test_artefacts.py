@@ -131,3 +131,20 @@ def test_ppo_default_value_model_starts_from_the_policy_when_the_reward_model_re
     # an explicit value model on another tokenizer is still refused, in one sentence naming the key
     code = cli(_ppo_args(tmp_path, other, f"value_model.path={other}", f"train.output_dir={tmp_path / 'o2'}"))
     assert code == 2 and "value_model.path" in capsys.readouterr().err
+
+
+def test_import_gguf_refuses_bad_input_in_one_sentence_before_any_work(tmp_path, capsys):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"PK\x03\x04 not a gguf file")
+    assert cli(["model", "import-gguf", str(fake), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a GGUF file" in err and str(fake) in err and not (tmp_path / "out").exists()
+    assert cli(["model", "import-gguf", str(tmp_path / "missing.gguf"), str(tmp_path / "out")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    real_header = tmp_path / "header.gguf"
+    real_header.write_bytes(b"GGUF" + bytes(20))
+    assert cli(["model", "import-gguf", str(real_header), str(taken)]) == 2
+    assert "already exists" in capsys.readouterr().err and (taken / "keep.txt").read_text() == "mine"
