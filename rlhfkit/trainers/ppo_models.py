@@ -5,7 +5,8 @@ The two trained models live in one :class:`ActorCritic` module, so the shared lo
 gradient synchronisation; its ``forward`` returns the per-token log-probs, entropies and values PPO needs
 from one call. The value model is either a separate scalar-head model initialised from the reward model
 (InstructGPT, Ouyang et al. 2022 §3.5; the default — or from the policy when the reward model reads another
-tokenizer) or a linear head on the policy's trunk (lm-human-preferences). With LoRA the reference is the policy with its adapters disabled — no second copy.
+tokenizer) or a linear head on the policy's trunk (lm-human-preferences). With LoRA the reference is the
+policy with its adapters disabled — no second copy.
 """
 
 from __future__ import annotations
