@@ -104,6 +104,14 @@ def test_import_is_the_gguf_model_in_a_standard_folder(smollm2):
     assert "Paris" in _greedy(model, tok, "What is the capital of France?")
 
 
+def test_import_in_bfloat16_is_the_float32_import_rounded_once(smollm2, tmp_path):
+    out = tmp_path / "bf16"
+    assert cli(["model", "import-gguf", str(gguf_file()), str(out), "--dtype", "bfloat16", "--threads", "1"]) == 0
+    half, full = load_file(str(out / "model.safetensors")), load_file(str(smollm2 / "model.safetensors"))
+    assert half.keys() == full.keys()
+    assert all(half[k].dtype == torch.bfloat16 and torch.equal(half[k], full[k].to(torch.bfloat16)) for k in half)
+
+
 # ----------------------------------------------------------------------------- SFT, with a SIGKILL
 
 ENTRY = """

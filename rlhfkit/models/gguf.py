@@ -49,6 +49,7 @@ def _require_gguf_reader() -> None:
 
 def load_gguf(path: str | Path, dtype="float32"):
     """``(model, tokenizer)`` from a GGUF file: a plain, serialisable causal LM in ``dtype`` and its tokenizer."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     file = check_gguf_file(path)
@@ -57,7 +58,8 @@ def load_gguf(path: str | Path, dtype="float32"):
     where = {"pretrained_model_name_or_path": file.parent, "gguf_file": file.name}
     try:
         tokenizer = AutoTokenizer.from_pretrained(**where)
-        loaded = AutoModelForCausalLM.from_pretrained(**where, dtype=torch_dtype)
+        # de-quantised in float32 (transformers' fastest path), rounded once to ``dtype`` when copied below
+        loaded = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001 — an architecture or quantisation transformers cannot read
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelLoadError(f"transformers cannot import '{file}': {first}.") from None
