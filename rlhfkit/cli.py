@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label": ("rlhfkit.judges.label", "RLAIF: label pairs with an AI judge"),
     "iterate": ("rlhfkit.iterate", "iterative RLHF rounds"),
     "frontier": ("rlhfkit.demo.frontier", "DPO and PPO β sweeps on a demo run: gold utility against KL"),
+    "model": ("rlhfkit.models.gguf", "model files: import-gguf FILE OUT (a GGUF file -> a Hugging Face folder)"),
 }
 
 

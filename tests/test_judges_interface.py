@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -116,16 +117,18 @@ def micro_reward_model():
     """(reward model with a non-trivial normalisation, its tokenizer); built once."""
     if "rm" not in _CACHE:
         model, tokenizer = reward_model_from_causal_lm(micro_policy(0), world_tokenizer(), seed=1)
+        _CACHE["raw"] = copy.deepcopy(model)  # the head before normalisation, for the independent computation
         set_score_normalization(model, gain=2.5, bias=-0.7)
         _CACHE["rm"] = (model, tokenizer)
     return _CACHE["rm"]
 
 
 def expected_score(model, tokenizer, prompt, response) -> float:
-    """Independent computation: tokenize the whole rendered conversation, score one unpadded row."""
+    """Independent computation: tokenize the whole rendered conversation, score one unpadded row with the
+    un-normalised model, normalise by hand."""
     ids = tokenizer(render_conversation(tokenizer, prompt, response))["input_ids"]
     with torch.no_grad():
-        raw = score_sequences(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)).item()
+        raw = score_sequences(_CACHE["raw"], torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)).item()
     return 2.5 * raw - 0.7
 
 

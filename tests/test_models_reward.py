@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
+from transformers import AutoModelForSequenceClassification
 
 from rlhfkit.models.heads import (
     get_score_normalization,
@@ -176,13 +178,39 @@ def test_normalization_round_trip_through_save(reward_models, tmp_path):
     set_score_normalization(normalized_model, gain, bias)
     save_scalar_model(normalized_model, tok, tmp_path / "rm")
     loaded, _ = load_reward_model(tmp_path / "rm")
-    assert get_score_normalization(loaded) == pytest.approx((gain, bias))
+    # the gain is folded into the bias-free head; only the constant is left outside the weights
+    assert get_score_normalization(loaded) == pytest.approx((1.0, bias))
+    assert not hasattr(loaded.config, "rlhfkit_score_gain") and not hasattr(loaded.config, "rlhfkit_score_bias")
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
     with torch.no_grad():
         normalized = normalized_scores(loaded, ids, mask)
-        torch.testing.assert_close(score_sequences(loaded, ids, mask), raw)  # raw stays raw
+        torch.testing.assert_close(score_sequences(loaded, ids, mask), gain * raw)
+        plain_scores = plain(input_ids=ids, attention_mask=mask).logits[:, 0]  # right padding: plain agrees
+    torch.testing.assert_close(plain_scores, gain * raw)
     assert abs(normalized.mean().item()) < 1e-5 and normalized.std(unbiased=False).item() == pytest.approx(1, abs=1e-4)
     torch.testing.assert_close(normalized, gain * raw + bias)
+    readout = json.loads((tmp_path / "rm" / "rlhfkit_reward.json").read_text())
+    assert readout["score_offset"] == pytest.approx(bias) and readout["eos_token"] == tok.eos_token
     assert get_score_normalization(model) == (1.0, 0.0)  # defaults when never set
+
+
+def test_normalization_composes_and_legacy_folders_still_read(reward_models, tmp_path):
+    model, tok, _ = reward_models["llama"]
+    ids, mask = pad_batch(encode("llama"), tok.pad_token_id, "right")
+    twice = value_model_from_reward_model(model)
+    with torch.no_grad():
+        raw = score_sequences(model, ids, mask)
+        set_score_normalization(twice, 2.0, 1.0)
+        set_score_normalization(twice, -0.5, 3.0)  # −0.5 · (2 raw + 1) + 3 = −raw + 2.5
+        torch.testing.assert_close(normalized_scores(twice, ids, mask), -raw + 2.5)
+    legacy = value_model_from_reward_model(model)  # a folder written before folding: keys, raw head
+    legacy.config.rlhfkit_score_gain, legacy.config.rlhfkit_score_bias = 3.0, -1.0
+    save_scalar_model(legacy, tok, tmp_path / "legacy")
+    loaded, _ = load_reward_model(tmp_path / "legacy")
+    with torch.no_grad():
+        torch.testing.assert_close(normalized_scores(loaded, ids, mask), 3.0 * raw - 1.0)
+        set_score_normalization(loaded, 2.0, 0.5)  # 2 · (3 raw − 1) + 0.5
+        torch.testing.assert_close(normalized_scores(loaded, ids, mask), 6.0 * raw - 1.5)
 
 
 def test_normalization_from_scores_hand_worked():
@@ -211,11 +239,11 @@ def test_value_model_is_initialised_from_the_reward_model(arch, reward_models, t
         scores = normalized_scores(reward, ids, mask)
     assert values.shape == ids.shape
     torch.testing.assert_close(values[:, -1], scores)  # left padding: the last column is the last token
-    torch.testing.assert_close(values, 0.5 * raw_values - 1.0)
+    torch.testing.assert_close(values, raw_values - 1.0)  # the gain 0.5 lives in the head
     # every prefix's value is the reward model's score of that prefix
     row = encode(arch)[0]
     for t in range(1, len(row) + 1):
-        assert raw_values[0, ids.shape[1] - len(row) + t - 1].item() == pytest.approx(_score_alone(model, row[:t]), abs=1e-5)
+        assert raw_values[0, ids.shape[1] - len(row) + t - 1].item() == pytest.approx(0.5 * _score_alone(model, row[:t]), abs=1e-5)
     # training the value model does not move the reward model
     with torch.no_grad():
         value.score.weight.add_(1.0)

@@ -254,7 +254,7 @@ def test_lora_reward_model_is_saved_merged_for_plain_transformers(root):
     final = out / "final"
     assert not (final / "adapter_config.json").exists()
     model = AutoModelForSequenceClassification.from_pretrained(final)
-    assert model.config.num_labels == 1 and model.config.rlhfkit_score_bias != 0.0
+    assert model.config.num_labels == 1 and model.config.rlhfkit_score_offset != 0.0
 
 
 def test_recipe_loads():

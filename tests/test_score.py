@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from ppo_fixtures import save_reward_folder, tokenizer
@@ -39,11 +42,14 @@ def make_rollout(tok) -> Rollout:
 
 
 def plain_score(folder, ids: list[int]) -> float:
-    """Plain transformers on one unpadded sequence, with the stored normalisation."""
+    """Plain transformers on one unpadded sequence (the gain is folded into its head), plus the score offset
+    the folder records."""
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     with torch.no_grad():
-        raw = float(model(input_ids=torch.tensor([ids])).logits[0, 0])
-    return GAIN * raw + BIAS
+        score = float(model(input_ids=torch.tensor([ids])).logits[0, 0])
+    offset = json.loads((Path(folder) / "rlhfkit_reward.json").read_text())["score_offset"]
+    assert offset == pytest.approx(BIAS)
+    return score + offset
 
 
 def messages(prompt, response: str) -> list[dict]:

@@ -118,3 +118,16 @@ def split_conversation(
         if not response_text[end:].strip():
             response_text = response_text[:end]
     return prompt_text, response_text
+
+
+def adopt_template(tokenizer: Any, template: str | None = None) -> Any:
+    """Give ``tokenizer`` the chat template a stage trains with, so the tokenizer saved beside the model
+    carries it and ``apply_chat_template`` on the result renders what the model was trained on.
+
+    The explicit ``template`` (a Jinja string) replaces the tokenizer's own; a tokenizer without one gets
+    :data:`DEFAULT_CHAT_TEMPLATE`; ``"raw"`` and a tokenizer's own template leave it as it is. Returns it.
+    """
+    if template == RAW or (not template and getattr(tokenizer, "chat_template", None)):
+        return tokenizer
+    tokenizer.chat_template = resolve_template(tokenizer, template)
+    return tokenizer

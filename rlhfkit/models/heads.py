@@ -8,8 +8,13 @@ at the last token the *attention mask* marks as real.
 
 Score normalisation (lm-human-preferences; Ziegler et al. 2019, §2.2): after reward training the score is
 ``normalized = gain · raw + bias`` with gain/bias chosen so reference responses average 0 (and optionally
-have unit std). Both live in the model config (``rlhfkit_score_gain``, ``rlhfkit_score_bias``), so
-``save_pretrained`` keeps them with the weights.
+have unit std). The gain is folded into the head's weight (``w ← gain · w``), so plain
+``AutoModelForSequenceClassification`` returns the scaled score; the bias is folded into the head's bias
+where the head has one. Every ``*ForSequenceClassification`` head in transformers is bias-free, and no
+weight of an RMSNorm trunk (Llama, Qwen2, …) can add a constant to a linear readout, so there the bias
+stays a constant *score offset* (config key ``rlhfkit_score_offset``, also written to the folder's
+``rlhfkit_reward.json``): rlhfkit's *centred* score is plain transformers' score + offset. Folders written
+before folding (``rlhfkit_score_gain``/``rlhfkit_score_bias`` in the config) are still read.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from rlhfkit.models.forward import (
     unwrap_model,
 )
 
-GAIN_KEY = "rlhfkit_score_gain"
-BIAS_KEY = "rlhfkit_score_bias"
+OFFSET_KEY = "rlhfkit_score_offset"
+GAIN_KEY = "rlhfkit_score_gain"  # legacy: folders saved before the gain was folded into the head
+BIAS_KEY = "rlhfkit_score_bias"  # legacy: now OFFSET_KEY
 
 
 def scalar_head(model) -> nn.Module:
@@ -79,18 +85,42 @@ def score_sequences(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
 
 def get_score_normalization(model) -> tuple[float, float]:
-    """``(gain, bias)`` stored in the model config; ``(1.0, 0.0)`` if never set."""
+    """``(gain, offset)`` still applied on top of the head's output: ``normalized = gain · score + offset``.
+
+    ``(1.0, offset)`` once :func:`set_score_normalization` has folded the gain into the head; a legacy folder
+    may still carry a gain. ``(1.0, 0.0)`` if never set.
+    """
     config = unwrap_model(model).config
-    return float(getattr(config, GAIN_KEY, 1.0)), float(getattr(config, BIAS_KEY, 0.0))
+    offset = getattr(config, OFFSET_KEY, None)
+    if offset is None:
+        offset = getattr(config, BIAS_KEY, 0.0)
+    return float(getattr(config, GAIN_KEY, 1.0)), float(offset)
 
 
 def set_score_normalization(model, gain: float, bias: float) -> None:
-    """Store ``normalized = gain · raw + bias`` in the model config (saved by ``save_pretrained``)."""
+    """Make the score ``gain · score + bias`` from now on (on top of any normalisation already applied).
+
+    ``gain`` (and ``bias`` where the head has a bias) is folded into the head, so plain transformers returns
+    it; a bias the head cannot hold becomes the config's score offset (saved by ``save_pretrained``; see the
+    module docstring). The scores :func:`normalized_scores` gives change exactly as stated.
+    """
     if not (math.isfinite(gain) and math.isfinite(bias)):
         raise ValueError(f"score normalisation must be finite, got gain={gain}, bias={bias}")
+    old_gain, old_offset = get_score_normalization(model)
+    linear = _head_linear(scalar_head(model))
+    with torch.no_grad():
+        linear.weight.copy_((linear.weight.double() * gain).to(linear.weight.dtype))
+        if linear.bias is not None:
+            linear.bias.copy_((linear.bias.double() * gain + bias).to(linear.bias.dtype))
+    # gain · (old_gain · s + old_offset) + bias, with s now already multiplied by gain inside the head
+    offset = gain * old_offset + (0.0 if linear.bias is not None else bias)
     config = unwrap_model(model).config
-    setattr(config, GAIN_KEY, float(gain))
-    setattr(config, BIAS_KEY, float(bias))
+    for key in (GAIN_KEY, BIAS_KEY):
+        if hasattr(config, key):
+            delattr(config, key)
+    if old_gain != 1.0:
+        setattr(config, GAIN_KEY, float(old_gain))
+    setattr(config, OFFSET_KEY, float(offset))
 
 
 def normalization_from_scores(reference_scores: torch.Tensor, target_std: float | None = None,
@@ -207,7 +237,7 @@ class PolicyWithValueHead(nn.Module):
 
 
 __all__ = [
-    "BIAS_KEY", "GAIN_KEY", "PolicyWithValueHead", "get_score_normalization", "init_scalar_head",
+    "BIAS_KEY", "GAIN_KEY", "OFFSET_KEY", "PolicyWithValueHead", "get_score_normalization", "init_scalar_head",
     "normalization_from_scores", "normalized_scores", "reward_head_init_std",
     "scalar_head", "score_sequences", "set_score_normalization", "token_values",
 ]

@@ -15,6 +15,11 @@ directly; our own scoring never looks at the pad id, only at the attention mask.
 
 Plain transformers also computes positions without the mask, so for *left*-padded batches only our
 scoring is padding-invariant on absolute-position models (GPT-2); right padding agrees with both.
+
+Readout convention (written to every reward folder as ``rlhfkit_reward.json`` and a ``README.md``): the
+score is read at the **final EOS** of the chat-templated conversation. ``apply_chat_template(…,
+tokenize=False)`` may write text after it (ChatML ends ``<|im_end|>\n``); that text is cut first, as the
+trainer cut it — read at the newline instead, scores of a trained model lose most of their margin.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from rlhfkit.models.load import (
 )
 
 DEDICATED_PAD_TOKEN = "<|rlhfkit_pad|>"
+READOUT_FILE = "rlhfkit_reward.json"
 
 
 def _eos_ids(tokenizer, config) -> set[int]:
@@ -203,7 +209,8 @@ def value_model_from_reward_model(source, dtype=None):
 
 
 def save_scalar_model(model, tokenizer, out_dir: str | Path) -> Path:
-    """Save a reward/value model (merged if PEFT-wrapped) and its tokenizer as a standard folder."""
+    """Save a reward/value model (merged if PEFT-wrapped) and its tokenizer as a standard folder, with its
+    readout convention (:func:`write_reward_card`) when the tokenizer is given."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "peft_config"):
@@ -211,4 +218,54 @@ def save_scalar_model(model, tokenizer, out_dir: str | Path) -> Path:
     model.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+        write_reward_card(out, tokenizer, model)
     return out
+
+
+def readout_convention(tokenizer, model) -> dict:
+    """What a plain-transformers user needs to reproduce rlhfkit's score (see the module docstring)."""
+    from rlhfkit.data.encode import special_prefix_ids
+    from rlhfkit.models.heads import get_score_normalization
+
+    gain, offset = get_score_normalization(model)
+    prefix = special_prefix_ids(tokenizer)
+    return {
+        "score": "logits[:, 0] of AutoModelForSequenceClassification at the last token of the text",
+        "text": "tokenizer.apply_chat_template(messages, tokenize=False), cut after its final eos_token",
+        "eos_token": tokenizer.eos_token,
+        "tokenize": "add_special_tokens=False" + (
+            f"; start the ids with {tokenizer.convert_ids_to_tokens(prefix)} if the text does not" if prefix else ""),
+        "chat_template_saved": bool(getattr(tokenizer, "chat_template", None)),
+        "score_gain_left": gain,
+        "score_offset": offset,
+        "centred_score": "score + score_offset (what rlhfkit's PPO and reward judge use)"
+                         + ("" if gain == 1.0 else " after multiplying the score by score_gain_left"),
+    }
+
+
+_CARD = """# Reward or value model (rlhfkit)
+
+A scalar model (Bradley–Terry reward model, or a PPO value model): `AutoModelForSequenceClassification` with one label. Its score is read at
+the **final EOS** of the chat-templated conversation; cut what the chat template writes after it:
+
+```python
+text = tok.apply_chat_template(messages, tokenize=False)   # messages: [..., {"role": "assistant", ...}]
+text = text[: text.rindex(tok.eos_token) + len(tok.eos_token)]            # the score is read at the final EOS
+score = model(**tok(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0].item()
+```
+
+with `tok = AutoTokenizer.from_pretrained(folder)` and
+`model = AutoModelForSequenceClassification.from_pretrained(folder)`. The normalisation gain is folded
+into the head; rlhfkit's centred score (the PPO reward) is `score + {offset!r}` (`score_offset` in
+`rlhfkit_reward.json`, which records the whole convention).
+"""
+
+
+def write_reward_card(folder: str | Path, tokenizer, model) -> None:
+    """``rlhfkit_reward.json`` (the readout convention) and a ``README.md`` with the plain-transformers snippet."""
+    import json
+
+    convention = readout_convention(tokenizer, model)
+    out = Path(folder)
+    (out / READOUT_FILE).write_text(json.dumps(convention, indent=2) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(_CARD.replace("{offset!r}", repr(convention["score_offset"])), encoding="utf-8")

@@ -483,6 +483,7 @@ def train(cfg: DPOConfig, *, train_dataset: Any = None, eval_dataset: Any = None
     from accelerate.utils import parse_flag_from_env
 
     from rlhfkit.data.collate import pad_token_id_for
+    from rlhfkit.data.templates import adopt_template
     from rlhfkit.models.load import load_tokenizer
     from rlhfkit.trainers.loop import TrainLoop
     from rlhfkit.trainers.metrics_log import say
@@ -491,7 +492,7 @@ def train(cfg: DPOConfig, *, train_dataset: Any = None, eval_dataset: Any = None
     # 1. every row of both files validated before any work; then tokenize
     data_from = data_sources(cfg.data, train_dataset, eval_dataset)
     train_rows, eval_rows = read_rows(cfg, data_from)
-    tokenizer = load_tokenizer(cfg.model.path)
+    tokenizer = adopt_template(load_tokenizer(cfg.model.path), cfg.data.template)  # saved with the model
     data = {"train": encode_rows(cfg, tokenizer, train_rows, "train")}
     if eval_rows:
         data["eval"] = encode_rows(cfg, tokenizer, eval_rows, "eval")

@@ -53,14 +53,16 @@ class RewardModelConfig:
 class ValueModelConfig:
     kind: Literal["separate", "head"] = "separate"
     """``separate``: a value model of its own, a scalar-head model initialised from the reward model
-    (InstructGPT, Ouyang et al. 2022 §3.5). ``head``: a linear value head on the policy's trunk
+    (InstructGPT, Ouyang et al. 2022 §3.5) — or, when the reward model reads another tokenizer than the policy
+    and ``path`` is empty, from the policy with a new head (``head_init_std``). ``head``: a linear value head on the policy's trunk
     (lm-human-preferences), one forward for both, less memory, but value gradients move the policy's trunk."""
     path: str = ""
     """With ``separate``: the scalar-head folder to start from; empty = ``reward_model.path``."""
     lr: float | None = None
     """Learning rate of the value model's (or head's) parameters; null = ``train.lr``."""
     head_init_std: float = 0.0
-    """With ``head``: std of the head's initial weights (0, as lm-human-preferences' value head)."""
+    """With ``head`` (or a separate value model started from the policy): std of the head's initial weights
+    (0, as lm-human-preferences' value head)."""
 
 
 @dataclass

@@ -4,8 +4,9 @@ The two trained models live in one :class:`ActorCritic` module, so the shared lo
 (two learning rates through parameter groups), one gradient clip, one checkpoint and — under DDP — one
 gradient synchronisation; its ``forward`` returns the per-token log-probs, entropies and values PPO needs
 from one call. The value model is either a separate scalar-head model initialised from the reward model
-(InstructGPT, Ouyang et al. 2022 §3.5; the default) or a linear head on the policy's trunk
-(lm-human-preferences). With LoRA the reference is the policy with its adapters disabled — no second copy.
+(InstructGPT, Ouyang et al. 2022 §3.5; the default — or from the policy when the reward model reads another
+tokenizer) or a linear head on the policy's trunk (lm-human-preferences). With LoRA the reference is the
+policy with its adapters disabled — no second copy.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import torch
 from torch import nn
 
 from rlhfkit.config import ConfigError
+from rlhfkit.data.templates import adopt_template
 from rlhfkit.models.forward import unwrap_model
 from rlhfkit.models.heads import PolicyWithValueHead, token_values
-from rlhfkit.models.load import is_adapter_folder, load_causal_lm, load_tokenizer
+from rlhfkit.models.load import is_adapter_folder, load_causal_lm, load_tokenizer, set_attention
 from rlhfkit.models.lora import adapters_disabled, apply_lora, save_policy
 from rlhfkit.models.policy import (
     policy_value_outputs,
@@ -160,7 +162,7 @@ def eos_token_ids(tokenizer, model) -> list[int]:
 def build_ppo_models(cfg: PPOConfig, scorer: Scorer | None = None) -> PPOModels:
     """Load the four models of ``cfg`` (``scorer`` replaces the reward model, e.g. a programmatic judge)."""
     dtype, attention = cfg.model.dtype, cfg.model.attn_implementation
-    tokenizer = load_tokenizer(cfg.model.path)
+    tokenizer = adopt_template(load_tokenizer(cfg.model.path), cfg.data.template)  # saved with the policy
     policy = load_causal_lm(cfg.model.path, dtype, merge_adapter=True, attn_implementation=attention)
     eos_ids = eos_token_ids(tokenizer, policy)
     disable_dropout(policy)
@@ -183,22 +185,45 @@ def build_ppo_models(cfg: PPOConfig, scorer: Scorer | None = None) -> PPOModels:
 
 
 def _build_value_model(cfg: PPOConfig, policy_tokenizer) -> tuple[nn.Module | None, Any]:
+    """The trained value model: from ``value_model.path``, else from the reward model (InstructGPT §3.5),
+    else — when the reward model reads another tokenizer than the policy — from the policy itself."""
     if cfg.value_model.kind == "head":
         return None, None
     path = cfg.value_model.path or cfg.reward_model.path
-    value_model, value_tok = load_reward_model(path, cfg.model.dtype,
-                                               attn_implementation=cfg.model.attn_implementation)
-    if not same_vocabulary(policy_tokenizer, value_tok):
-        key = "value_model.path" if cfg.value_model.path else "reward_model.path"
-        raise ConfigError(f"the value model ({key}: {path}) uses another tokenizer than the policy, but it must "
-                          "read the policy's tokens; set value_model.kind=head or value_model.path to a "
-                          "scalar-head model on the policy's tokenizer")
-    # The reward model's own weights and stored score normalisation (what value_model_from_reward_model
-    # gives): the initial values are on the scale of the scores they must predict.
+    if same_vocabulary(policy_tokenizer, load_tokenizer(path)):
+        value_model, value_tok = load_reward_model(path, cfg.model.dtype,
+                                                   attn_implementation=cfg.model.attn_implementation)
+    elif cfg.value_model.path:
+        raise ConfigError(f"the value model (value_model.path: {path}) uses another tokenizer than the policy, "
+                          "but it must read the policy's tokens; set value_model.kind=head, or leave "
+                          "value_model.path empty to start it from the policy")
+    else:
+        value_model, value_tok = _value_model_from_policy(cfg, policy_tokenizer)
+    # Otherwise the reward model's own weights and score offset (what value_model_from_reward_model gives):
+    # the initial values are on the scale of the scores they must predict.
     disable_dropout(value_model)
     if cfg.lora.enabled:  # adapters plus a trainable score head (PEFT task SEQ_CLS)
         return apply_lora(value_model, cfg.lora.settings()), value_tok
     return value_model.requires_grad_(True).train(), value_tok
+
+
+def _value_model_from_policy(cfg: PPOConfig, policy_tokenizer) -> tuple[nn.Module, Any]:
+    """A scalar-head model on the policy's trunk (the SFT weights), head from ``value_model.head_init_std``
+    (default 0: every initial value is 0, the mean score of a centred reward model on reference responses;
+    lm-human-preferences' value-head init). Used when the reward model reads another tokenizer, so its weights
+    cannot read the policy's token ids."""
+    from rlhfkit.models.reward import reward_model_from_causal_lm
+    from rlhfkit.trainers.determinism import derive_seed
+    from rlhfkit.trainers.metrics_log import say
+
+    say(f"ppo: the reward model ({cfg.reward_model.path}) uses another tokenizer than the policy; the value "
+        f"model starts from the policy ({cfg.model.path}), its head from value_model.head_init_std")
+    model, value_tok = reward_model_from_causal_lm(cfg.model.path, policy_tokenizer,
+                                                   head_init_std=cfg.value_model.head_init_std,
+                                                   seed=derive_seed(cfg.train.seed, "value_head", bits=32),
+                                                   dtype=cfg.model.dtype)
+    set_attention(model, cfg.model.attn_implementation)
+    return model, value_tok
 
 
 def param_groups(actor_critic: ActorCritic, policy_lr: float, value_lr: float | None,

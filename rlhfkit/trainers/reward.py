@@ -27,10 +27,12 @@
    alike, so 0 is the score of a typical response the annotators saw), or, with
    ``normalize.reference_file``, the ``{"prompt", "response"}`` rows of that file — e.g. samples of the SFT
    policy, as lm-human-preferences does, so that the PPO policy starts near 0. At most
-   ``normalize.max_responses`` (a seeded sample). Stored in the config (``rlhfkit_score_gain/bias``).
+   ``normalize.max_responses`` (a seeded sample). The gain is folded into the head's weight; the bias,
+   which no bias-free transformers head can hold, is the score offset (see :mod:`rlhfkit.models.heads`).
 5. **Save** ``train.output_dir/final``: ``AutoModelForSequenceClassification`` (num_labels=1) folder,
    merged if LoRA was used, with its tokenizer (pad token ≠ EOS: see :mod:`rlhfkit.models.reward`).
-   Plain transformers returns the *raw* score; :func:`rlhfkit.models.normalized_scores` applies gain/bias.
+   Plain transformers returns the scaled score (read it at the final EOS: ``rlhfkit_reward.json`` and the
+   folder's ``README.md`` say how); :func:`rlhfkit.models.normalized_scores` adds the offset.
 """
 
 from __future__ import annotations
@@ -354,6 +356,7 @@ def train_reward(cfg: RewardConfig, *, train_dataset: Any = None, eval_dataset: 
     ``train_dataset`` / ``eval_dataset`` (a ``datasets.Dataset`` or a list of dicts) replace
     ``data.train_file`` / ``data.eval_file``."""
     from rlhfkit.data.collate import LengthGroupedDataset
+    from rlhfkit.data.templates import adopt_template
     from rlhfkit.models.forward import shared_prompt_matches_separate_rows
     from rlhfkit.models.reward import save_scalar_model
     from rlhfkit.trainers.checkpoint import save_folder_atomically, write_json
@@ -365,6 +368,7 @@ def train_reward(cfg: RewardConfig, *, train_dataset: Any = None, eval_dataset: 
     set_threads(cfg.train.threads)  # before any work: encoding and reference passes use them too
     sources = data_sources(cfg.data, train_dataset, eval_dataset)
     tokenizer = check_model_folder(cfg.model, cfg.data.max_length)
+    adopt_template(tokenizer, cfg.data.template)  # the saved tokenizer carries the template trained with
     train_groups, report = load_comparison_groups(sources["train"], cfg, tokenizer)
     eval_groups, eval_report = (load_comparison_groups(sources["eval"], cfg, tokenizer, "eval")
                                 if "eval" in sources else (None, None))

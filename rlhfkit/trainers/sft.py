@@ -211,6 +211,7 @@ def train_sft(cfg: SFTConfig, *, train_dataset: Any = None, eval_dataset: Any = 
     a checkpoint of the same run. Returns where the final model is. ``train_dataset`` / ``eval_dataset``
     (a ``datasets.Dataset`` or a list of dicts) replace ``data.train_file`` / ``data.eval_file``."""
     from rlhfkit.data.collate import LengthGroupedDataset, collate_sft, pad_token_id_for
+    from rlhfkit.data.templates import adopt_template
     from rlhfkit.models.neftune import neftune
     from rlhfkit.trainers.checkpoint import save_folder_atomically, write_json
     from rlhfkit.trainers.loop import TrainLoop
@@ -226,6 +227,7 @@ def train_sft(cfg: SFTConfig, *, train_dataset: Any = None, eval_dataset: Any = 
     set_threads(cfg.train.threads)  # before any work: encoding and reference passes use them too
     sources = data_sources(cfg.data, train_dataset, eval_dataset)
     tokenizer = check_model_folder(cfg.model, cfg.data.max_length, cfg.lora.enabled, cfg.lora.save_merged)
+    adopt_template(tokenizer, cfg.data.template)  # the saved tokenizer carries the template trained with
     data = load_sft_data(cfg, tokenizer, sources)
     model = build_policy(cfg.model, cfg.lora, cfg.train.seed)
     if cfg.packing:

@@ -1,4 +1,4 @@
-"""Inspection commands: ``rlhfkit world show`` and ``rlhfkit world judge`` (the CLI wires them)."""
+"""Inspection commands: ``rlhfkit world show``, ``judge``, ``candidates``, ``chat-data`` (the CLI wires them)."""
 
 from __future__ import annotations
 
@@ -98,6 +98,10 @@ def configure(parser) -> None:
     cand.add_argument("--out", required=True, help="JSON Lines for `rlhfkit annotate import`")
     cand.add_argument("-n", type=int, default=60, help="items (pairs and rankings of 4; every 10th is gold)")
     cand.add_argument("--seed", type=int, default=0)
+    chat = sub.add_parser("chat-data", help="a small chat dataset (messages lists): sft, prefs, prompts")
+    chat.add_argument("--out", required=True, help="folder for sft.jsonl, prefs.jsonl, prompts.jsonl")
+    chat.add_argument("-n", type=int, default=64, help="rows per file (default 64)")
+    chat.add_argument("--seed", type=int, default=0)
     judge_p = sub.add_parser("judge", help="score a JSON Lines file of {prompt, response} with the gold judge")
     judge_p.add_argument("--responses", required=True, help="JSON Lines of {\"prompt\", \"response\"}")
     judge_p.add_argument("--out", help="write each row with its behaviour, goal and utility here")
@@ -111,6 +115,15 @@ def main(args) -> int:
 
         write_rows(args.out, rows)
         print(f"wrote {len(rows)} items to {args.out}; next: rlhfkit annotate import {args.out} --db DB")
+    elif args.action == "chat-data":
+        from rlhfkit.data import write_rows
+        from rlhfkit.worlds.chat_data import chat_rows
+
+        if args.n < 1:
+            raise UserError(f"-n must be at least 1, got {args.n}.")
+        for name, rows in chat_rows(args.n, args.seed).items():
+            write_rows(Path(args.out) / name, rows)
+        print(f"wrote sft.jsonl, prefs.jsonl, prompts.jsonl ({args.n} rows each) to {args.out}")
     elif args.action == "show":
         show(args.seed, args.n)
     elif args.action == "judge":
