@@ -165,7 +165,8 @@ def test_grpo_raises_a_verifiable_reward(tmp_path, estimator):
     """The reward: 1 if the response contains the row's letter "e" (None on rows without one). A random micro
     model rarely writes it; the critic-free update must make it common."""
     cfg = grpo_config(tmp_path, f"advantage.estimator={estimator}", "train.max_steps=14", "kl.init_coef=0",
-                      "train.lr=3e-3", "train.lr_schedule=constant", "rollout.n=4", "ppo.minibatch_size=16")
+                      "train.lr=3e-3", "train.lr_schedule=constant", "rollout.n=4", "train.per_device_batch_size=8",
+                      "ppo.minibatch_size=8")
     assert ppo.train(cfg).status == "completed"
     scores = [r["reward/letter/mean"] for r in step_rows(tmp_path / "out")]
     first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3

@@ -104,3 +104,18 @@ def test_a_prompt_rows_other_columns_are_kept_for_reward_functions(tmp_path):
     path.write_text('{"prompt": "what is 3 plus 4?", "answer": "7", "family": "helpful"}\n{"prompt": "hi"}\n')
     rows = load_rows(str(path), "prompt").rows
     assert rows[0].fields == {"answer": "7", "family": "helpful"} and rows[1].fields == {}
+
+
+def test_world_correct_answer_checks_helpful_prompts_only():
+    from rlhfkit.rewards.world import correct_answer
+    from rlhfkit.worlds.prompts import World
+
+    world = World.build(0)
+    arithmetic = next(p for p in world.prompts("train", "helpful") if p.kind == "arithmetic")
+    lookup = next(p for p in world.prompts("train", "helpful") if p.kind == "lookup")
+    harmful = world.prompts("train", "harmful")[0]
+    wrong = str(int(arithmetic.answer) + 1)
+    prompts = [arithmetic.text, arithmetic.text, [{"role": "user", "content": lookup.text}], lookup.text,
+               harmful.text, "not a world prompt"]
+    completions = [f"It is {arithmetic.answer}.", f"It is {wrong}.", f"{lookup.answer}.", "no idea", "no", "x"]
+    assert correct_answer(prompts, completions) == [1.0, 0.0, 1.0, 0.0, None, None]
