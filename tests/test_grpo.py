@@ -171,3 +171,13 @@ def test_grpo_raises_a_verifiable_reward(tmp_path, estimator):
     scores = [r["reward/letter/mean"] for r in step_rows(tmp_path / "out")]
     first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
     assert first < 0.4 and last > first + 0.3, scores
+
+
+@pytest.mark.parametrize("recipe", ["configs/grpo.yaml", "configs/rloo.yaml", "configs/grpo_lora.yaml"])
+def test_the_recipes_reward_functions_import(recipe):
+    from rlhfkit.config import load_config
+    from rlhfkit.rewards.sources import load_reward_function
+    from rlhfkit.trainers.ppo_config import PPOConfig
+
+    functions = [s.function for s in load_config(PPOConfig, ROOT / recipe).rewards if s.function]
+    assert functions and all(callable(load_reward_function(f)) for f in functions)
