@@ -141,6 +141,16 @@ def test_cli_grpo_with_a_reward_model_and_a_function_saves_the_policy_alone(tmp_
     AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "final")
 
 
+def test_ppo_takes_reward_sources_too(tmp_path):
+    args = cli_args(tmp_path, "ppo", "value_model.kind=head", "train.max_steps=1", "ppo.minibatch_size=2",
+                    f'rewards=[{{name: letter, function: "{reward_module(tmp_path)}:has_letter"}}]')
+    assert cli(args) == 0
+    (row,) = step_rows(tmp_path / "out")
+    assert "reward/letter/mean" in row and "ppo/val/loss" in row
+    with pytest.raises(ConfigError, match="needs value_model.path"):
+        ppo_config(tmp_path, "reward_model.path=", "rewards=[{function: a:b}]")
+
+
 def test_a_failing_reward_function_stops_the_run_naming_it(tmp_path, capsys):
     (tmp_path / "bad.py").write_text("def score(prompts, completions, **kw):\n    return [1.0]\n")
     args = cli_args(tmp_path, "rloo", "rollout.n=2", f'rewards=[{{function: "{tmp_path / "bad.py"}:score"}}]')

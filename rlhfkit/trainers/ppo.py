@@ -15,6 +15,9 @@ One step of :meth:`PPOTrainer.step`, as the algorithm reads:
  9. KL controller    β ← update(β, measured KL)
 10. report           metrics, a few samples with their score and KL, the run doctor's warnings
 
+With ``advantage.estimator`` grpo, dr_grpo, rloo or reinforce_pp the same step runs critic-free: each prompt
+answered ``rollout.n`` times, no value model, steps 5–8 from :mod:`rlhfkit.trainers.critic_free`.
+
 ``rlhfkit ppo --config configs/ppo.yaml key=value …`` runs :func:`main`; :func:`train` is the library entry point
 (``scorer=`` replaces the reward model with any :class:`~rlhfkit.rollout.score.Scorer`). The metrics are
 documented in ``docs/metrics.md (PPO)``, each detail's source in ``docs/implementation-details.md``.

@@ -194,6 +194,9 @@ class PPOConfig(Recipe):
         if n < 1 or (a.estimator in ("grpo", "dr_grpo", "rloo") and n < 2):
             raise ConfigError(f"rollout.n must be >= 1, and >= 2 for advantage.estimator={a.estimator} "
                               f"(its baseline is the other responses to the same prompt), got {n}")
+        if not a.critic_free and self.rewards and v.kind == "separate" and not v.path:
+            raise ConfigError("with rewards instead of reward_model.path, PPO's separate value model needs "
+                              "value_model.path (a scalar-head folder to start from), or set value_model.kind=head")
         if not a.critic_free and (self.kl.penalty == "loss" or n > 1):
             raise ConfigError("kl.penalty=loss and rollout.n > 1 are for the critic-free estimators "
                               "(advantage.estimator grpo, dr_grpo, rloo or reinforce_pp), not gae")
