@@ -109,10 +109,10 @@ def build_online_models(cfg: PPOConfig, scorer: Scorer | None = None) -> OnlineM
     when the KL penalty can be non-zero. ``rewards`` (if listed) become the scorer unless ``scorer`` is given."""
     from rlhfkit.trainers.ppo_models import build_ppo_models
 
-    if scorer is None and cfg.rewards:
-        tokenizer = load_tokenizer(cfg.model.path)
-        scorer = reward_sources(cfg, tokenizer, eos_token_ids(tokenizer, _generation_config_holder(cfg)))
     if not cfg.advantage.critic_free:
+        if scorer is None and cfg.rewards:
+            tokenizer = load_tokenizer(cfg.model.path)
+            scorer = reward_sources(cfg, tokenizer, eos_token_ids(tokenizer, _generation_config_holder(cfg)))
         return OnlineModels(**vars(build_ppo_models(cfg, scorer)))
     dtype, attention = cfg.model.dtype, cfg.model.attn_implementation
     tokenizer = load_tokenizer(cfg.model.path)
@@ -126,6 +126,8 @@ def build_online_models(cfg: PPOConfig, scorer: Scorer | None = None) -> OnlineM
                                            attn_implementation=attention))
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora.settings())
+    if scorer is None and cfg.rewards:
+        scorer = reward_sources(cfg, tokenizer, eos_ids)
     if scorer is None:
         reward_model, reward_tok = load_reward_model(cfg.reward_model.path, dtype, attn_implementation=attention)
         scorer = RewardModelScorer(_frozen(reward_model), reward_tok, tokenizer,
@@ -143,8 +145,13 @@ class _generation_config_holder:  # noqa: N801 — stands in for a model: eos_to
 
         try:
             self.generation_config = GenerationConfig.from_pretrained(cfg.model.path)
-        except (OSError, ValueError):
-            self.generation_config = None
+        except (OSError, ValueError):  # no generation_config.json: the model's config holds its EOS, as on load
+            from transformers import AutoConfig
+
+            try:
+                self.generation_config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(cfg.model.path))
+            except (OSError, ValueError):  # an adapter folder: the tokenizer's EOS (PPO's loader reads the base's)
+                self.generation_config = None
 
 
 def advantages_and_rewards(rollout: Rollout, cfg: PPOConfig, beta: float) -> tuple[torch.Tensor, Any]:
