@@ -191,3 +191,21 @@ def test_the_recipes_reward_functions_import(recipe):
 
     functions = [s.function for s in load_config(PPOConfig, ROOT / recipe).rewards if s.function]
     assert functions and all(callable(load_reward_function(f)) for f in functions)
+
+
+@pytest.mark.slow
+def test_grpo_ranks_hold_identical_policies(tmp_path):
+    """2 CPU processes (accelerate launch): each samples its own groups, both apply the same updates."""
+    from safetensors.torch import load_file
+    from test_multiprocess import QUIET, assert_identical
+    from test_multiprocess import run as run_processes
+
+    args = cli_args(tmp_path, "grpo", "rollout.n=2", "train.lr=1e-2", "kl.penalty=loss", "kl.init_coef=0.1",
+                    f'rewards=[{{name: letter, function: "{reward_module(tmp_path)}:has_letter"}}]',
+                    "data.eval_file=null", *QUIET)
+    two = run_processes(tmp_path, args, 2)
+    assert_identical(two[0], two[1])
+    assert not any("value" in k for k in two[0])
+    initial = load_file(next(save_policy_folder(tmp_path).glob("*.safetensors")))
+    trained = {k.removeprefix("policy."): v for k, v in two[0].items() if k.startswith("policy.")}
+    assert max(float((trained[k] - initial[k]).abs().max()) for k in initial) > 1e-4  # it did train
