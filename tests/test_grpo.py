@@ -25,6 +25,10 @@ def has_letter(prompts, completions, letter=None, **columns):
     """1 if the completion holds the row's letter; no opinion on rows without one."""
     letter = letter or [None] * len(completions)  # a file without the column (the eval prompts)
     return [None if l is None else float(l in c) for c, l in zip(completions, letter)]
+
+
+def length(prompts, completions, **columns):
+    return [len(c) / 10 for c in completions]
 '''
 
 
@@ -106,6 +110,30 @@ def test_kl_as_a_loss_term_loads_the_reference_and_gae_is_still_ppo(tmp_path):
     assert "objective/kl" in metrics and metrics["ppo/policy/kl_loss"] == pytest.approx(0.0, abs=1e-6)  # π = π_ref
     ppo_models = build_online_models(ppo_config(tmp_path))
     assert not isinstance(ppo_models.actor_critic, PolicyOnly) and ppo_models.actor_critic.value_model is not None
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean"])
+def test_micro_batches_give_the_update_of_the_whole_minibatch(tmp_path, aggregation):
+    """The same rollout trained with ppo.micro_batch_size 3 and null ends at the same weights (exact accumulation
+    of the aggregated loss; the weights did move, so the check has power)."""
+
+    def trained(micro: str, mode: str) -> dict[str, torch.Tensor]:
+        cfg = grpo_config(tmp_path, "kl.penalty=loss", "kl.init_coef=0.1", "ppo.minibatch_size=16", "ppo.epochs=1",
+                          f"ppo.micro_batch_size={micro}", f"advantage.loss_aggregation={mode}",
+                          f'rewards=[{{function: "{reward_module(tmp_path)}:length"}}]')  # varied in every group
+        models = build_online_models(cfg)
+        loop = FakeLoop(models.actor_critic, lr=0.5)
+        encoded, prompts = load_prompts(cfg.data.train_file, cfg, models.tokenizer)
+        rows = ppo.read_prompt_rows(cfg.data.train_file, cfg)
+        trainer = PPOTrainer(cfg, models, loop, make_kl_controller(cfg.kl), SamplingRNG(0), prompts, None,
+                             ([r.fields for r in rows], []))
+        trainer.step(encoded[:4], 1)
+        return {k: v.detach().clone() for k, v in models.actor_critic.state_dict().items()}
+
+    whole, split = trained("null", aggregation), trained("3", aggregation)
+    assert all(torch.allclose(whole[k], split[k], atol=1e-6) for k in whole)
+    initial = build_online_models(grpo_config(tmp_path)).actor_critic.state_dict()
+    assert max(float((whole[k] - initial[k]).abs().max()) for k in whole) > 1e-3  # the update is not empty
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
