@@ -237,3 +237,14 @@ def test_grpo_ranks_hold_identical_policies(tmp_path):
     initial = load_file(next(save_policy_folder(tmp_path).glob("*.safetensors")))
     trained = {k.removeprefix("policy."): v for k, v in two[0].items() if k.startswith("policy.")}
     assert max(float((trained[k] - initial[k]).abs().max()) for k in initial) > 1e-4  # it did train
+
+
+def test_the_command_fills_the_estimator_only_when_nothing_names_one(tmp_path):
+    from rlhfkit.trainers.grpo import estimator_overrides
+
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("train: {max_steps: 1}\n")
+    assert estimator_overrides("rloo", str(plain), ["a=1"]) == ["advantage.estimator=rloo", "a=1"]
+    assert estimator_overrides("grpo", None, []) == ["advantage.estimator=grpo"]
+    assert estimator_overrides("grpo", str(ROOT / "configs/rloo.yaml"), []) == []  # the recipe's rloo stays
+    assert estimator_overrides("grpo", None, ["advantage.estimator=dr_grpo"]) == ["advantage.estimator=dr_grpo"]
