@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reward": ("rlhfkit.trainers.reward", "train a Bradley-Terry reward model on comparisons"),
     "dpo": ("rlhfkit.trainers.dpo", "direct preference optimisation (DPO, IPO, cDPO, RPO)"),
     "ppo": ("rlhfkit.trainers.ppo", "PPO with a KL penalty against the frozen reference"),
+    "grpo": ("rlhfkit.trainers.grpo", "GRPO: critic-free RL with group-normalised advantages, reward functions"),
+    "rloo": ("rlhfkit.trainers.grpo", "RLOO: critic-free RL with a leave-one-out baseline, reward functions"),
     "eval": ("rlhfkit.evaluate.command", "evaluate a policy against a baseline with a judge"),
     "annotate": ("rlhfkit.feedback.commands", "the preference collection app"),
     "label": ("rlhfkit.judges.label", "RLAIF: label pairs with an AI judge"),

@@ -98,7 +98,7 @@ def python_blocks(doc: Path) -> list[str]:
 @pytest.mark.slow
 def test_the_python_api_doc_runs_as_written(tmp_path, monkeypatch, capsys):
     blocks = python_blocks(REPO / "docs" / "python-api.md")
-    assert len(blocks) == 5  # sft, reward, dpo, ppo, errors
+    assert len(blocks) == 6  # sft, reward, dpo, ppo, grpo, errors
     base = model_dir(tmp_path)
     assert 'BASE = "runs/world/base"' in blocks[0]
     blocks[0] = blocks[0].replace('BASE = "runs/world/base"', f"BASE = {str(base)!r}")
@@ -109,7 +109,7 @@ def test_the_python_api_doc_runs_as_written(tmp_path, monkeypatch, capsys):
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, "docs/python-api.md", "exec"), namespace)  # noqa: S102 — the doc's own code
-    for name in ("sft", "rm", "dpo", "ppo"):
+    for name in ("sft", "rm", "dpo", "ppo", "grpo"):
         result = namespace[name]
         assert result.status == "completed", name
         assert (work / result.final_dir / "config.json").is_file(), name

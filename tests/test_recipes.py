@@ -32,7 +32,7 @@ def config_class(recipe: Path):
         from rlhfkit.trainers.reward import RewardConfig as cls
     elif name.startswith("dpo"):
         from rlhfkit.trainers.dpo import DPOConfig as cls
-    elif name.startswith("ppo"):
+    elif name.startswith(("ppo", "grpo", "rloo")):
         from rlhfkit.trainers.ppo_config import PPOConfig as cls
     elif name.startswith("demo"):
         from rlhfkit.demo.config import DemoConfig as cls

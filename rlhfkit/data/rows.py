@@ -61,6 +61,8 @@ class PromptRow:
 
     prompt: Prompt
     origin: str = field(default="", compare=False)
+    fields: dict[str, Any] = field(default_factory=dict, compare=False)
+    """The row's other columns (``answer``, ``family``, …), for reward functions (``rlhfkit.rewards``)."""
 
 
 Row = SFTRow | PreferenceRow | RankingRow | PromptRow

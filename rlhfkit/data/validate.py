@@ -282,7 +282,9 @@ def _parse_ranking(checker: RowChecker, obj: Mapping[str, Any]) -> RankingRow | 
 
 def _parse_prompt(checker: RowChecker, obj: Mapping[str, Any]) -> PromptRow | None:
     prompt = check_prompt(checker, get_field(checker, obj, "prompt"))
-    return PromptRow(prompt, checker.where) if prompt is not None else None
+    # the row's other columns (e.g. a verifiable ``answer``) reach reward functions as keyword arguments
+    fields = {key: value for key, value in obj.items() if key != "prompt"}
+    return PromptRow(prompt, checker.where, fields) if prompt is not None else None
 
 
 # Our own row shape of each kind; rlhfkit.data.shapes adds the ecosystem's shapes beside them.

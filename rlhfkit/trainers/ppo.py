@@ -15,6 +15,9 @@ One step of :meth:`PPOTrainer.step`, as the algorithm reads:
  9. KL controller    β ← update(β, measured KL)
 10. report           metrics, a few samples with their score and KL, the run doctor's warnings
 
+With ``advantage.estimator`` grpo, dr_grpo, rloo or reinforce_pp the same step runs critic-free: each prompt
+answered ``rollout.n`` times, no value model, steps 5–8 from :mod:`rlhfkit.trainers.critic_free`.
+
 ``rlhfkit ppo --config configs/ppo.yaml key=value …`` runs :func:`main`; :func:`train` is the library entry point
 (``scorer=`` replaces the reward model with any :class:`~rlhfkit.rollout.score.Scorer`). The metrics are
 documented in ``docs/metrics.md (PPO)``, each detail's source in ``docs/implementation-details.md``.
@@ -34,15 +37,17 @@ from rlhfkit.config import load_config
 from rlhfkit.data import encode_prompt, format_encode_report, load_rows
 from rlhfkit.losses import gae, per_token_rewards, ppo_policy_loss, ppo_value_loss
 from rlhfkit.ops import explained_variance, masked_mean, masked_sum, masked_whiten
+from rlhfkit.rewards.sources import RewardSources, source_metrics
 from rlhfkit.rollout.experience import Rollout
 from rlhfkit.rollout.generate import generate
 from rlhfkit.rollout.score import Scorer, ends_with_eos, response_texts
+from rlhfkit.trainers import critic_free
 from rlhfkit.trainers.determinism import derive_seed, seed_everything
 from rlhfkit.trainers.kl_control import AdaptiveKLController, FixedKLController
 from rlhfkit.trainers.loop import RunSummary, TrainLoop
 from rlhfkit.trainers.metrics_log import say
 from rlhfkit.trainers.ppo_config import SAFE_TO_CHANGE_ON_RESUME, KLConfig, PPOConfig
-from rlhfkit.trainers.ppo_models import PPOModels, build_ppo_models, param_groups, save_trained
+from rlhfkit.trainers.ppo_models import PPOModels, param_groups, save_trained
 from rlhfkit.trainers.ppo_ptx import demonstration_nll, load_ptx
 from rlhfkit.trainers.run_doctor import diagnose
 from rlhfkit.trainers.runtime import set_threads
@@ -80,8 +85,10 @@ class PPOTrainer:
     """One PPO step at a time on a running :class:`TrainLoop` (``__init__`` only stores its collaborators)."""
 
     def __init__(self, cfg: PPOConfig, models: PPOModels, loop: TrainLoop, kl_controller, rng: SamplingRNG,
-                 prompts: list[Any], eval_set: tuple[list, list] | None = None) -> None:
+                 prompts: list[Any], eval_set: tuple[list, list] | None = None,
+                 fields: tuple[list, list] | None = None) -> None:
         self.cfg, self.models, self.loop = cfg, models, loop
+        self.fields = fields or ([], [])  # each train / eval row's other columns, for reward functions
         self.kl_controller, self.rng = kl_controller, rng
         self.prompts = prompts  # the rows' prompts (text or messages), by dataset index
         self.eval_set = eval_set
@@ -94,12 +101,16 @@ class PPOTrainer:
         """One PPO iteration on this process's ``batch`` of encoded prompts; returns the step's metrics."""
         cfg = self.cfg
         # 1. Draw prompts: this process's share of the step, in the loop's (resumable) data order.
+        # (the critic-free group estimators: rollout.n consecutive copies of each prompt, one group each)
+        batch = [example for example in batch for _ in range(cfg.rollout.n)]
         prompts = [self.prompts[example.index] for example in batch]
         # 2.–4. Generate, score, then logprobs / ref_logprobs / values — each once per rollout.
-        rollout, extras = self.collect(batch, prompts, self.rng.sampling)
+        rollout, extras = self.collect(batch, prompts, self.rng.sampling, self.fields[0])
         mask = rollout.response_mask
-        # 5. Per-token rewards: −β·KL_t at every token, the score added at the last (Ziegler et al. 2019, Eq. 2).
         beta = self.kl_controller.value
+        if cfg.advantage.critic_free:  # 5.–7. as critic_free.py says: group/batch baseline, no values
+            return self.critic_free_step(rollout, extras, prompts, beta, number)
+        # 5. Per-token rewards: −β·KL_t at every token, the score added at the last (Ziegler et al. 2019, Eq. 2).
         shaped = per_token_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, mask, beta,
                                    cfg.kl.estimator)
         # 6. GAE: the episode ends at the last response token (bootstrap value 0 after it).
@@ -119,8 +130,24 @@ class PPOTrainer:
         self.report(number, rollout, prompts, metrics)
         return metrics
 
+    def critic_free_step(self, rollout: Rollout, extras: dict, prompts: list, beta: float,
+                         number: int) -> dict[str, float]:
+        """Steps 5–10 for the critic-free estimators: advantages from the rewards of each prompt's group (or the
+        batch), then the same epochs, KL controller and report as PPO."""
+        advantages, shaped = critic_free.advantages_and_rewards(rollout, self.cfg, beta)
+        rollout = rollout.replace(kl=shaped.kl, rewards=shaped.rewards, advantages=advantages).validate()
+        update_stats = self.ppo_epochs(rollout, number)
+        self.last_rollout = rollout
+        local = {**rollout_metrics(rollout, extras, beta), **critic_free.critic_free_metrics(rollout, self.cfg.rollout.n),
+                 **update_stats}
+        metrics = self.across_processes(local)
+        self.kl_controller.update(metrics.get("objective/kl", 0.0), len(rollout) * self.loop.num_processes)
+        self.report(number, rollout, prompts, metrics)
+        return metrics
+
     @torch.no_grad()
-    def collect(self, batch: list, prompts: list, generator: torch.Generator) -> tuple[Rollout, dict]:
+    def collect(self, batch: list, prompts: list, generator: torch.Generator,
+                fields: list | None = None) -> tuple[Rollout, dict]:
         """Generate → score → forward once, ``rollout.chunk_size`` prompts at a time; one :class:`Rollout`.
 
         In the run's precision: with ``train.mixed_precision=bf16`` sampling and every forward run under the
@@ -129,20 +156,24 @@ class PPOTrainer:
         parts, extras = [], defaultdict(list)
         for start in range(0, len(batch), size):
             with self.loop.accelerator.autocast():
-                rollout, chunk_extras = self.collect_chunk(batch[start : start + size],
-                                                           prompts[start : start + size], generator)
+                rows = batch[start : start + size]
+                rollout, chunk_extras = self.collect_chunk(
+                    rows, prompts[start : start + size], generator,
+                    [fields[e.index] for e in rows] if fields else None)
             parts.append(rollout)
             for key, value in chunk_extras.items():
                 extras[key].append(value)
         return Rollout.cat(parts).validate(), {k: torch.cat(v) for k, v in extras.items()}
 
-    def collect_chunk(self, batch: list, prompts: list, generator: torch.Generator) -> tuple[Rollout, dict]:
+    def collect_chunk(self, batch: list, prompts: list, generator: torch.Generator,
+                      fields: list | None = None) -> tuple[Rollout, dict]:
         """One chunk: sample; log-probs, entropies and values (from the sampling pass, or one forward through
         the loop's module); reference log-probs and scores of the frozen models, in length-sorted groups."""
         cfg, models, actor_critic = self.cfg, self.models, self.models.actor_critic
         temperature = cfg.rollout.temperature
         from_sampling = cfg.rollout.old_logprobs == "sampling"
-        readout = actor_critic.value_readout if from_sampling and actor_critic.value_model is None else None
+        critic = not cfg.advantage.critic_free
+        readout = actor_critic.value_readout if critic and from_sampling and actor_critic.value_model is None else None
         generation = generate(  # left-padded prompts, right-padded responses
             actor_critic.language_model, [e.prompt_ids for e in batch], max_new_tokens=cfg.rollout.max_new_tokens,
             temperature=temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
@@ -157,16 +188,24 @@ class PPOTrainer:
         else:
             logprobs, entropy = generation.logprobs, generation.entropy
             values = generation.readouts if readout is not None else in_length_groups(
-                rollout, group, lambda _rows, part: actor_critic.values(*part_ids(part)))
-        rollout = rollout.replace(logprobs=logprobs, values=values, ref_logprobs=in_length_groups(
-            rollout, group, lambda _rows, part: models.reference_logprobs(*part_ids(part), temperature)))
+                rollout, group, lambda _rows, part: actor_critic.values(*part_ids(part))) if critic else None
+        ref_logprobs = None if getattr(models, "no_reference", False) else in_length_groups(
+            rollout, group, lambda _rows, part: models.reference_logprobs(*part_ids(part), temperature))
+        rollout = rollout.replace(logprobs=logprobs, values=values, ref_logprobs=ref_logprobs)
         # one scorer call per chunk: scorers batch internally, and a scorer may count its calls as steps
-        score = models.scorer(prompts, rollout).to(self.loop.device).float()  # (B,)
+        per_source = {}
+        if isinstance(models.scorer, RewardSources):  # weighted sources; row columns reach reward functions
+            score, per_source = models.scorer.score(prompts, rollout, fields)
+            per_source = {f"reward/{name}": values for name, values in per_source.items()}
+        else:
+            score = models.scorer(prompts, rollout)
+        score = score.to(self.loop.device).float()  # (B,)
         ended = ends_with_eos(rollout, models.eos_token_ids)
         penalty = cfg.ppo.missing_eos_penalty  # Huang et al. 2024: a response with no EOS gets a fixed score
         scores = score if penalty is None else torch.where(ended, score, torch.full_like(score, penalty))
         entropy = masked_sum(entropy, rollout.response_mask, dim=1)  # (B,) nats per sequence
-        return rollout.replace(scores=scores), {"rm_scores": score, "ended_with_eos": ended, "entropy": entropy}
+        return rollout.replace(scores=scores), {"rm_scores": score, "ended_with_eos": ended, "entropy": entropy,
+                                                **per_source}
 
     def ppo_epochs(self, rollout: Rollout, number: int = 1) -> dict[str, float]:
         """``ppo.epochs`` passes over ``rollout`` in shuffled minibatches; the mean (max for ratio) statistics.
@@ -188,6 +227,8 @@ class PPOTrainer:
         accumulated over micro-batches of ``ppo.micro_batch_size`` rows (each weighted by its tokens);
         with PPO-ptx, plus ``ptx.coef ·`` the NLL of update ``number``'s demonstrations."""
         loop, p, temperature = self.loop, self.cfg.ppo, self.cfg.rollout.temperature
+        if self.cfg.advantage.critic_free:
+            return self.critic_free_update(minibatch, number)
         n_tokens = float(minibatch.response_mask.sum())
         size = p.micro_batch_size or len(minibatch)
         parts = [minibatch.index_select(range(i, min(i + size, len(minibatch))))
@@ -214,6 +255,32 @@ class PPOTrainer:
         loop.optimizer_step()
         return stats
 
+    def critic_free_update(self, minibatch: Rollout, number: int = 0) -> dict[str, float]:
+        """One optimizer step of a critic-free estimator: the clipped surrogate (+ β·k3 with ``kl.penalty: loss``)
+        aggregated as ``advantage.loss_aggregation`` says, exactly over its micro-batches."""
+        from rlhfkit.policy_losses import loss_normaliser
+
+        loop, cfg = self.loop, self.cfg
+        normaliser = loss_normaliser(minibatch.response_mask, cfg.advantage.loss_aggregation)
+        size = cfg.ppo.micro_batch_size or len(minibatch)
+        parts = [minibatch.index_select(range(i, min(i + size, len(minibatch))))
+                 for i in range(0, len(minibatch), size)]
+        stats: dict[str, float] = defaultdict(float)
+        n_tokens = float(minibatch.response_mask.sum())
+        for i, part in enumerate(parts):
+            with loop.no_sync(i < len(parts) - 1 or self.ptx is not None):
+                logprobs, _, _ = loop.model(*part_ids(part), cfg.rollout.temperature)
+                loss, part_stats = critic_free.policy_loss_sum(logprobs, part, cfg, self.kl_controller.value)
+                loop.backward(loss / normaliser)
+            share = float(part.response_mask.sum()) / n_tokens
+            stats["ppo/ratio/max"] = max(stats["ppo/ratio/max"], float(part_stats.pop("ppo/ratio/max")))
+            for key, tensor in part_stats.items():
+                stats[key] += share * float(tensor)
+        if self.ptx is not None:
+            stats["ppo/ptx/nll"] = self.ptx_backward(number)
+        loop.optimizer_step()
+        return stats
+
     def ptx_backward(self, number: int) -> float:
         """Backward of ``ptx.coef · NLL`` on update ``number``'s demonstrations (the update's last, synchronising
         backward); returns the NLL."""
@@ -221,7 +288,7 @@ class PPOTrainer:
         logprobs, _, values = self.loop.model(*ids, 1.0)  # temperature 1: a language-modelling loss
         nll = demonstration_nll(logprobs, ids[3])
         # 0 · values: every parameter takes part in this backward, as DDP's gradient synchronisation expects
-        self.loop.backward(self.cfg.ptx.coef * nll + 0.0 * values.sum())
+        self.loop.backward(self.cfg.ptx.coef * nll + (0.0 * values.sum() if values is not None else 0.0))
         return float(nll.detach())
 
     def across_processes(self, metrics: dict[str, Any]) -> dict[str, float]:
@@ -245,7 +312,8 @@ class PPOTrainer:
         shown = min(self.cfg.rollout.print_samples, len(rollout))
         if shown and number % self.cfg.train.log_every == 0:
             texts = response_texts(self.models.tokenizer, rollout.index_select(range(shown)), self.models.eos_token_ids)
-            kl = masked_sum(rollout.logprobs - rollout.ref_logprobs, rollout.response_mask, dim=1)
+            ref = rollout.ref_logprobs if rollout.ref_logprobs is not None else rollout.logprobs
+            kl = masked_sum(rollout.logprobs - ref, rollout.response_mask, dim=1)
             for i, text in enumerate(texts):
                 prompt = prompts[i] if isinstance(prompts[i], str) else prompts[i][-1].content
                 say(f"[step {number} sample {i}] score {float(rollout.scores[i]):+.3f} KL {float(kl[i]):.3f} | "
@@ -260,8 +328,9 @@ class PPOTrainer:
         """Held-out prompts, sampled with a fixed seed: score, KL, length, EOS rate (``eval/…``)."""
         batch, prompts = self.eval_set
         generator = torch.Generator(device=self.loop.device).manual_seed(derive_seed(self.cfg.train.seed, "eval"))
-        rollout, extras = self.collect(batch, prompts, generator)
-        kl = masked_sum(rollout.logprobs - rollout.ref_logprobs, rollout.response_mask, dim=1)
+        rollout, extras = self.collect(batch, prompts, generator, self.fields[1])
+        kl = (masked_sum(rollout.logprobs - rollout.ref_logprobs, rollout.response_mask, dim=1)
+              if rollout.ref_logprobs is not None else torch.zeros(1))
         return {"eval/score": float(extras["rm_scores"].mean()), "eval/kl": float(kl.mean()),
                 "eval/length_mean": float(rollout.response_lengths.float().mean()),
                 "eval/eos_rate": float(extras["ended_with_eos"].float().mean())}
@@ -294,19 +363,24 @@ def rollout_metrics(rollout: Rollout, extras: dict[str, torch.Tensor], beta: flo
     """The ``objective/``, ``ppo/val|returns/`` and ``response/`` metrics of one rollout (docs/metrics.md (PPO))."""
     mask = rollout.response_mask
     lengths = rollout.response_lengths.float()  # (B,)
-    kl_k1 = masked_sum(rollout.logprobs - rollout.ref_logprobs, mask, dim=1)  # (B,) nats per sequence
+    metrics = {}
+    if rollout.ref_logprobs is not None:  # critic-free with β = 0 loads no reference: no KL to report
+        kl_k1 = masked_sum(rollout.logprobs - rollout.ref_logprobs, mask, dim=1)  # (B,) nats per sequence
+        metrics = {"objective/kl": kl_k1.mean(), "objective/kl_penalty": rollout.kl.sum(dim=1).mean()}
+    if rollout.values is not None:  # GAE's critic
+        metrics.update({"ppo/val/var_explained": explained_variance(rollout.values, rollout.returns, mask),
+                        "ppo/val/mean": masked_mean(rollout.values, mask),
+                        "ppo/returns/mean": masked_mean(rollout.returns, mask)})
+    per_source = {key[len("reward/"):]: value for key, value in extras.items() if key.startswith("reward/")}
     return {
+        **metrics,
+        **source_metrics(per_source),
         "objective/score": rollout.scores.mean(),
         "objective/rm_score": extras["rm_scores"].mean(),
-        "objective/kl": kl_k1.mean(),
-        "objective/kl_penalty": rollout.kl.sum(dim=1).mean(),
         "objective/kl_coef": beta,
         "objective/entropy": extras["entropy"].mean(),
         "objective/entropy_per_token": extras["entropy"].sum() / lengths.sum(),
         "objective/rlhf_reward": rollout.rewards.sum(dim=1).mean(),  # score − β·Σ_t kl_t
-        "ppo/val/var_explained": explained_variance(rollout.values, rollout.returns, mask),
-        "ppo/val/mean": masked_mean(rollout.values, mask),
-        "ppo/returns/mean": masked_mean(rollout.returns, mask),
         "response/length_mean": lengths.mean(),
         "response/eos_rate": extras["ended_with_eos"].float().mean(),
     }
@@ -346,8 +420,9 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None, 
     sources = data_sources(cfg.data, train_dataset, eval_dataset)
     rows = {split: read_prompt_rows(source, cfg, split) for split, source in sources.items()}  # before any model
     seed_everything(cfg.train.seed)
-    models = build_ppo_models(cfg, scorer)
+    models = critic_free.build_online_models(cfg, scorer)
     prompts, prompt_rows = encode_prompts(rows["train"], cfg, models.tokenizer, source_name(sources["train"], "train"))
+    fields = tuple([getattr(row, "fields", {}) for row in rows.get(split, [])] for split in ("train", "eval"))
     eval_set = (encode_prompts(rows["eval"], cfg, models.tokenizer, source_name(sources["eval"], "eval"))
                 if "eval" in rows else None)
     kl_controller = make_kl_controller(cfg.kl)
@@ -365,7 +440,7 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None, 
                      stage_state=stage_state,
                      eval_fn=(lambda _model: trainer.evaluate()) if eval_set else None,
                      safe_to_change=SAFE_TO_CHANGE_ON_RESUME)
-    trainer = PPOTrainer(cfg, models, loop, kl_controller, rng, prompt_rows, eval_set)
+    trainer = PPOTrainer(cfg, models, loop, kl_controller, rng, prompt_rows, eval_set, fields)
     with loop:
         models.to(loop.device)
         for step in loop.steps(prompts, list):
@@ -380,8 +455,9 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None, 
     finished = summary.status == "completed" or (summary.status == "already_complete"
                                                   and not (out / "final").exists())
     if loop.is_main_process and finished:
-        saved = save_trained(models, cfg, out)
-        say("ppo: saved " + ", ".join(f"the {name} in {path}" for name, path in saved.items()))
+        save = critic_free.save_policy_only if cfg.advantage.critic_free else save_trained
+        saved = save(models, cfg, out)
+        say(f"{cfg.advantage.estimator if cfg.advantage.critic_free else 'ppo'}: saved " + ", ".join(f"the {name} in {path}" for name, path in saved.items()))
     return summary
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rlhfkit.config import ConfigError, Recipe
+from rlhfkit.rewards.sources import RewardSourceConfig
+from rlhfkit.trainers.online_config import AdvantageConfig
 from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig
 from rlhfkit.trainers.train_config import TrainConfig
 
@@ -85,6 +87,9 @@ class RolloutConfig:
     fewer per rollout; equal to ``forward`` up to float rounding (~1e-6) in float32 only, so refused with
     ``train.mixed_precision=bf16`` or a half-precision ``model.dtype``: there bf16 rounds the one-token sampling
     steps and the full-sequence forward differently (up to 0.2–0.5 nats apart, first ratios 0.6–1.7)."""
+    n: int = 1
+    """Responses sampled per prompt (the group of ``advantage.estimator`` grpo/dr_grpo/rloo, >= 2 for them); a
+    step holds ``train.per_device_batch_size · n`` rollouts."""
     print_samples: int = 2
     """Samples printed with their score and KL at each log step (``train.log_every``); 0 = none."""
 
@@ -127,6 +132,10 @@ class KLConfig:
     """Adaptive only: in samples; β's relative change per step is ``clip(KL/target − 1, ±0.2) · batch/horizon``."""
     estimator: Literal["k1", "k2", "k3"] = "k1"
     """Per-token KL estimate in the rewards: k1 = log π − log π_ref (lm-human-preferences), k2, k3 (Schulman 2020)."""
+    penalty: Literal["reward", "loss"] = "reward"
+    """``reward``: −β·KL_t folded into the per-token rewards (PPO, REINFORCE++). ``loss``: β·k3_t added to the
+    policy loss instead (GRPO, DeepSeekMath Eq. 4; critic-free estimators only). With ``init_coef: 0`` and the
+    fixed controller no reference model is loaded (critic-free estimators)."""
 
 
 @dataclass
@@ -169,19 +178,40 @@ class PPOConfig(Recipe):
     """The KL penalty's coefficient β and its controller."""
     ptx: PtxConfig = field(default_factory=PtxConfig)
     """Optional PPO-ptx term: NLL of demonstrations added to every update (off by default)."""
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    """The advantage estimator (``gae`` = PPO; ``grpo``, ``dr_grpo``, ``rloo``, ``reinforce_pp`` critic-free)
+    and, for the critic-free ones, the loss aggregation and asymmetric clip range."""
+    rewards: list[RewardSourceConfig] = field(default_factory=list)
+    """Weighted reward sources (reward-model folders and Python functions, ``rlhfkit.rewards``), replacing
+    ``reward_model.path``; empty = the reward model of ``reward_model.path`` alone."""
 
     def validate(self) -> None:
         """Cross-field rules, checked before any model is loaded; each error names its keys."""
         t, r, p, k, v = self.train, self.rollout, self.ppo, self.kl, self.value_model
-        if not self.reward_model.path:
-            raise ConfigError("reward_model.path is required (a reward-model folder from `rlhfkit reward`)")
+        if not self.reward_model.path and not self.rewards:
+            raise ConfigError("reward_model.path or rewards is required (a reward-model folder from "
+                              "`rlhfkit reward`, or a list of reward sources)")
+        if self.reward_model.path and self.rewards:
+            raise ConfigError("give the reward model either as reward_model.path or as a source in rewards "
+                              "(- {reward_model: PATH}), not both")
+        a, n = self.advantage, self.rollout.n
+        if n < 1 or (a.estimator in ("grpo", "dr_grpo", "rloo") and n < 2):
+            raise ConfigError(f"rollout.n must be >= 1, and >= 2 for advantage.estimator={a.estimator} "
+                              f"(its baseline is the other responses to the same prompt), got {n}")
+        if not a.critic_free and self.rewards and v.kind == "separate" and not v.path:
+            raise ConfigError("with rewards instead of reward_model.path, PPO's separate value model needs "
+                              "value_model.path (a scalar-head folder to start from), or set value_model.kind=head")
+        if not a.critic_free and (self.kl.penalty == "loss" or n > 1):
+            raise ConfigError("kl.penalty=loss and rollout.n > 1 are for the critic-free estimators "
+                              "(advantage.estimator grpo, dr_grpo, rloo or reinforce_pp), not gae")
         if t.grad_accum_steps != 1:
             raise ConfigError("train.grad_accum_steps must be 1 for PPO: a step is one rollout of "
                               "train.per_device_batch_size prompts; to save memory lower rollout.chunk_size "
                               "and ppo.micro_batch_size instead")
-        if p.minibatch_size < 1 or p.minibatch_size > t.per_device_batch_size:
+        if p.minibatch_size < 1 or p.minibatch_size > t.per_device_batch_size * r.n:
             raise ConfigError(f"ppo.minibatch_size ({p.minibatch_size}) must be between 1 and "
-                              f"train.per_device_batch_size ({t.per_device_batch_size}), the rollouts per step")
+                              f"train.per_device_batch_size · rollout.n ({t.per_device_batch_size * r.n}), "
+                              "the rollouts per step")
         if p.micro_batch_size is not None and not 1 <= p.micro_batch_size <= p.minibatch_size:
             raise ConfigError(f"ppo.micro_batch_size ({p.micro_batch_size}) must be between 1 and "
                               f"ppo.minibatch_size ({p.minibatch_size}), or null")

@@ -1,0 +1,111 @@
+"""rlhfkit.advantages against independent computations: hand-worked groups, Python loops, limits."""
+
+import math
+import statistics
+
+import pytest
+import torch
+
+from rlhfkit.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    equal_reward_group_fraction,
+    get_advantage_estimator,
+    grpo_advantages,
+    reinforce_pp_advantages,
+    rloo_advantages,
+)
+
+
+def outcome(scores, lengths, width=None):
+    """Per-token rewards with each score at its response's last token, and the right-padded mask."""
+    width = width or max(lengths)
+    rewards = torch.zeros(len(scores), width, dtype=torch.float64)
+    mask = torch.zeros(len(scores), width, dtype=torch.long)
+    for i, (s, n) in enumerate(zip(scores, lengths)):
+        mask[i, :n] = 1
+        rewards[i, n - 1] = s
+    return rewards, mask
+
+
+def test_grpo_hand_worked_group():
+    # group (1, 0, 0, 1): mean 0.5, sample std sqrt(1/3); advantages ±0.5·sqrt(3) = ±0.8660
+    rewards, mask = outcome([1.0, 0.0, 0.0, 1.0], [3, 1, 2, 2])
+    adv = grpo_advantages(rewards, mask, 4, eps=0.0)
+    expected = [0.5 * math.sqrt(3), -0.5 * math.sqrt(3), -0.5 * math.sqrt(3), 0.5 * math.sqrt(3)]
+    for i, (value, n) in enumerate(zip(expected, [3, 1, 2, 2])):
+        assert adv[i, :n].tolist() == pytest.approx([value] * n)
+        assert adv[i, n:].abs().sum() == 0  # padding stays 0
+
+
+def test_grpo_and_dr_grpo_match_a_python_loop():
+    torch.manual_seed(0)
+    n, groups = 3, 4
+    lengths = torch.randint(1, 6, (n * groups,)).tolist()
+    scores = torch.randn(n * groups, dtype=torch.float64).tolist()
+    rewards, mask = outcome(scores, lengths)
+    rewards = rewards + 0.1 * torch.randn_like(rewards) * mask  # per-token KL-like terms count too
+    adv = grpo_advantages(rewards, mask, n)
+    dr = ADVANTAGE_ESTIMATORS["dr_grpo"](rewards, mask, n)
+    for g in range(groups):
+        rows = range(g * n, g * n + n)
+        returns = [sum(rewards[i, t].item() for t in range(lengths[i])) for i in rows]
+        mean, std = statistics.mean(returns), statistics.stdev(returns)
+        for i, ret in zip(rows, returns):
+            assert adv[i, 0].item() == pytest.approx((ret - mean) / (std + 1e-6))
+            assert dr[i, lengths[i] - 1].item() == pytest.approx(ret - mean)
+
+
+def test_a_group_with_equal_rewards_has_zero_advantage_for_every_group_estimator():
+    rewards, mask = outcome([0.7, 0.7, 0.7, 2.0, -1.0, 0.5], [2, 3, 1, 2, 2, 2])
+    for name in ("grpo", "dr_grpo", "rloo"):
+        adv = get_advantage_estimator(name)(rewards, mask, 3)
+        assert adv[:3].abs().max() == 0, name
+        assert adv[3:].abs().max() > 0, name
+    # float32, the trainer's dtype: the ulp by which a mean misses equal values must not be divided by eps
+    rewards32, mask32 = outcome([0.7] * 3, [1, 1, 1])
+    assert grpo_advantages(rewards32.float(), mask32, 3).abs().max() == 0
+    assert float(equal_reward_group_fraction(torch.tensor([0.7, 0.7, 0.7, 2.0, -1.0, 0.5]), 3)) == 0.5
+
+
+def test_rloo_matches_leave_one_out_loop_and_its_pair_limit():
+    torch.manual_seed(1)
+    n = 4
+    scores = torch.randn(8, dtype=torch.float64).tolist()
+    rewards, mask = outcome(scores, [2] * 8)
+    adv = rloo_advantages(rewards, mask, n)
+    for i in range(8):
+        g = i // n
+        others = [scores[j] for j in range(g * n, g * n + n) if j != i]
+        assert adv[i, 0].item() == pytest.approx(scores[i] - sum(others) / (n - 1))
+    # n = 2: the whole pair difference, twice Dr. GRPO's mean-centred advantage
+    rewards, mask = outcome([3.0, 1.0], [1, 2])
+    pair = rloo_advantages(rewards, mask, 2)
+    assert pair[0, 0].item() == 2.0 and pair[1, :2].tolist() == [-2.0, -2.0]
+    assert torch.allclose(pair, 2 * ADVANTAGE_ESTIMATORS["dr_grpo"](rewards, mask, 2))
+    with pytest.raises(ValueError, match="at least 2"):
+        rloo_advantages(rewards, mask, 1)
+
+
+def test_reinforce_pp_is_whitened_discounted_return_to_go():
+    torch.manual_seed(2)
+    lengths = [3, 1, 4, 2]
+    rewards, mask = outcome([1.0, -0.5, 0.3, 2.0], lengths)
+    rewards = torch.where(mask.bool(), rewards - 0.05 * torch.rand_like(rewards), torch.zeros(()))  # −β·kl_t
+    gamma = 0.9
+    adv = reinforce_pp_advantages(rewards, mask, 1, gamma)
+    returns = []
+    for i, n in enumerate(lengths):
+        for t in range(n):
+            returns.append(sum(gamma ** (s - t) * rewards[i, s].item() for s in range(t, n)))
+    mean, std = statistics.mean(returns), statistics.stdev(returns)
+    got = [adv[i, t].item() for i, n in enumerate(lengths) for t in range(n)]
+    assert got == pytest.approx([(g - mean) / std for g in returns], rel=1e-6)
+    assert adv[1, 1:].abs().sum() == 0
+
+
+def test_unknown_estimator_lists_the_valid_ones_and_bad_groups_are_refused():
+    with pytest.raises(ValueError, match="valid names: dr_grpo, grpo, reinforce_pp, rloo"):
+        get_advantage_estimator("gpro")
+    rewards, mask = outcome([1.0, 0.0, 1.0], [1, 1, 1])
+    with pytest.raises(ValueError, match="groups of 2"):
+        grpo_advantages(rewards, mask, 2)
