@@ -181,6 +181,10 @@ def test_no_default_credentials_and_no_signup(tmp_path):
     assert client.get("/signup").status_code == 404 and client.get("/register").status_code == 404
     with pytest.raises(ValueError, match="at least 10"):
         commands.create_user(url, "weak", "admin", "short")
+    for blank in (" " * 10, "\t" * 12, "  short   "):  # spaces are not a password
+        with pytest.raises(ValueError, match="at least 10"):
+            commands.create_user(url, "blank", "annotator", blank)
+    commands.create_user(url, "spaced", "annotator", "a pass phrase with spaces")  # inner spaces count
     with pytest.raises(ValueError, match="Role"):
         commands.create_user(url, "someone", "superuser", "long-enough-pw")
 
