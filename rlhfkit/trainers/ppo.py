@@ -33,8 +33,9 @@ from accelerate.utils import parse_flag_from_env
 from rlhfkit.config import load_config
 from rlhfkit.data import encode_prompt, format_encode_report, load_rows
 from rlhfkit.losses import gae, per_token_rewards, ppo_policy_loss, ppo_value_loss
+from rlhfkit.models.load import load_tokenizer
 from rlhfkit.ops import explained_variance, masked_mean, masked_sum, masked_whiten
-from rlhfkit.rollout.experience import Rollout
+from rlhfkit.rollout.experience import NonFiniteRollout, Rollout
 from rlhfkit.rollout.generate import generate
 from rlhfkit.rollout.score import Scorer, ends_with_eos, response_texts
 from rlhfkit.trainers.determinism import derive_seed, seed_everything
@@ -94,7 +95,10 @@ class PPOTrainer:
         # 1. Draw prompts: this process's share of the step, in the loop's (resumable) data order.
         prompts = [self.prompts[example.index] for example in batch]
         # 2.–4. Generate, score, then logprobs / ref_logprobs / values — each once per rollout.
-        rollout, extras = self.collect(batch, prompts, self.rng.sampling)
+        try:
+            rollout, extras = self.collect(batch, prompts, self.rng.sampling)
+        except NonFiniteRollout as err:  # sampled from diverged weights: stop like a non-finite loss does
+            self.loop.stop_nonfinite(str(err))
         mask = rollout.response_mask
         # 5. Per-token rewards: −β·KL_t at every token, the score added at the last (Ziegler et al. 2019, Eq. 2).
         beta = self.kl_controller.value
@@ -328,9 +332,11 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None) 
     ``monitor(step, total, policy, tokenizer) -> check | None``; its ``hacking/*`` metrics are logged, its
     state is checkpointed, and a check with ``stop`` ends the run there (a re-run finds it complete)."""
     seed_everything(cfg.train.seed)
+    # every prompt row validated and encoded before any model is loaded (the tokenizer alone is cheap)
+    tokenizer = load_tokenizer(cfg.model.path)
+    prompts, prompt_rows = load_prompts(cfg.data.train_file, cfg, tokenizer)
+    eval_set = load_prompts(cfg.data.eval_file, cfg, tokenizer) if cfg.data.eval_file else None
     models = build_ppo_models(cfg, scorer)
-    prompts, prompt_rows = load_prompts(cfg.data.train_file, cfg, models.tokenizer)
-    eval_set = load_prompts(cfg.data.eval_file, cfg, models.tokenizer) if cfg.data.eval_file else None
     kl_controller = make_kl_controller(cfg.kl)
     actor_critic = models.actor_critic
     groups = param_groups(actor_critic, cfg.train.lr, cfg.value_model.lr, cfg.train.weight_decay)
@@ -358,11 +364,13 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None) 
             loop.finish_step(metrics)
     summary = loop.summary
     out = Path(cfg.train.output_dir)
+    outputs = [out / "final"] + ([out / "value_model"] if actor_critic.value_model is not None else [])
     finished = summary.status == "completed" or (summary.status == "already_complete"
-                                                  and not (out / "final").exists())
+                                                  and not all(p.exists() for p in outputs))
     if loop.is_main_process and finished:
         saved = save_trained(models, cfg, out)
         say("ppo: saved " + ", ".join(f"the {name} in {path}" for name, path in saved.items()))
+    loop.retire_checkpoints()  # only now that final/ is complete
     return summary
 
 
