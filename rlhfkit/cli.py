@@ -4,8 +4,9 @@ A subcommand's module is imported only when that subcommand runs, so ``rlhfkit -
 the annotation app never pulls in torch. Each module provides ``main(args) -> int | None`` and, when its
 arguments are not the stage default (``--config`` plus ``key=value`` overrides), ``configure(parser)``.
 
-User errors (bad config key, malformed data row, a folder that is not a model) print one sentence and exit
-with status 2; anything else is a bug and keeps its traceback.
+User errors (bad config key, malformed data row, a folder that is not a model) and runs stopped on purpose
+(a non-finite loss, out of memory) print one sentence and exit with status 2; anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _top_level_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlhfkit.errors import UserError
+    from rlhfkit.errors import RunStopped, UserError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_other_processes()  # under a launcher, the main process alone prints the setup and results
     try:
         result = module.main(args)
-    except UserError as exc:
+    except (UserError, RunStopped) as exc:
         print(f"rlhfkit {name}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ class Run:
             self.computed += 1
             return compute_reference_logps(model, examples, pad_token_id=pad_token_id_for(tok), batch_size=4)
 
-        return cached_reference_logps(data_file, examples, context, compute)
+        return cached_reference_logps(data_file, examples, context, compute, cache_dir=self.root / "cache")
 
 
 @pytest.fixture()
@@ -55,12 +56,13 @@ def world(tmp_path):
     return Run(tmp_path), data, load_causal_lm(folder), load_tokenizer(folder)
 
 
-def test_a_second_lookup_reads_the_cache_written_atomically_beside_the_data(world):
+def test_a_second_lookup_reads_the_cache_written_atomically_in_the_cache_folder(world):
     run, data, model, tok = world
     first = run(data, model, tok)
     second = run(data, model, tok)
     assert (first.hit, second.hit, run.computed) == (False, True, 1)
-    assert first.path == second.path and first.path.parent == data.parent / ".rlhfkit-cache"
+    assert first.path == second.path and first.path.parent == run.root / "cache"
+    assert [p.name for p in data.parent.iterdir()] == [data.name]  # nothing written beside the data
     torch.testing.assert_close(second.table.chosen, first.table.chosen, rtol=0, atol=0)
     torch.testing.assert_close(second.table.rejected, first.table.rejected, rtol=0, atol=0)
     assert [p.name for p in first.path.parent.iterdir()] == [first.path.name]  # no temporary file left
@@ -123,14 +125,54 @@ def test_a_damaged_cache_file_is_a_miss_and_is_rewritten(world):
     assert run(data, model, tok).hit
 
 
-def test_the_cli_reuses_the_cache_across_runs_and_not_after_a_data_change(tmp_path, capsys):
+def test_the_cli_reuses_a_shared_cache_across_runs_and_not_after_a_data_change(tmp_path, capsys):
     make_data(tmp_path, n_train=16, n_eval=8)
-    assert cli(cli_args(tmp_path, "a", "train.max_steps=1")) == 0
+    shared = f"reference_cache_dir={tmp_path / 'shared-cache'}"
+    assert cli(cli_args(tmp_path, "a", "train.max_steps=1", shared)) == 0
     assert "computed, cached in" in capsys.readouterr().err
-    assert cli(cli_args(tmp_path, "b", "train.max_steps=1")) == 0
+    assert cli(cli_args(tmp_path, "b", "train.max_steps=1", shared)) == 0
     err = capsys.readouterr().err
     assert err.count("read from") == 2  # train and eval tables
     write_jsonl(tmp_path / "train.jsonl", learnable_rows(16, seed=1)[::-1])  # same rows, another order
-    assert cli(cli_args(tmp_path, "c", "train.max_steps=1")) == 0
+    assert cli(cli_args(tmp_path, "c", "train.max_steps=1", shared)) == 0
     err = capsys.readouterr().err
     assert "dpo train: reference log-probs of 16 pairs computed" in err and "dpo eval" in err
+
+
+def test_the_default_cache_lives_in_the_run_folder_never_beside_the_data(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    make_data(data, n_train=16, n_eval=8)
+    cli_args(data, "../run")  # builds the model folder before the data folder turns read-only
+    data.chmod(0o555)  # a read-only dataset folder (root ignores that: the listing below is the check)
+    try:
+        assert cli(cli_args(data, "../run", "train.max_steps=1")) == 0
+        assert "computed, cached in" in capsys.readouterr().err
+        assert sorted(p.name for p in data.iterdir()) == ["eval.jsonl", "model-llama-world-0", "train.jsonl"]
+        cached = sorted(p.name for p in (tmp_path / "run" / "reference_cache").iterdir())
+        assert [n.split(".ref-")[0] for n in cached] == ["eval.jsonl", "train.jsonl"]
+        # the same run again (already complete) finds its tables in its own folder
+        assert cli(cli_args(data, "../run", "train.max_steps=1")) == 0
+        assert capsys.readouterr().err.count("read from") == 2
+    finally:
+        data.chmod(0o755)
+
+
+def test_a_temporary_file_of_a_killed_writer_is_removed_by_the_next_write(world):
+    import subprocess
+    import sys
+
+    run, data, model, tok = world
+    first = run(data, model, tok)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    leftover = first.path.parent / f".{first.path.name}.pid{dead}.abc123.tmp"  # 0 bytes, as a kill leaves it
+    live = first.path.parent / f".{first.path.name}.pid{os.getpid()}.def456.tmp"  # a writer still running
+    leftover.touch()
+    live.touch()
+    assert run(data, model, tok).hit  # a lookup that hits cleans up too
+    assert not leftover.exists() and live.exists()
+    leftover.touch()
+    first.path.unlink()
+    assert not run(data, model, tok).hit  # and so does a write
+    assert not leftover.exists() and live.exists()

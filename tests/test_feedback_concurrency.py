@@ -1,4 +1,5 @@
-"""Real server, real threads: the HTTP client, and 8 annotators x 100 submissions on SQLite and PostgreSQL."""
+"""Real server, real threads: the HTTP client, 8 annotators x 100 submissions, and the login rate limit under
+concurrent guesses across two server processes, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
+import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from feedback_helpers import PASSWORDS, fast_scrypt, pair_rows, seeded_db, write_jsonl  # noqa: F401  (autouse)
 
-from rlhfkit.feedback import commands
+from rlhfkit.feedback import commands, security
 from rlhfkit.feedback import schema as t
 from rlhfkit.feedback.client import FeedbackClient, FeedbackHTTPError
 from rlhfkit.feedback.db import Database
@@ -169,3 +173,98 @@ def test_eight_clients_hundred_submissions_postgresql(postgres_url, tmp_path):
     _hammer(postgres_url, tmp_path)
     stats = commands.stats(postgres_url)
     assert stats["progress"]["judgments"] == N_CLIENTS * N_SUBMISSIONS
+
+
+# --- the login rate limit under concurrent guesses (issue 19, item 1) ------------------------------------
+
+N_GUESSES, MAX_FAILURES = 60, 5
+
+
+def _serve_in_subprocess(url: str, work_dir: Path) -> tuple[subprocess.Popen, str]:
+    """`rlhfkit annotate serve` in its own process: the limit must hold across server processes."""
+    port = _free_port()
+    log = (work_dir / f"serve-{port}.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", "annotate", "serve", "--db", url,
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server process exited: {(work_dir / f'serve-{port}.log').read_text()[-500:]}")
+        try:
+            urllib.request.urlopen(base + "/login", timeout=2).close()
+            return proc, base
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the server process did not start in 60 s")
+
+
+def _guess_all_at_once(base_urls: list[str], guesses: list[tuple[str, str]]) -> list[int]:
+    """One client per guess, alternating between the servers, released together; the HTTP status of each."""
+    statuses: list[int] = [0] * len(guesses)
+    barrier = threading.Barrier(len(guesses))
+
+    def guess(index: int, name: str, password: str) -> None:
+        client = FeedbackClient(base_urls[index % len(base_urls)], timeout=300)
+        barrier.wait()
+        try:
+            client.login(name, password)
+            statuses[index] = 200
+        except FeedbackHTTPError as err:
+            statuses[index] = err.status
+
+    threads = [threading.Thread(target=guess, args=(i, n, p)) for i, (n, p) in enumerate(guesses)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(600)
+    return statuses
+
+
+def _failed_checks(url: str) -> Counter:
+    """Audit rows of login attempts whose password check failed, by user name (what the limit counts)."""
+    db = Database.open(url)
+    try:
+        with db.read() as conn:
+            rows = conn.execute(sa.select(t.audit_log.c.subject).where(t.audit_log.c.event == "login_failed")).all()
+    finally:
+        db.dispose()
+    return Counter(r.subject for r in rows)
+
+
+def _rate_limit_holds_under_concurrent_guesses(url: str, work_dir: Path, monkeypatch) -> None:
+    # The real scrypt cost: the slow password check is the window the guesses race through.
+    monkeypatch.setattr(security, "SCRYPT_LOG2_N", 15)
+    commands.create_user(url, "victim", "annotator", "the-right-password")
+    proc, other = _serve_in_subprocess(url, work_dir)
+    try:
+        with commands.start_server(url, login_max_failures=MAX_FAILURES) as server:
+            # 1. 60 simultaneous guesses at one user, the right password among them (#30).
+            guesses = [("victim", f"wrong-guess-{i:03d}") for i in range(N_GUESSES)]
+            guesses[29] = ("victim", "the-right-password")
+            statuses = _guess_all_at_once([server.url, other], guesses)
+            assert set(statuses) <= {200, 401, 429}, Counter(statuses)
+            # the limit counts failures: at most 5 wrong guesses checked (a success is not one)
+            assert statuses.count(401) <= MAX_FAILURES and statuses.count(200) <= 1, Counter(statuses)
+            assert _failed_checks(url)["victim"] == statuses.count(401)
+            # 2. 60 more at 12 other names from the same address: the address allows 4x as many in all.
+            guesses = [(f"someone{i % 12}", f"wrong-guess-{i:03d}") for i in range(N_GUESSES)]
+            statuses = _guess_all_at_once([server.url, other], guesses)
+            assert set(statuses) <= {401, 429}, Counter(statuses)
+            assert sum(_failed_checks(url).values()) <= 4 * MAX_FAILURES
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.mark.slow
+def test_login_rate_limit_holds_under_concurrent_guesses_sqlite(tmp_path, monkeypatch):
+    _rate_limit_holds_under_concurrent_guesses(seeded_db(tmp_path), tmp_path, monkeypatch)
+
+
+@pytest.mark.slow
+def test_login_rate_limit_holds_under_concurrent_guesses_postgresql(postgres_url, tmp_path, monkeypatch):
+    assert commands.init_db(postgres_url) is True
+    _rate_limit_holds_under_concurrent_guesses(postgres_url, tmp_path, monkeypatch)

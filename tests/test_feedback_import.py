@@ -55,6 +55,7 @@ def test_every_bad_row_is_reported_with_file_line_and_field_and_nothing_is_impor
         json.dumps({"prompt": "p9", "respones": ["a", "b"]}).encode(),        # 11 typo key
         good.encode(),                                                        # 12 duplicate of line 1
         json.dumps({"prompt": "p10", "responses": ["a", "b", "c"], "gold": {"ranking": [0, 0, 1]}}).encode(),
+        json.dumps({"prompt": "p11", "responses": [f"r{i}" for i in range(10)]}).encode(),  # 14 rank of 10, no kind
     ]
     path.write_bytes(b"\n".join(lines) + b"\n")
     with pytest.raises(ImportValidationError) as info:
@@ -64,7 +65,7 @@ def test_every_bad_row_is_reported_with_file_line_and_field_and_nothing_is_impor
         (2, "(row)", "NUL byte"), (3, "(row)", "not valid UTF-8"), (4, "responses[0]", "NUL"),
         (5, "prompt", "empty"), (6, "responses[1]", "identical to responses[0]"), (7, "responses", "single"),
         (8, "kind", "3 to 9"), (9, "gold", "index"), (10, "(row)", "not valid JSON"), (11, "'respones'", "not a known key"),
-        (12, "(row)", "duplicates line 1"), (13, "gold", "permutation"),
+        (12, "(row)", "duplicates line 1"), (13, "gold", "permutation"), (14, "responses", "3 to 9"),
     ]
     for line, field, words in expected:
         assert any(p.startswith(f"{path}, line {line}, field {field}:") and words in p for p in problems), (

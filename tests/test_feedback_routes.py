@@ -181,6 +181,10 @@ def test_no_default_credentials_and_no_signup(tmp_path):
     assert client.get("/signup").status_code == 404 and client.get("/register").status_code == 404
     with pytest.raises(ValueError, match="at least 10"):
         commands.create_user(url, "weak", "admin", "short")
+    for blank in (" " * 10, "\t" * 12, "  short   "):  # spaces are not a password
+        with pytest.raises(ValueError, match="at least 10"):
+            commands.create_user(url, "blank", "annotator", blank)
+    commands.create_user(url, "spaced", "annotator", "a pass phrase with spaces")  # inner spaces count
     with pytest.raises(ValueError, match="Role"):
         commands.create_user(url, "someone", "superuser", "long-enough-pw")
 
@@ -196,3 +200,15 @@ def test_host_header_checked_when_configured(url):
     client = make_client(url, allowed_hosts=("127.0.0.1", "localhost"))
     assert client.get("/login", headers={"host": "evil.example"}).status_code == 400
     assert client.get("/login", headers={"host": "127.0.0.1:8000"}).status_code == 200
+
+
+def test_a_rank_item_of_more_than_nine_responses_in_an_older_database_still_renders(tmp_path, monkeypatch):
+    from rlhfkit.feedback import importer
+
+    monkeypatch.setattr(importer, "MAX_RANK_K", 12)  # as an rlhfkit without the 3-9 bound imported it
+    url = seeded_db(tmp_path, [{"prompt": "rank these", "responses": [f"answer {i}" for i in range(10)]}],
+                    overlap=1)
+    client = make_client(url)
+    csrf = web_login(client, "ann1")
+    page = client.post("/annotate/next", data={"csrf_token": csrf}, follow_redirects=True)
+    assert page.status_code == 200 and "Response J" in page.text  # was HTTP 500 (letters A-I only)

@@ -52,6 +52,74 @@ def test_an_incomplete_newest_checkpoint_is_skipped_for_the_previous_good_one(tm
     assert reason in skipped[0][1]
 
 
+def _same_size_garbage(path, offset=-16):
+    data = bytearray(path.read_bytes())
+    data[offset:] = bytes(b ^ 0x5A for b in data[offset:])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damaged", ["optimizer.pt", "model/model.safetensors"])
+def test_a_same_size_corruption_is_caught_by_the_checksum_at_resume(tmp_path, damaged):
+    good = write(tmp_path, 4)
+    newest = write(tmp_path, 6)
+    _same_size_garbage(newest / damaged)
+    assert ckpt.checkpoint_problem(newest) is None  # the sizes alone (rotation) cannot see it
+    latest, skipped = ckpt.find_latest_checkpoint(tmp_path, verify_content=True)
+    assert latest == good and [p.name for p, _ in skipped] == ["checkpoint-6"]
+    assert f"file {damaged} {ckpt.DAMAGED}" in skipped[0][1]
+
+
+def test_the_checksum_of_a_torch_file_is_taken_while_writing_and_matches_the_bytes(tmp_path):
+    tmp = ckpt.begin_checkpoint(tmp_path, 3)
+    ckpt.save_torch({"moments": torch.randn(1000), "step": 3}, tmp / "optimizer.pt")
+    assert ckpt._WRITTEN_CRC[str((tmp / "optimizer.pt").resolve())] == ckpt.file_crc32(tmp / "optimizer.pt")
+    (tmp / "notes.txt").write_text("written by someone else")  # read back for its checksum
+    path = ckpt.commit_checkpoint(tmp, 3)
+    manifest = ckpt.read_manifest(path)
+    assert manifest["crc32"] == {name: ckpt.file_crc32(path / name) for name in ("optimizer.pt", "notes.txt")}
+    assert not ckpt._WRITTEN_CRC  # taken by the manifest
+    import zlib
+    assert manifest["crc32"]["notes.txt"] == f"{zlib.crc32(b'written by someone else'):08x}"  # independent
+
+
+def test_a_checkpoint_without_checksums_is_still_accepted(tmp_path):
+    path = write(tmp_path, 2)
+    manifest = ckpt.read_manifest(path)
+    del manifest["crc32"]  # written before checksums existed
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert ckpt.find_latest_checkpoint(tmp_path, verify_content=True) == (path, [])
+
+
+def test_retiring_keeps_the_newest_checkpoint_without_its_optimizer_state(tmp_path):
+    for step in (2, 4, 6):
+        write(tmp_path, step)
+    removed = ckpt.retire_checkpoints(tmp_path)
+    assert sorted(p.name for p in removed) == ["checkpoint-2", "checkpoint-4"]
+    assert names(tmp_path) == ["checkpoint-6"]
+    last = tmp_path / "checkpoint-6"
+    assert not (last / "optimizer.pt").exists() and not ckpt.has_optimizer_state(last)
+    assert ckpt.find_latest_checkpoint(tmp_path, verify_content=True) == (last, [])  # complete and loadable
+    assert ckpt.retire_checkpoints(tmp_path) == [] and names(tmp_path) == ["checkpoint-6"]  # idempotent
+
+
+def test_a_kill_while_retiring_leaves_a_loadable_checkpoint(tmp_path, monkeypatch):
+    write(tmp_path, 2)
+    last = write(tmp_path, 4)
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt  # as if SIGKILL came between the manifest rewrite and the deletion
+
+    monkeypatch.setattr(type(last / "optimizer.pt"), "unlink", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.retire_checkpoints(tmp_path)
+    monkeypatch.undo()
+    # the manifest already says "no optimizer"; the file is still there, unlisted: the checkpoint loads
+    assert (last / "optimizer.pt").exists() and not ckpt.has_optimizer_state(last)
+    assert ckpt.find_latest_checkpoint(tmp_path, verify_content=True) == (last, [])
+    ckpt.retire_checkpoints(tmp_path)  # the next run's retirement finishes the job
+    assert not (last / "optimizer.pt").exists()
+
+
 def test_no_complete_checkpoint_at_all(tmp_path):
     assert ckpt.find_latest_checkpoint(tmp_path / "missing") == (None, [])
     (write(tmp_path, 3) / "manifest.json").unlink()
@@ -188,3 +256,26 @@ def test_save_folder_atomically_replaces_whole_or_not_at_all(tmp_path):
     ckpt.save_folder_atomically(target, lambda tmp: (tmp / "b.txt").write_text("three"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]  # no temporaries left
     assert [p.name for p in target.iterdir()] == ["b.txt"]
+
+
+def test_leftovers_of_a_killed_final_export_are_removed_by_the_next_run(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    (tmp_path / f".tmp-final-{dead}").mkdir()  # killed during the export, before the rename
+    (tmp_path / f".tmp-value_model-{dead}").mkdir()
+    (tmp_path / f".old-final-{dead}").mkdir()  # killed between the two renames, then final/ rewritten
+    (tmp_path / "final").mkdir()
+    (tmp_path / f".old-lonely-{dead}").mkdir()  # killed between the renames: the only copy of lonely/
+    (tmp_path / f".tmp-final-{os.getpid()}").mkdir()  # a writer still running
+    removed = ckpt.remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([f".tmp-final-{dead}", f".tmp-value_model-{dead}",
+                                                      f".old-final-{dead}"])
+    assert names(tmp_path) == sorted([".old-lonely-" + str(dead), ".tmp-final-" + str(os.getpid()), "final"])
+    # and a save of final/ cleans its own name's leftovers
+    (tmp_path / f".tmp-final-{dead}").mkdir()
+    ckpt.save_folder_atomically(tmp_path / "final", lambda tmp: (tmp / "a.txt").write_text("x"))
+    assert not (tmp_path / f".tmp-final-{dead}").exists()

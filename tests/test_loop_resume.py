@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 TOY = Path(__file__).with_name("loop_toy_train.py")
 COMMON = ["train.save_every=4", "train.num_epochs=3", "train.per_device_batch_size=4",
           "train.grad_accum_steps=2", "train.lr=0.01", "train.progress_bar=false",
-          "train.keep_last_checkpoints=2"]
+          "train.save_total_limit=2"]
 TOTAL = 18
 
 
@@ -150,6 +150,20 @@ def test_a_half_written_newest_checkpoint_is_skipped_after_a_kill(reference, tmp
     assert "skipped checkpoint-12: incomplete, no manifest" in result.stderr
     assert events(tmp_path, "resume")[0]["checkpoint"] == "checkpoint-8"
     assert_same_run(reference, tmp_path)
+
+
+@pytest.mark.parametrize("damaged", ["model/model.safetensors", "optimizer.pt"])
+def test_a_same_size_damage_of_the_newest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path, damaged):
+    run_killed(tmp_path, kill_after=13)
+    path = tmp_path / "checkpoint-12" / damaged
+    data = bytearray(path.read_bytes())
+    data[-64:] = bytes(b ^ 0x21 for b in data[-64:])  # the last tensor bytes: finite garbage, same size
+    path.write_bytes(bytes(data))
+    result = run_ok(tmp_path)
+    assert (f"skipped checkpoint-12: damaged, file {damaged} does not match its CRC-32" in result.stderr
+            and "falling back to checkpoint-8" in result.stderr)
+    assert events(tmp_path, "resume")[0]["checkpoint"] == "checkpoint-8"
+    assert_same_run(reference, tmp_path)  # as if nothing had happened
 
 
 def test_llama_with_attention_dropout_resumes_exactly(tmp_path):

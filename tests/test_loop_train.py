@@ -210,7 +210,7 @@ def nan_loss(_loop):
 
 def test_nan_loss_stops_naming_the_step_with_no_checkpoint_after_it(tmp_path):
     with pytest.raises(NonFiniteError, match=r"non-finite loss \(nan\) at step 3 .*lower lr"):
-        train(tmp_path, wrap=at_step(3, nan_loss), save_every=1, keep_last_checkpoints=10,
+        train(tmp_path, wrap=at_step(3, nan_loss), save_every=1, save_total_limit=10,
               per_device_batch_size=4)
     out = tmp_path / "run"
     assert [p.name for _s, p in ckpt.list_checkpoints(out)] == ["checkpoint-1", "checkpoint-2"]
@@ -233,7 +233,7 @@ def test_skip_leaves_parameters_bit_identical_and_is_counted(tmp_path):
         step_fn = at_step(3, lambda lp: (record("before")(lp), nan_loss(lp))[1])(loop, step_fn)
         return at_step(4, record("after"))(loop, step_fn)
 
-    train(tmp_path, wrap=wrap, nonfinite="skip", save_every=1, keep_last_checkpoints=10, max_steps=5,
+    train(tmp_path, wrap=wrap, nonfinite="skip", save_every=1, save_total_limit=10, max_steps=5,
           per_device_batch_size=4)
     for before, after in zip(seen["before"], seen["after"], strict=True):
         assert torch.equal(before, after)  # bit-identical across the skipped step
@@ -325,9 +325,9 @@ def test_crash_and_resume_in_process_equals_an_uninterrupted_run(tmp_path):
 
 @pytest.mark.parametrize("damage", ["no manifest", "truncated file"])
 def test_a_half_written_newest_checkpoint_falls_back_to_the_previous(tmp_path, damage):
-    reference, _ = resumable_run(tmp_path, "reference", keep_last_checkpoints=3)
+    reference, _ = resumable_run(tmp_path, "reference", save_total_limit=3)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        resumable_run(tmp_path, "resumed", wrap=at_step(9, crash), keep_last_checkpoints=3)
+        resumable_run(tmp_path, "resumed", wrap=at_step(9, crash), save_total_limit=3)
     newest = resumed_dir = tmp_path / "resumed"
     newest = resumed_dir / "checkpoint-8"
     if damage == "no manifest":
@@ -335,7 +335,7 @@ def test_a_half_written_newest_checkpoint_falls_back_to_the_previous(tmp_path, d
     else:
         data = (newest / "optimizer.pt").read_bytes()
         (newest / "optimizer.pt").write_bytes(data[: len(data) // 2])
-    resumed, _ = resumable_run(tmp_path, "resumed", keep_last_checkpoints=3)
+    resumed, _ = resumable_run(tmp_path, "resumed", save_total_limit=3)
     resume = [r for r in read_metrics(resumed_dir / "metrics.jsonl") if r.get("event") == "resume"]
     assert resume[0]["checkpoint"] == "checkpoint-6"
     assert_same_run(reference, resumed)

@@ -87,7 +87,8 @@ def test_resume_continues_exactly(tmp_path):
     """2 steps, then the same run extended to 4 (constant lr), equals 4 uninterrupted steps: weights, β
     (adaptive), sampling and prompt order all restored from the checkpoint."""
     common = ("train.lr_schedule=constant", "kl.controller=adaptive", "kl.target=0.01", "kl.horizon=50",
-              "train.save_every=2", "train.per_device_batch_size=4", "ppo.minibatch_size=2")
+              "train.save_every=2", "train.per_device_batch_size=4", "ppo.minibatch_size=2",
+              "train.keep_checkpoints_at_end=true")  # to train past the end of the 2-step run
     straight = ppo_config(tmp_path, *common, "train.max_steps=4", f"train.output_dir={tmp_path / 'a'}")
     ppo.train(straight)
     ppo.train(ppo_config(tmp_path, *common, "train.max_steps=2", f"train.output_dir={tmp_path / 'b'}"))
@@ -143,3 +144,38 @@ def test_monitor_hook_logs_checks_and_a_stop_ends_the_run_for_good(tmp_path):
     assert (tmp_path / "out" / "final" / "model.safetensors").exists()  # the stopped policy is the result
     again = ppo.train(ppo_config(tmp_path, "train.max_steps=4", "train.save_every=10"), monitor=StopAtStep(9))
     assert again.status == "already_complete" and again.step == 2
+
+
+def test_bad_prompt_rows_fail_before_any_model_is_loaded(tmp_path, monkeypatch):
+    from rlhfkit.errors import UserError
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"promt": "a typo"}\n', encoding="utf-8")
+    cfg = ppo_config(tmp_path, f"data.train_file={bad}")
+
+    def no_models(*_args, **_kwargs):
+        raise AssertionError("the models were loaded before the data was validated")
+
+    monkeypatch.setattr(ppo, "build_ppo_models", no_models)
+    with pytest.raises(UserError, match="bad.jsonl line 2"):
+        ppo.train(cfg)
+    with pytest.raises(UserError, match="bad.jsonl line 2"):  # the eval file too
+        ppo.train(ppo_config(tmp_path, f"data.eval_file={bad}"))
+
+
+def test_a_nonfinite_rollout_stops_the_cli_with_one_sentence(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    reward = save_reward_folder(tmp_path, "nan-reward")
+    weights = load_file(str(reward / "model.safetensors"))
+    head = [k for k in weights if k.startswith("score.")]
+    assert head
+    for key in head:  # a reward model whose every score is NaN
+        weights[key] = torch.full_like(weights[key], float("nan"))
+    save_file(weights, str(reward / "model.safetensors"), metadata={"format": "pt"})
+    assert cli(cli_args(tmp_path, f"reward_model.path={reward}")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = next(x for x in err.splitlines() if x.startswith("rlhfkit ppo:"))
+    assert "non-finite values at step 1" in line and "scores has non-finite entries" in line
+    assert "lower lr" in line and not (tmp_path / "out" / "final").exists()

@@ -260,3 +260,15 @@ def test_lora_reward_model_is_saved_merged_for_plain_transformers(root):
 def test_recipe_loads():
     cfg = load_config(RewardConfig, "configs/reward.yaml")
     assert cfg.pair_weighting == "prompt" and cfg.normalize.mode == "mean" and cfg.model.path == "runs/sft/final"
+
+
+def test_a_refused_resume_leaves_the_previous_data_report(root, capsys):
+    base = model_dir(root)
+    out = root / "report-kept"
+    first = write_jsonl(root / "first.jsonl", rule_rows(6, seed=11))
+    assert cli(reward_args(base, first, out, "train.max_steps=1")) == 0
+    before = (out / "data_report.json").read_text()
+    other = write_jsonl(root / "other.jsonl", rule_rows(9, seed=12))
+    assert cli(reward_args(base, other, out, "train.max_steps=1")) == 2  # another data file: refused
+    assert "cannot resume" in capsys.readouterr().err
+    assert (out / "data_report.json").read_text() == before

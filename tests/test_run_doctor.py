@@ -99,3 +99,36 @@ def test_several_problems_at_once_and_str():
     warnings = diagnose(rows)
     assert [w.kind for w in warnings] == ["negative_kl", "ratio_explosion", "clipfrac_high"]
     assert str(warnings[1]).startswith("step 12: ppo/ratio/max is 50") and " — try: " in str(warnings[1])
+
+
+# ----------------------------------------------------------------------------- a diverging loss (any stage)
+
+LR10_SFT = [5.75, 1558.47, 1716.39, 2706.15, 2677.3, 1599.6, 2705.14, 1645.41]  # measured: micro model, lr 10
+
+
+def losses(values) -> list[dict]:
+    return [{"step": i + 1, "train/loss": v} for i, v in enumerate(values)]
+
+
+def test_a_loss_that_diverged_without_going_nan_is_flagged():
+    from rlhfkit.trainers.run_doctor import check_loss
+
+    warnings = check_loss(losses(LR10_SFT))
+    assert [w.kind for w in warnings] == ["loss_divergence"] and warnings[0].step == 8
+    assert "train.lr" in warnings[0].fix and "5.75 at the first step" in warnings[0].message
+    assert check_loss(losses(LR10_SFT[:3])) == []  # too short to tell
+    # diverging later: 1.26 falling to 0.4, then stuck around 4 (above the start, 10x the best)
+    late = [1.26, 1.0, 0.8, 0.6, 0.45, 0.4, 0.42, 3.9, 4.1, 4.0]
+    assert [w.kind for w in check_loss(losses(late))] == ["loss_divergence"]
+
+
+@pytest.mark.parametrize("values", [
+    [2.1, 1.9, 1.5, 1.2, 0.9, 0.7, 0.5, 0.4, 0.35, 0.3],  # SFT learning
+    [0.693, 0.69, 0.6, 0.4, 0.2, 0.05, 0.01, 0.002, 0.03, 0.02, 0.04],  # DPO overfitting: noisy far below ln 2
+    [1.2, 1.1, 1.0, 0.9, 2.5, 0.9, 0.85],  # one bad batch: not a whole window
+    [0.7, 0.72, 0.75, 0.71, 0.73, 0.74, 0.76],  # flat noise above the first value, but not 3x the best
+])
+def test_normal_losses_are_not_flagged(values):
+    from rlhfkit.trainers.run_doctor import check_loss
+
+    assert check_loss(losses(values)) == []

@@ -278,3 +278,60 @@ def test_packing_data_path_reports_fill(root, base, demos):
     data = load_sft_data(cfg, tokenizer())
     assert data.report["train"]["packed_rows"] == len(data.train) < 8
     assert math.isclose(sum(r.n_sequences for r in data.train), 8)
+
+
+def test_a_refused_resume_leaves_the_previous_data_report(root, base, demos, capsys):
+    out = root / "report-kept"
+    assert cli(sft_args(base, demos, out, "train.max_steps=2")) == 0
+    before = (out / "data_report.json").read_text()
+    other = write_jsonl(root / "more-demos.jsonl", colour_rows(12))
+    assert cli(sft_args(base, other, out, "train.max_steps=2")) == 2  # another data file: refused
+    assert "cannot resume" in capsys.readouterr().err
+    assert (out / "data_report.json").read_text() == before
+
+
+def test_the_end_of_a_run_keeps_no_optimizer_state_unless_asked(root, base, demos, capsys):
+    out = root / "retired"
+    every = ("train.save_every=1", "train.save_total_limit=3")
+    assert cli(sft_args(base, demos, out, "train.max_steps=4", *every)) == 0
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]
+    assert sorted(p.name for p in (out / "checkpoint-4").iterdir()) == [
+        "config.json", "manifest.json", "model", "rng_rank0.pt", "scheduler.pt", "trainer_state.json"]
+    final = load_file(out / "final" / "model.safetensors")
+    capsys.readouterr()
+    # the same command again: complete; final/ re-exported from the kept weights, the same numbers
+    assert cli(sft_args(base, demos, out, "train.max_steps=4", *every)) == 0
+    assert "already complete" in capsys.readouterr().err
+    again = load_file(out / "final" / "model.safetensors")
+    assert final.keys() == again.keys() and all(torch.equal(final[k], again[k]) for k in final)
+    # training further needs the optimizer state: refused by name, nothing lost
+    assert cli(sft_args(base, demos, out, "train.max_steps=6", *every)) == 2
+    assert "keep_checkpoints_at_end" in capsys.readouterr().err
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]
+    # asked to keep them: save_total_limit complete checkpoints, each with its optimizer state
+    kept = root / "kept"
+    assert cli(sft_args(base, demos, kept, "train.max_steps=4", *every, "train.keep_checkpoints_at_end=true")) == 0
+    assert sorted(p.name for p in kept.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    assert all((p / "optimizer.pt").is_file() for p in kept.glob("checkpoint-*"))
+
+
+def test_a_diverged_run_is_flagged_and_a_nan_stop_is_one_sentence(root, base, demos, capsys):
+    out = root / "lr10"
+    assert cli(sft_args(base, demos, out, "train.max_steps=8", "train.lr=10", "train.per_device_batch_size=4")) == 0
+    err = capsys.readouterr().err
+    assert "run doctor:" in err and "train/loss diverged" in err
+    doctor = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+              if r.get("event") == "doctor"]
+    assert [d["kind"] for d in doctor] == ["loss_divergence"]
+    # a NaN loss stops the run: one sentence, exit 2 (no traceback)
+    assert cli(sft_args(base, demos, root / "nan", "train.max_steps=4", "train.lr=1e9",
+                        "train.max_grad_norm=null", "train.per_device_batch_size=4")) == 2
+    err = capsys.readouterr().err
+    assert err.count("rlhfkit sft: non-finite") == 1 and "Traceback" not in err
+
+
+def test_a_normal_run_is_not_flagged_by_the_doctor(root, base, demos, capsys):
+    out = root / "normal"
+    assert cli(sft_args(base, demos, out, "train.max_steps=40", "train.lr=1e-2",
+                        "train.per_device_batch_size=4")) == 0
+    assert "run doctor" not in capsys.readouterr().err

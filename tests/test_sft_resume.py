@@ -33,16 +33,35 @@ if kill_after:
         if self.step == int(kill_after):
             os.kill(os.getpid(), signal.SIGKILL)
     loop.TrainLoop.finish_step = finish_step_then_die
+from rlhfkit.trainers import checkpoint as ckpt
+kill_at = os.environ.get("SFT_TEST_KILL_AT")
+if kill_at == "final_export":  # final/'s files written into .tmp-final-PID, not yet renamed
+    original_fsync = ckpt._fsync_tree
+    def fsync_then_die(root):
+        original_fsync(root)
+        if root.name.startswith(".tmp-final-"):
+            os.kill(os.getpid(), signal.SIGKILL)
+    ckpt._fsync_tree = fsync_then_die
+if kill_at == "retire":  # the manifest says "no optimizer", optimizer.pt not yet deleted
+    original_manifest = ckpt._write_manifest_file
+    def manifest_then_die(folder, manifest):
+        original_manifest(folder, manifest)
+        if manifest.get("optimizer") is False:
+            os.kill(os.getpid(), signal.SIGKILL)
+    ckpt._write_manifest_file = manifest_then_die
 from rlhfkit.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def run(args, kill_after=None):
+def run(args, kill_after=None, kill_at=None):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("SFT_TEST_KILL_AFTER_STEP", None)
+    env.pop("SFT_TEST_KILL_AT", None)
     if kill_after is not None:
         env["SFT_TEST_KILL_AFTER_STEP"] = str(kill_after)
+    if kill_at is not None:
+        env["SFT_TEST_KILL_AT"] = kill_at
     return subprocess.run([sys.executable, "-c", ENTRY, *args], env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -74,6 +93,7 @@ def test_sft_killed_and_rerun_ends_like_an_uninterrupted_run(tmp_path, case):
         return ["sft", f"model.path={base}", f"data.train_file={demos}", f"train.output_dir={out}",
                 "data.max_prompt_length=24", "train.per_device_batch_size=2", "train.grad_accum_steps=2",
                 "train.num_epochs=3", "train.lr=3e-3", "train.warmup_steps=2", "train.progress_bar=false",
+                "train.keep_checkpoints_at_end=true",  # the optimizer moments are compared below
                 *extra]
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -102,3 +122,38 @@ def test_sft_killed_and_rerun_ends_like_an_uninterrupted_run(tmp_path, case):
     for index, state in moments_a.items():
         for name in ("exp_avg", "exp_avg_sq"):
             assert torch.allclose(state[name], moments_b[index][name], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_killed_while_exporting_or_retiring_then_rerun_ends_the_same(tmp_path):
+    """SIGKILL at the end of a run — while final/ is exported, and after the last checkpoint's manifest
+    dropped the optimizer but before optimizer.pt was deleted — then the same command: final/ holds the
+    uninterrupted run's weights, no temporary folder is left, and no optimizer state stays."""
+    base = model_dir(tmp_path)
+    demos = write_jsonl(tmp_path / "demos.jsonl", colour_rows(8))
+
+    def args(out):
+        return ["sft", f"model.path={base}", f"data.train_file={demos}", f"train.output_dir={out}",
+                "data.max_prompt_length=24", "train.per_device_batch_size=4", "train.max_steps=4",
+                "train.save_every=2", "train.lr=3e-3", "train.progress_bar=false"]
+
+    straight = tmp_path / "straight"
+    assert run(args(straight)).returncode == 0
+    expected = load_file(straight / "final" / "model.safetensors")
+    for kill_at in ("final_export", "retire"):
+        out = tmp_path / kill_at
+        killed = run(args(out), kill_at=kill_at)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        if kill_at == "final_export":
+            assert not (out / "final").exists() and list(out.glob(".tmp-final-*"))
+            assert (out / "checkpoint-4" / "optimizer.pt").exists()  # nothing retired before final/ is whole
+        else:
+            assert (out / "final").is_dir() and (out / "checkpoint-4" / "optimizer.pt").exists()
+        again = run(args(out))
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "already complete" in again.stderr
+        final = load_file(out / "final" / "model.safetensors")
+        assert all(torch.equal(final[k], expected[k]) for k in expected), kill_at
+        assert not list(out.glob(".tmp-*")) and not list(out.glob(".old-*"))
+        assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]
+        assert not (out / "checkpoint-4" / "optimizer.pt").exists()

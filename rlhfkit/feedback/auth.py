@@ -137,6 +137,41 @@ def _failures_since(conn: sa.Connection, since: float, *, subject: str | None = 
     return int(conn.execute(query).scalar_one())
 
 
+# Any constant: the key of the PostgreSQL advisory lock that serialises login checks (below).
+_LOGIN_LOCK_KEY = 0x726C686B_6C6F67  # "rlhklog"
+
+
+def _lock_login_checks(db: Database, conn: sa.Connection) -> None:
+    """Serialise the rate-limit check-and-count across every connection and server process.
+
+    SQLite's write transaction (`BEGIN IMMEDIATE`) already holds the database write lock; on
+    PostgreSQL a transaction-scoped advisory lock does the same for logins only (READ COMMITTED
+    re-reads after the lock is granted, so each check sees every earlier attempt).
+    """
+    if db.dialect == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_LOGIN_LOCK_KEY)))
+
+
+def _reserve_attempt(db: Database, subject: str, ip: str, max_failures: int, window_seconds: float) -> int:
+    """Check the limit and count this attempt as a failure, in one locked transaction; its audit row id.
+
+    Counting before the password is checked is what makes the limit hold under concurrency: a
+    check-then-record gap let 60 simultaneous guesses get 43 password checks (issue 19). A success
+    turns the row into a `login` (see `login`); a crash mid-check leaves it counted as a failure.
+    """
+    with db.write() as conn:
+        _lock_login_checks(db, conn)
+        now = db.now()
+        since = now - window_seconds
+        if (_failures_since(conn, since, subject=subject) >= max_failures
+                or _failures_since(conn, since, ip=ip) >= 4 * max_failures):
+            raise LoginRateLimited(int(window_seconds))
+        return conn.execute(
+            sa.insert(t.audit_log).values(at=now, user_id=None, event="login_failed", subject=subject,
+                                          ip=ip[:64], detail={}).returning(t.audit_log.c.id)
+        ).scalar_one()
+
+
 def login(
     db: Database, name: str, password: str, *, ip: str, session_seconds: float,
     max_failures: int, window_seconds: float,
@@ -145,15 +180,12 @@ def login(
 
     Raises LoginRateLimited when this name had `max_failures` failures (or this address
     4x as many) within the window, checked before the password so a locked account
-    cannot be probed; LoginFailed on a wrong name or password.
+    cannot be probed; LoginFailed on a wrong name or password. Attempts whose password
+    check is still running count as failures, so concurrent guesses cannot pass the limit.
     """
     subject = name.strip().lower()[:128]
-    now = db.now()
+    attempt_id = _reserve_attempt(db, subject, ip, max_failures, window_seconds)
     with db.read() as conn:
-        since = now - window_seconds
-        if (_failures_since(conn, since, subject=subject) >= max_failures
-                or _failures_since(conn, since, ip=ip) >= 4 * max_failures):
-            raise LoginRateLimited(int(window_seconds))
         row = conn.execute(sa.select(t.users).where(t.users.c.name == name, t.users.c.active.is_(True))).first()
     if row is None:
         burn_password_check(password)
@@ -161,8 +193,6 @@ def login(
     else:
         ok = verify_password(password, row.password_hash)
     if not ok:
-        with db.write() as conn:
-            audit(conn, db.now(), "login_failed", subject=subject, ip=ip)
         raise LoginFailed("Wrong user name or password.")
     user = _row_to_user(row)
     token, csrf = new_token(), new_token()
@@ -175,7 +205,9 @@ def login(
                 expires_at=now + session_seconds,
             )
         )
-        audit(conn, now, "login", user_id=user.id, subject=subject, ip=ip)
+        # The reserved attempt becomes the audit log's record of this login.
+        conn.execute(sa.update(t.audit_log).where(t.audit_log.c.id == attempt_id)
+                     .values(event="login", user_id=user.id, at=now))
     return token, Session(user=user, csrf_token=csrf, token_hash=token_hash(token))
 
 

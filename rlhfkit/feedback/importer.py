@@ -91,8 +91,11 @@ def _gold_problem(gold: Any, kind: str, k: int) -> str | None:
 def _infer_kind(row: dict[str, Any], n: int) -> tuple[str | None, str | None]:
     kind = row.get("kind")
     if kind is None:
-        kind = {0: "demo", 2: "pair"}.get(n, "rank" if n >= 3 else None)
-        return kind, None if kind else "a single response cannot be compared; give 2 or more, or kind demo"
+        if n == 1:
+            return None, "a single response cannot be compared; give 2 or more, or kind demo"
+        if n > MAX_RANK_K:  # the inferred kind gets the same bound as a stated one
+            return None, f"a rank item needs 3 to {MAX_RANK_K} responses, got {n}"
+        return {0: "demo", 2: "pair"}.get(n, "rank"), None
     if kind not in KINDS:
         return None, f"must be one of {', '.join(KINDS)}, got {kind!r}"
     if kind == "pair" and n != 2:

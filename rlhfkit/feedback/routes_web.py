@@ -110,11 +110,16 @@ def _lease_and_redirect(request: Request, session: auth.Session, message: str = 
     return _see_other(f"/annotate/{task.assignment_id}")
 
 
+def response_labels(k: int) -> list[str]:
+    """A, B, … for the responses on screen; numbers past Z (an item imported before the 3-9 bound held)."""
+    return [chr(ord("A") + i) if i < 26 else str(i + 1) for i in range(k)]
+
+
 def _task_page(request: Request, task: assign.Task, status: str, status_code: int = 200, error: str = "",
                form: Form | None = None) -> Response:
     invisible = sorted({mark for text in [task.prompt, *task.responses] for mark in invisible_characters(text)})
     return render(request, f"task_{task.kind}.html", status_code=status_code, task=task, status=status,
-                  error=error, flags=FLAGS, invisible=invisible, letters="ABCDEFGHI",
+                  error=error, flags=FLAGS, invisible=invisible, letters=response_labels(len(task.responses)),
                   values=dict(form.fields) if form else {}, checked_flags=set(form.getlist("flag")) if form else set())
 
 

@@ -82,8 +82,9 @@ def burn_password_check(password: str) -> None:
 
 def password_problem(name: str, password: str) -> str | None:
     """Why a new password is refused, or None."""
-    if len(password) < MIN_PASSWORD_CHARS:
-        return f"the password must have at least {MIN_PASSWORD_CHARS} characters"
+    if len(password.strip()) < MIN_PASSWORD_CHARS:  # ten spaces are not a password
+        return (f"the password must have at least {MIN_PASSWORD_CHARS} characters, not counting leading "
+                "or trailing spaces")
     if password.strip().lower() == name.strip().lower():
         return "the password must differ from the user name"
     if "\x00" in password:

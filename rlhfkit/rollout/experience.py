@@ -28,6 +28,10 @@ _SHAPES = {
 }
 
 
+class NonFiniteRollout(ValueError):
+    """A rollout whose only problem is non-finite values (diverged weights), not a malformed one (a bug)."""
+
+
 @dataclass
 class Rollout:
     """A batch of B sampled responses and everything PPO computes about them (see module docstring)."""
@@ -91,6 +95,7 @@ class Rollout:
         if problems:  # the content checks below assume the shapes
             raise ValueError("invalid rollout: " + "; ".join(problems))
         problems += _check_ids_and_masks(self)
+        nonfinite: list[str] = []
         valid = self.response_mask.bool()
         for name, tensor in fields.items():
             if name in ("query_ids", "query_mask", "response_ids", "response_mask"):
@@ -100,14 +105,16 @@ class Rollout:
                 continue
             if name == "scores":
                 if not torch.isfinite(tensor).all():
-                    problems.append("scores has non-finite entries")
+                    nonfinite.append("scores has non-finite entries")
                 continue
             if not torch.isfinite(tensor[valid]).all():
-                problems.append(f"{name} has non-finite entries inside the response mask")
+                nonfinite.append(f"{name} has non-finite entries inside the response mask")
             if name in ("logprobs", "ref_logprobs") and (tensor[valid] > 1e-4).any():
                 problems.append(f"{name} has positive entries: a log-probability is ≤ 0")
         if problems:
-            raise ValueError("invalid rollout: " + "; ".join(problems))
+            raise ValueError("invalid rollout: " + "; ".join(problems + nonfinite))
+        if nonfinite:
+            raise NonFiniteRollout("invalid rollout: " + "; ".join(nonfinite))
         return self
 
     # ---- construction ----------------------------------------------------------------------------------

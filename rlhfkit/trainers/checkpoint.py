@@ -1,10 +1,14 @@
 """Atomic checkpoints: written whole or not at all, found again after any crash.
 
 Recipe (see RELIABILITY.md): everything is written into ``.tmp-checkpoint-{step}`` beside the target (same
-filesystem, so the rename is atomic), every file and folder is fsynced, a manifest listing every file and
-its size is written *last*, the folder is renamed to ``checkpoint-{step}`` with ``os.replace`` and the
-parent folder is fsynced. A folder without a valid manifest, or whose files do not match it (a truncated
-file), is incomplete: :func:`find_latest_checkpoint` skips it and falls back to the previous good one.
+filesystem, so the rename is atomic), every file and folder is fsynced, a manifest listing every file with
+its size and CRC-32 is written *last*, the folder is renamed to ``checkpoint-{step}`` with ``os.replace`` and
+the parent folder is fsynced. A folder without a valid manifest, or whose files do not match it (a truncated
+file), is incomplete: :func:`find_latest_checkpoint` skips it and falls back to the previous good one. At
+resume it also compares every file's CRC-32 with the manifest, so a file damaged *after* it was written
+(same size, other bytes) is caught and the previous checkpoint used instead. The CRC of the torch state
+files (the optimizer state is most of a checkpoint) is computed on the bytes as they are written; the
+model folder's files are read back once from the page cache, right after they were written.
 Old checkpoints are deleted by :func:`rotate_checkpoints` only after the new one is complete.
 
 Layout of ``checkpoint-{step}/``::
@@ -17,17 +21,24 @@ Layout of ``checkpoint-{step}/``::
     config.json                the run's config, compared on resume
     manifest.json              written last; marks the checkpoint complete
 
+At the end of a run, after the stage's ``final/`` folder is complete, :func:`retire_checkpoints` deletes
+the older checkpoints and the last one's ``optimizer.pt`` (unless ``train.keep_checkpoints_at_end``): the
+manifest is rewritten first with ``"optimizer": false``, so a kill at any point leaves a loadable folder.
+That last checkpoint still lets a re-run of the same command find the run complete and re-export it.
+
 Imports torch, safetensors and the standard library; transformers/peft only when the model is one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
 import shutil
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +51,7 @@ PREFIX = "checkpoint-"
 TMP_PREFIX = ".tmp-checkpoint-"
 TRASH_PREFIX = ".trash-checkpoint-"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+DAMAGED = "does not match its CRC-32"  # in checkpoint_problem's reason for a file whose bytes changed
 
 
 class CheckpointError(RuntimeError):
@@ -73,22 +85,57 @@ def begin_checkpoint(output_dir: str | Path, step: int) -> Path:
     return tmp
 
 
-def _manifest_files(tmp: Path) -> dict[str, int]:
-    files = {}
+def file_crc32(path: Path) -> str:
+    """CRC-32 of a file's bytes, 8 hex digits: a cheap check against damage, not against an attacker."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            crc = zlib.crc32(block, crc)
+    return f"{crc:08x}"
+
+
+class _CRCWriter(io.RawIOBase):
+    """A write-only file that keeps the CRC-32 of everything written through it."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.crc = file, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.crc = zlib.crc32(data, self.crc)
+        return self.file.write(data)
+
+
+# CRC-32 of the files written by save_torch, by absolute path; taken (and dropped) by write_manifest.
+_WRITTEN_CRC: dict[str, str] = {}
+
+
+def _manifest_files(tmp: Path) -> tuple[dict[str, int], dict[str, str]]:
+    """Every file's size and CRC-32 (from :func:`save_torch` when it wrote the file, else read back)."""
+    files, crcs = {}, {}
     for folder, _dirs, names in os.walk(tmp):
         for name in names:
             path = Path(folder) / name
-            files[path.relative_to(tmp).as_posix()] = path.stat().st_size
-    return files
+            rel = path.relative_to(tmp).as_posix()
+            files[rel] = path.stat().st_size
+            crcs[rel] = _WRITTEN_CRC.pop(str(path.resolve()), None) or file_crc32(path)
+    return files, crcs
 
 
 def write_manifest(tmp: Path, step: int, extra: dict[str, Any] | None = None) -> None:
-    """Write ``manifest.json`` (file list with sizes) into ``tmp`` — the last file of a checkpoint."""
-    manifest = {"format": FORMAT, "step": step, "files": _manifest_files(tmp), **(extra or {})}
-    part = tmp / (MANIFEST + ".part")
+    """Write ``manifest.json`` (every file's size and CRC-32) into ``tmp`` — the last file of a checkpoint."""
+    files, crcs = _manifest_files(tmp)
+    manifest = {"format": FORMAT, "step": step, "files": files, "crc32": crcs, **(extra or {})}
+    _write_manifest_file(tmp, manifest)
+
+
+def _write_manifest_file(folder: Path, manifest: dict[str, Any]) -> None:
+    part = folder / (MANIFEST + ".part")
     part.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
     _fsync_path(part)
-    os.replace(part, tmp / MANIFEST)
+    os.replace(part, folder / MANIFEST)
 
 
 def commit_checkpoint(tmp: Path, step: int, extra: dict[str, Any] | None = None) -> Path:
@@ -120,6 +167,7 @@ def save_folder_atomically(target: str | Path, write: Callable[[Path], Any]) -> 
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_writers_leftovers(target.parent, target.name)
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -139,6 +187,37 @@ def save_folder_atomically(target: str | Path, write: Callable[[Path], Any]) -> 
     return target
 
 
+def pid_is_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a leftover of a dead one may be deleted)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+_WRITER_LEFTOVER = re.compile(r"^\.(tmp|old)-(.+)-(\d+)$")
+
+
+def remove_dead_writers_leftovers(folder: Path, name: str | None = None) -> list[Path]:
+    """Delete what a kill during :func:`save_folder_atomically` left in ``folder`` (of target ``name``, or of
+    any): ``.tmp-{name}-{pid}``, and ``.old-{name}-{pid}`` once ``name`` exists again (between the two
+    renames it is the only copy, so it stays). Only leftovers of processes that no longer run."""
+    removed = []
+    for path in Path(folder).glob(".*-*"):
+        match = _WRITER_LEFTOVER.match(path.name)
+        if (match is None or not path.is_dir() or path.name.startswith((TMP_PREFIX, TRASH_PREFIX))
+                or (name is not None and match.group(2) != name) or pid_is_alive(int(match.group(3)))):
+            continue
+        if match.group(1) == "old" and not (path.parent / match.group(2)).exists():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 # ----------------------------------------------------------------------------- finding
 
 
@@ -155,8 +234,13 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def checkpoint_problem(path: Path) -> str | None:
-    """Why the checkpoint at ``path`` cannot be trusted, or None when it is complete."""
+def checkpoint_problem(path: Path, verify_content: bool = False) -> str | None:
+    """Why the checkpoint at ``path`` cannot be trusted, or None when it is complete.
+
+    Files are checked against the manifest by size; with ``verify_content`` also by CRC-32 (reads every
+    byte: done once at resume, not at every rotation). Checkpoints written before checksums existed are
+    checked by size only.
+    """
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         return "no manifest (the save did not finish)"
@@ -174,14 +258,23 @@ def checkpoint_problem(path: Path) -> str | None:
             return f"missing file {name}"
         if file.stat().st_size != size:
             return f"file {name} has {file.stat().st_size} bytes, the manifest says {size}"
+    if verify_content:
+        for name, expected in (manifest.get("crc32") or {}).items():
+            if name in manifest["files"] and file_crc32(path / name) != expected:
+                return f"file {name} {DAMAGED} in the manifest (changed after it was written)"
     return None
 
 
-def find_latest_checkpoint(output_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """The newest complete checkpoint (or None) and the newer incomplete ones skipped, with the reason."""
+def find_latest_checkpoint(output_dir: str | Path, verify_content: bool = False,
+                           ) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest complete checkpoint (or None) and the newer incomplete ones skipped, with the reason.
+
+    ``verify_content``: also compare every file's CRC-32 (at resume), so a damaged newest checkpoint is
+    skipped like an incomplete one.
+    """
     skipped = []
     for _step, path in reversed(list_checkpoints(output_dir)):
-        problem = checkpoint_problem(path)
+        problem = checkpoint_problem(path, verify_content)
         if problem is None:
             return path, skipped
         skipped.append((path, problem))
@@ -215,20 +308,59 @@ def rotate_checkpoints(output_dir: str | Path, keep: int, protect: Path | None =
     return removed
 
 
+OPTIMIZER = "optimizer.pt"
+
+
+def has_optimizer_state(path: Path) -> bool:
+    """False for a checkpoint whose optimizer state :func:`retire_checkpoints` removed."""
+    return read_manifest(path).get("optimizer", True) is not False
+
+
+def retire_checkpoints(output_dir: str | Path) -> list[Path]:
+    """At the end of a run, once ``final/`` is complete: delete every checkpoint but the newest complete
+    one, then that one's optimizer state. Returns the deleted folders.
+
+    The kept checkpoint's manifest is rewritten (atomically) *before* ``optimizer.pt`` is deleted, so a
+    kill at any moment leaves a checkpoint that loads: with its optimizer state, or marked without it.
+    Without it a re-run of the same command finds the run complete (and re-exports it from the weights);
+    training further from it is refused by the loop.
+    """
+    latest, _ = find_latest_checkpoint(output_dir)
+    if latest is None:
+        return []
+    removed = [path for _step, path in list_checkpoints(output_dir) if path != latest]
+    for path in removed:
+        _discard(path)
+    manifest = read_manifest(latest)
+    if manifest.get("optimizer", True) is not False:
+        files = {k: v for k, v in manifest["files"].items() if k != OPTIMIZER}
+        crcs = {k: v for k, v in (manifest.get("crc32") or {}).items() if k != OPTIMIZER}
+        _write_manifest_file(latest, {**manifest, "files": files, "crc32": crcs, "optimizer": False})
+        _fsync_path(latest)
+    (latest / OPTIMIZER).unlink(missing_ok=True)
+    _fsync_path(latest)
+    return removed
+
+
 def remove_stale_temporaries(output_dir: str | Path) -> list[Path]:
-    """Delete ``.tmp-checkpoint-*`` and ``.trash-checkpoint-*`` folders left by a crashed run."""
+    """Delete ``.tmp-checkpoint-*`` and ``.trash-checkpoint-*`` folders left by a crashed run, and the
+    temporary folders of a final export it was killed in (:func:`remove_dead_writers_leftovers`)."""
     root = Path(output_dir)
     stale = [p for p in root.iterdir() if p.is_dir() and p.name.startswith((TMP_PREFIX, TRASH_PREFIX))]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
-    return stale
+    return stale + remove_dead_writers_leftovers(root)
 
 
 # ----------------------------------------------------------------------------- contents
 
 
 def save_torch(obj: Any, path: Path) -> None:
-    torch.save(obj, path)
+    """``torch.save``, keeping the CRC-32 of the bytes as they are written (for the manifest)."""
+    with open(path, "wb") as f:
+        writer = _CRCWriter(f)
+        torch.save(obj, writer)
+    _WRITTEN_CRC[str(Path(path).resolve())] = f"{writer.crc:08x}"
 
 
 def load_torch(path: Path) -> Any:
@@ -345,11 +477,13 @@ def save_training_checkpoint(accelerator: Any, output_dir: Path, step: int, *, m
     save_torch(rng, tmp / f"rng_rank{rank}.pt")
     if stage is not None:
         save_torch(stage, tmp / f"stage_rank{rank}.pt")
+    if not accelerator.is_main_process:
+        _WRITTEN_CRC.clear()  # the main process writes the manifest (reading these files back)
     accelerator.wait_for_everyone()
     final = Path(output_dir) / f"{PREFIX}{step}"
     if accelerator.is_main_process:
         kind = save_model(model, tmp / "model", tokenizer)
-        save_torch(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_torch(optimizer.state_dict(), tmp / OPTIMIZER)
         save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
         write_json(tmp / "trainer_state.json", {**trainer_state, "model_format": kind})
         write_json(tmp / "config.json", config)
@@ -362,10 +496,12 @@ def save_training_checkpoint(accelerator: Any, output_dir: Path, step: int, *, m
 def load_training_checkpoint(path: Path, rank: int, *, model: torch.nn.Module, optimizer: Any,
                              scheduler: Any) -> tuple[dict, dict | None, dict | None]:
     """Load model, optimizer and scheduler from ``path``; return (trainer state, this rank's RNG state or
-    None when the checkpoint had fewer processes, the stage state — this rank's, else rank 0's — or None)."""
+    None when the checkpoint had fewer processes, the stage state — this rank's, else rank 0's — or None).
+    A retired checkpoint (see :func:`retire_checkpoints`) leaves the optimizer as it is."""
     state = read_json(path / "trainer_state.json")
     load_model(model, path / "model", state["model_format"])
-    optimizer.load_state_dict(load_torch(path / "optimizer.pt"))
+    if has_optimizer_state(path):
+        optimizer.load_state_dict(load_torch(path / OPTIMIZER))
     scheduler.load_state_dict(load_torch(path / "scheduler.pt"))
     rng_file, stage_file = path / f"rng_rank{rank}.pt", path / f"stage_rank{rank}.pt"
     if not stage_file.exists():
@@ -377,6 +513,13 @@ def load_training_checkpoint(path: Path, rank: int, *, model: torch.nn.Module, o
 
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1, sort_keys=True, default=str), encoding="utf-8")
+
+
+def write_json_atomically(path: Path, data: Any) -> None:
+    """:func:`write_json` into a temporary sibling, then ``os.replace``: readers see the old or the new file."""
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    write_json(part, data)
+    os.replace(part, path)
 
 
 def read_json(path: Path) -> Any:

@@ -5,7 +5,7 @@
 A training step, on a micro-batch of B pairs collated into one batch of 2B rows (chosen, then rejected):
 
 1. reference log-probs ``log π_ref(y|x)`` (2B,): looked up in the table precomputed before training and
-   cached beside the data (``reference_mode: precompute``), or one no-grad forward of π_ref (``on_the_fly``:
+   cached in the run's folder (``reference_mode: precompute``), or one no-grad forward of π_ref (``on_the_fly``:
    a frozen copy, or with LoRA the policy with its adapters disabled);
 2. one forward of the policy over the 2B rows; ``log π_θ(y|x)`` summed over response tokens only (2B,),
    and the response lengths (for IPO's per-token average and RPO's per-token NLL). With a precomputed
@@ -90,12 +90,13 @@ class DPOConfig(Recipe):
     rpo_alpha: float | None = None
     """rpo only: α, the weight of the per-token NLL of the chosen response; null = 1.0."""
     reference_mode: Literal["precompute", "on_the_fly"] = "precompute"
-    """precompute: π_ref log-probs computed once before training, cached beside the data (faster steps,
+    """precompute: π_ref log-probs computed once before training, cached in ``reference_cache/`` (faster steps,
     no reference model in memory while training); on_the_fly: one no-grad reference forward per step."""
     reference_batch_size: int = 16
     """Pairs per forward when precomputing reference log-probs."""
     reference_cache_dir: str | None = None
-    """Folder of the reference cache; null = ``.rlhfkit-cache`` beside each data file."""
+    """Folder of the reference cache (shared by runs on the same data and reference); null = ``reference_cache/``
+    in ``train.output_dir``. Never the data's folder, which may be shared or read-only."""
     eval_batch_size: int | None = None
     """Pairs per evaluation forward; null = ``train.per_device_batch_size``."""
     group_by_length: bool = False
@@ -435,7 +436,7 @@ def _precompute(cfg, split, data_file, model, examples, tokenizer, context, is_m
         data_file, examples, context,
         lambda: compute_reference_logps(model, examples, pad_token_id=pad_token_id_for(tokenizer),
                                         batch_size=cfg.reference_batch_size),
-        cache_dir=cfg.reference_cache_dir, write=is_main)
+        cache_dir=cfg.reference_cache_dir or Path(cfg.train.output_dir) / "reference_cache", write=is_main)
     how = "read from" if result.hit else "computed, cached in" if result.written else "computed; not cached in"
     say(f"dpo {split}: reference log-probs of {len(examples)} pairs {how} {result.path} "
         f"({result.seconds:.1f} s)")
@@ -533,6 +534,7 @@ def train(cfg: DPOConfig, *, train_dataset: Any = None, eval_dataset: Any = None
     # 4. the final policy, loadable by plain transformers / peft
     if summary.status in ("completed", "already_complete") and state.is_main_process:
         say(f"dpo: final policy saved in {save_final(loop.unwrapped_model, cfg, tokenizer)}")
+    loop.retire_checkpoints()  # only now that final/ is complete
     return summary
 
 

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from rlhfkit.config import ConfigError
+from rlhfkit.errors import RunStopped
 from rlhfkit.trainers import checkpoint as ckpt
 from rlhfkit.trainers.determinism import (
     DataOrder,
@@ -62,16 +63,17 @@ from rlhfkit.trainers.loop_support import (
     preserved_rng,
     resume_problem,
 )
-from rlhfkit.trainers.metrics_log import MetricsLog, Progress, plain_number, say
+from rlhfkit.trainers.metrics_log import MetricsLog, Progress, plain_number, read_metrics, say
+from rlhfkit.trainers.run_doctor import check_loss
 from rlhfkit.trainers.runtime import resolve_run_precision
 from rlhfkit.trainers.train_config import TrainConfig
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(RunStopped):
     """A non-finite loss or gradient norm stopped the run (no optimizer step, no checkpoint after it)."""
 
 
-class TrainingOOMError(RuntimeError):
+class TrainingOOMError(RunStopped):
     """The run ran out of memory; the message says which setting to lower and what was saved."""
 
 
@@ -120,13 +122,15 @@ class TrainLoop:
     ``state_dict()``/``load_state_dict()`` saved per process in every checkpoint (their state must be
     tensors, numbers, strings, lists and dicts). ``eval_fn(model) -> metrics`` runs in eval mode under
     ``torch.no_grad`` without disturbing the training RNG. ``param_groups`` replaces the default AdamW
-    groups (matrices decayed, biases and norms not).
+    groups (matrices decayed, biases and norms not). ``reports``: JSON files (name → data, e.g. the stage's
+    ``data_report.json``) written into ``output_dir`` once the run is known to start or resume — after the
+    resume check, so a refused run leaves the previous run's files as they were.
     """
 
     def __init__(self, config: TrainConfig, model: torch.nn.Module, *, run_config: Any = None,
                  stage_state: dict[str, Any] | None = None, eval_fn: Callable[[Any], dict] | None = None,
                  tokenizer: Any = None, param_groups: list[dict] | None = None,
-                 safe_to_change: tuple[str, ...] = ()) -> None:
+                 safe_to_change: tuple[str, ...] = (), reports: dict[str, Any] | None = None) -> None:
         self.config = config
         self.model = model
         self.run_config = run_config
@@ -135,6 +139,7 @@ class TrainLoop:
         self.tokenizer = tokenizer
         self.param_groups = param_groups
         self.safe_to_change = tuple(safe_to_change)
+        self.reports = dict(reports or {})
         self.output_dir = Path(config.output_dir)
         self.step = 0  # completed steps
         self.epoch = 0  # epoch of the next step
@@ -156,6 +161,8 @@ class TrainLoop:
         self._restore_rng: dict | None = None
         self._wandb_run_id: str | None = None
         self._stop_reason: str | None = None
+        self._losses: list[dict[str, Any]] = []  # {"step", "train/loss"} of every step, for the run doctor
+        self._doctor_warned_at = -(10**9)
         self.metrics: MetricsLog | None = None
 
     # ------------------------------------------------------------------ handles for the stage
@@ -349,6 +356,18 @@ class TrainLoop:
         self._grad_norm = grad_norm
         return UpdateResult(grad_norm, False, lr)
 
+    def stop_nonfinite(self, what: str) -> None:
+        """Stop the run on non-finite values met outside a loss (e.g. a rollout sampled from diverged weights):
+        a :class:`NonFiniteError` naming the step and the latest checkpoint; no update is made from them."""
+        step = self._current
+        number = step.number if step is not None else self.step + 1
+        last = self.last_checkpoint.name if self.last_checkpoint else "none yet"
+        self.metrics.event("nonfinite", number, kind="values", action="stop")
+        raise NonFiniteError(
+            f"non-finite values at step {number} ({what}): no update was made from them and no checkpoint "
+            f"written after them (latest checkpoint: {last}). The weights have likely diverged: lower lr "
+            f"(now {self.config.lr:g}) or max_grad_norm, or use mixed_precision=no.")
+
     def log(self, metrics: dict[str, Any]) -> None:
         """Add metrics to the current step's log line (names without ``/`` get ``train/``)."""
         self._pending.update({_metric_name(k, "train"): plain_number(v) for k, v in metrics.items()})
@@ -386,6 +405,7 @@ class TrainLoop:
             row.update(self._evaluate())
         self._last_row = row
         self.metrics.log(self.step, row, to_dashboards=self.step % self.config.log_every == 0 or is_last)
+        self._check_loss(row)
         self._progress.update(self.step, row)
         every = self.config.save_every
         if is_last or self._save_pending or (every and self.step % every == 0):
@@ -414,11 +434,13 @@ class TrainLoop:
         self._resume_or_start()
 
     def _resume_or_start(self) -> None:
-        latest, skipped = ckpt.find_latest_checkpoint(self.output_dir)
+        latest, skipped = ckpt.find_latest_checkpoint(self.output_dir, verify_content=True)
         if self.is_main_process:
             ckpt.remove_stale_temporaries(self.output_dir)
+            instead = f"falling back to {latest.name}" if latest is not None else "no earlier checkpoint; starting afresh"
             for path, reason in skipped:
-                say(f"skipped {path.name}: incomplete, {reason}")
+                state = "damaged" if ckpt.DAMAGED in reason else "incomplete"
+                say(f"skipped {path.name}: {state}, {reason}; {instead}")
         self.accelerator.wait_for_everyone()
         existing = ckpt.list_checkpoints(self.output_dir)
         if existing and not self.config.resume:
@@ -428,8 +450,14 @@ class TrainLoop:
         if latest is not None:
             self._load_checkpoint(latest)
             resume_step = self.step
+        if self.is_main_process:
+            for name, data in self.reports.items():
+                ckpt.write_json_atomically(self.output_dir / name, data)
         self.metrics.open(resume_step, config_record(self.config, self.run_config, {}),
                           wandb_run_id=self._wandb_run_id if latest else None)
+        if resume_step and self.is_main_process and self.metrics.path.exists():  # the doctor sees the whole run
+            self._losses = [{"step": r["step"], "train/loss": r["train/loss"]}
+                            for r in read_metrics(self.metrics.path) if "train/loss" in r and "event" not in r]
         for note in self.metrics.notes:
             say(note)
         if latest is not None and self.step < self.total_steps:
@@ -443,6 +471,13 @@ class TrainLoop:
                                  self.run_config, self.safe_to_change)
         if problem:
             raise ConfigError(f"cannot resume from {path}: {problem}")
+        saved_state = ckpt.read_json(path / "trainer_state.json")
+        if (not ckpt.has_optimizer_state(path) and saved_state["step"] < self.total_steps
+                and not saved_state.get("stopped")):
+            raise ConfigError(
+                f"cannot train past step {saved_state['step']}: the run ended there and {path.name} keeps no "
+                "optimizer state (train.keep_checkpoints_at_end=false); start a new output_dir from its final "
+                "model, or keep the checkpoints next time")
         rank = self.accelerator.process_index
         state, rng, stage = ckpt.load_training_checkpoint(path, rank, model=self.unwrapped_model,
                                                           optimizer=self.optimizer, scheduler=self.scheduler)
@@ -480,9 +515,16 @@ class TrainLoop:
             trainer_state=self._trainer_state(), config=config_record(self.config, self.run_config,
                                                                       self._data_record()),
             rng=snapshot["rng"] if snapshot else capture_rng_state(), stage=stage or None,
-            keep=self.config.keep_last_checkpoints)
+            keep=self.config.save_total_limit)
         self.last_checkpoint, self._save_pending = final, False
         return final
+
+    def retire_checkpoints(self) -> None:
+        """Call once the stage's final folder is complete: unless ``train.keep_checkpoints_at_end``, delete
+        the older checkpoints and the last one's optimizer state (see ``checkpoint.retire_checkpoints``)."""
+        if self.is_main_process and not self.config.keep_checkpoints_at_end:
+            ckpt.retire_checkpoints(self.output_dir)
+        self.accelerator.wait_for_everyone()
 
     def _trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "epoch": self.epoch, "position": self.position,
@@ -536,6 +578,19 @@ class TrainLoop:
             self.metrics.event("nonfinite", step.number, kind=kind, action="stop")
             raise NonFiniteError(nonfinite_message(self.config, kind, value, where, last,
                                                    self.consecutive_skips))
+
+    def _check_loss(self, row: dict[str, Any]) -> None:
+        # The run doctor's divergence check (run_doctor.check_loss): said at most once per 20 steps, and kept
+        # as a `doctor` event, so a run that diverged without going NaN does not end silently.
+        if "train/loss" not in row:
+            return
+        self._losses.append({"step": self.step, "train/loss": row["train/loss"]})
+        for warning in check_loss(self._losses):
+            if self.is_main_process and self.step - self._doctor_warned_at >= 20:
+                self._doctor_warned_at = self.step
+                say(f"run doctor: {warning}")
+                self.metrics.event("doctor", self.step, kind=warning.kind, message=warning.message,
+                                   fix=warning.fix)
 
     def _evaluate(self) -> dict[str, Any]:
         model = self.model

@@ -35,10 +35,12 @@ from accelerate.utils import parse_flag_from_env
 
 from rlhfkit.config import load_config
 from rlhfkit.data import encode_prompt, format_encode_report, load_rows
+from rlhfkit.data.templates import adopt_template
 from rlhfkit.losses import gae, per_token_rewards, ppo_policy_loss, ppo_value_loss
+from rlhfkit.models.load import load_tokenizer
 from rlhfkit.ops import explained_variance, masked_mean, masked_sum, masked_whiten
 from rlhfkit.rewards.sources import RewardSources, source_metrics
-from rlhfkit.rollout.experience import Rollout
+from rlhfkit.rollout.experience import NonFiniteRollout, Rollout
 from rlhfkit.rollout.generate import generate
 from rlhfkit.rollout.score import Scorer, ends_with_eos, response_texts
 from rlhfkit.trainers import critic_free
@@ -105,7 +107,10 @@ class PPOTrainer:
         batch = [example for example in batch for _ in range(cfg.rollout.n)]
         prompts = [self.prompts[example.index] for example in batch]
         # 2.–4. Generate, score, then logprobs / ref_logprobs / values — each once per rollout.
-        rollout, extras = self.collect(batch, prompts, self.rng.sampling, self.fields[0])
+        try:
+            rollout, extras = self.collect(batch, prompts, self.rng.sampling, self.fields[0])
+        except NonFiniteRollout as err:  # sampled from diverged weights: stop like a non-finite loss does
+            self.loop.stop_nonfinite(str(err))
         mask = rollout.response_mask
         beta = self.kl_controller.value
         if cfg.advantage.critic_free:  # 5.–7. as critic_free.py says: group/batch baseline, no values
@@ -420,11 +425,13 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None, 
     sources = data_sources(cfg.data, train_dataset, eval_dataset)
     rows = {split: read_prompt_rows(source, cfg, split) for split, source in sources.items()}  # before any model
     seed_everything(cfg.train.seed)
-    models = critic_free.build_online_models(cfg, scorer)
-    prompts, prompt_rows = encode_prompts(rows["train"], cfg, models.tokenizer, source_name(sources["train"], "train"))
+    # every prompt row validated and encoded before any model is loaded (the tokenizer alone is cheap)
+    tokenizer = adopt_template(load_tokenizer(cfg.model.path), cfg.data.template)
+    prompts, prompt_rows = encode_prompts(rows["train"], cfg, tokenizer, source_name(sources["train"], "train"))
     fields = tuple([getattr(row, "fields", {}) for row in rows.get(split, [])] for split in ("train", "eval"))
-    eval_set = (encode_prompts(rows["eval"], cfg, models.tokenizer, source_name(sources["eval"], "eval"))
+    eval_set = (encode_prompts(rows["eval"], cfg, tokenizer, source_name(sources["eval"], "eval"))
                 if "eval" in rows else None)
+    models = critic_free.build_online_models(cfg, scorer)
     kl_controller = make_kl_controller(cfg.kl)
     actor_critic = models.actor_critic
     groups = param_groups(actor_critic, cfg.train.lr, cfg.value_model.lr, cfg.train.weight_decay)
@@ -452,12 +459,15 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None, 
             loop.finish_step(metrics)
     summary = loop.summary
     out = Path(cfg.train.output_dir)
+    outputs = [out / "final"] + ([out / "value_model"] if actor_critic.value_model is not None else [])
     finished = summary.status == "completed" or (summary.status == "already_complete"
-                                                  and not (out / "final").exists())
+                                                  and not all(p.exists() for p in outputs))
     if loop.is_main_process and finished:
         save = critic_free.save_policy_only if cfg.advantage.critic_free else save_trained
         saved = save(models, cfg, out)
-        say(f"{cfg.advantage.estimator if cfg.advantage.critic_free else 'ppo'}: saved " + ", ".join(f"the {name} in {path}" for name, path in saved.items()))
+        name = cfg.advantage.estimator if cfg.advantage.critic_free else "ppo"
+        say(f"{name}: saved " + ", ".join(f"the {what} in {path}" for what, path in saved.items()))
+    loop.retire_checkpoints()  # only now that final/ is complete
     return summary
 
 

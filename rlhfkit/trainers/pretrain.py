@@ -318,5 +318,6 @@ def pretrain(texts: Sequence[str], tokenizer: Any, model, train_cfg: TrainConfig
         tokenizer.save_pretrained(folder)
 
     final = save_folder_atomically(Path(train_cfg.output_dir) / FINAL_DIR, write)
+    loop.retire_checkpoints()  # only now that final/ is complete
     say(f"pretrain: saved {final}")
     return trained

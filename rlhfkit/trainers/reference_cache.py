@@ -1,10 +1,13 @@
-"""Reference log-probabilities for DPO: computed on the fly, or precomputed once and cached beside the data.
+"""Reference log-probabilities for DPO: computed on the fly, or precomputed once and cached in a cache folder.
 
 DPO needs ``log π_ref(y|x)`` of every chosen and rejected response. The reference never changes, so the
 values can be computed once before training (one no-grad forward per pair instead of one per pair *per
 epoch*, and no second model in memory during training) and stored in a small safetensors file:
 
-    {data folder}/.rlhfkit-cache/{data file name}.ref-{key[:16]}.safetensors
+    {cache folder}/{data file name}.ref-{key[:16]}.safetensors
+
+The cache folder is the run's ``{train.output_dir}/reference_cache`` unless ``reference_cache_dir`` names
+a shared one — never the data's folder, which may be shared or read-only.
         chosen_logps (N,) float32, rejected_logps (N,) float32, row_index (N,) int64
         metadata: {"key": <full key>, "format": FORMAT, "parts": <JSON of the key's parts>}
 
@@ -13,7 +16,8 @@ tokenizer, the token ids actually encoded, and the reference model (its config a
 tensor* of its state dict) — so a stale cache is never used: change one data row, one weight, the
 tokenizer or ``max_length`` and the key changes, the file is not found, and the values are recomputed.
 A file whose metadata or shapes disagree with the key (or that cannot be read) is a miss too. Files are
-written atomically (temporary file, fsync, ``os.replace``), so a killed run never leaves a half file.
+written atomically (temporary file, fsync, ``os.replace``), so a killed run never leaves a half file; the
+temporary file it leaves is deleted by the next write into the folder once its writer no longer runs.
 
 Log-probabilities are *summed* over the response tokens (``rlhfkit.ops.sequence_logprobs``), as the
 DPO losses expect; lengths for IPO/RPO come from the batch, not the cache.
@@ -48,7 +52,6 @@ from rlhfkit.ops import sequence_logprobs
 from rlhfkit.trainers.metrics_log import say
 
 FORMAT = "rlhfkit-reference-logps/1"
-CACHE_FOLDER = ".rlhfkit-cache"
 _CHUNK = 1 << 24  # bytes hashed per update: bounds the temporary copy of a non-contiguous tensor
 
 
@@ -273,11 +276,9 @@ def cache_key(parts: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def cache_path(data_file: str | Path, key: str, cache_dir: str | Path | None = None) -> Path:
-    """``{cache_dir or the data's folder/.rlhfkit-cache}/{data file name}.ref-{key[:16]}.safetensors``."""
-    data_file = Path(data_file)
-    folder = Path(cache_dir) if cache_dir else data_file.parent / CACHE_FOLDER
-    return folder / f"{data_file.name}.ref-{key[:16]}.safetensors"
+def cache_path(data_file: str | Path, key: str, cache_dir: str | Path) -> Path:
+    """``{cache_dir}/{data file name}.ref-{key[:16]}.safetensors``."""
+    return Path(cache_dir) / f"{Path(data_file).name}.ref-{key[:16]}.safetensors"
 
 
 # ----------------------------------------------------------------------------- the cache file
@@ -306,13 +307,24 @@ def load_cache(path: Path, key: str, row_index: torch.Tensor) -> ReferenceLogps 
     return ReferenceLogps(tensors["chosen_logps"].float(), tensors["rejected_logps"].float())
 
 
+def remove_dead_temporaries(folder: Path) -> None:
+    """Delete the temporary files of writers killed mid-write (their names carry the writer's pid)."""
+    from rlhfkit.trainers.checkpoint import pid_is_alive
+
+    for leftover in Path(folder).glob(".*.pid*.tmp"):
+        pid = leftover.name.rsplit(".pid", 1)[1].split(".", 1)[0]
+        if pid.isdigit() and not pid_is_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
 def save_cache(path: Path, key: str, parts: dict[str, str], table: ReferenceLogps,
                row_index: torch.Tensor) -> None:
     """Write the table atomically: a temporary file beside ``path``, fsync, ``os.replace``, fsync the folder."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_dead_temporaries(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         tensors = {"chosen_logps": table.chosen.contiguous(), "rejected_logps": table.rejected.contiguous(),
@@ -342,7 +354,7 @@ class CacheResult:
 
 def cached_reference_logps(data_file: str | Path, examples: Sequence[EncodedPreference],
                            context: CacheContext, compute: Callable[[], ReferenceLogps], *,
-                           cache_dir: str | Path | None = None, write: bool = True) -> CacheResult:
+                           cache_dir: str | Path, write: bool = True) -> CacheResult:
     """The reference log-probs of ``examples`` from the cache if a valid entry exists, else ``compute()``
     and store them (only when ``write``: the main process). A cache folder that cannot be written is a
     note, not an error: training goes on with the values in memory."""
@@ -351,6 +363,8 @@ def cached_reference_logps(data_file: str | Path, examples: Sequence[EncodedPref
     key = cache_key(parts)
     path = cache_path(data_file, key, cache_dir)
     row_index = torch.tensor([e.index for e in examples], dtype=torch.long)
+    if write and path.parent.is_dir():
+        remove_dead_temporaries(path.parent)  # also when this lookup hits and writes nothing
     table = load_cache(path, key, row_index)
     if table is not None:
         return CacheResult(table, path, True, time.perf_counter() - clock)

@@ -387,9 +387,8 @@ def train_reward(cfg: RewardConfig, *, train_dataset: Any = None, eval_dataset: 
         return evaluate_pairs(m, eval_groups, collate, cfg.train.per_device_batch_size, cfg.margin)
 
     loop = TrainLoop(cfg.train, model, run_config=cfg, tokenizer=reward_tok,
-                     eval_fn=evaluate if eval_groups else None, safe_to_change=SAFE_TO_CHANGE_ON_RESUME)
-    Path(cfg.train.output_dir).mkdir(parents=True, exist_ok=True)
-    write_json(Path(cfg.train.output_dir) / "data_report.json", {"train": report, "eval": eval_report})
+                     eval_fn=evaluate if eval_groups else None, safe_to_change=SAFE_TO_CHANGE_ON_RESUME,
+                     reports={"data_report.json": {"train": report, "eval": eval_report}})  # after the resume check
     dataset: Any = train_groups
     if cfg.group_by_length:  # what a row pads to: the prompt and all its responses (shared) or the longest one
         lengths = [len(g.prompt_ids) + (sum if shared else max)(map(len, g.response_ids)) for g in train_groups]
@@ -413,5 +412,6 @@ def train_reward(cfg: RewardConfig, *, train_dataset: Any = None, eval_dataset: 
     if loop.is_main_process:  # one writer: the ranks hold the same weights, and racing renames could clash
         save_folder_atomically(final, write)
     loop.accelerator.wait_for_everyone()  # no rank returns before the folder it names exists
+    loop.retire_checkpoints()  # only now that final/ is complete
     say(f"reward: saved {final}")
     return RewardResult(final, summary.status, summary.last_metrics, gain, bias, stats)

@@ -16,6 +16,9 @@ kind                   fires when                                   usual cause
 ``entropy_collapse``   entropy per token < entropy_floor × its start  the policy turned (near) deterministic
 ``length_drift``       response length ×/÷ length_factor from start,  the reward model prefers length, or
                        or EOS rate down to < eos_floor × its start    responses stopped ending
+``loss_divergence``    train/loss above its first value and above     lr too high: the run diverged without
+                       loss_factor × its best window mean, at every   going NaN (any stage: the loop checks it)
+                       step of the window
 =====================  ===========================================  ===============================================
 """
 
@@ -49,6 +52,7 @@ class Thresholds:
     entropy_floor: float = 0.2  # fraction of the starting entropy per token
     length_factor: float = 2.0  # mean length multiplied or divided by this from the start
     eos_floor: float = 0.5  # fraction of the starting EOS rate
+    loss_factor: float = 3.0  # train/loss this many times its best window mean (and above its first value)
 
 
 def _series(history: Sequence[Mapping[str, object]], key: str) -> list[tuple[int | None, float]]:
@@ -150,6 +154,33 @@ def _check_length(history, t: Thresholds) -> list[DoctorWarning]:
                 f"the EOS rate fell from {start:.2f} to {now:.2f}: responses stop ending and run to max_new_tokens",
                 "set ppo.missing_eos_penalty (e.g. -1) so unfinished responses cost, raise kl.init_coef"))
     return warnings
+
+
+def check_loss(history, t: Thresholds | None = None, key: str = "train/loss") -> list[DoctorWarning]:
+    """A loss that diverged without going NaN (e.g. SFT at lr 10: 5.75 at step 1, then 800-2700 to the end).
+
+    Fires when every loss of the last window is above both the first loss — the untrained model's, which
+    training should only lower — and ``loss_factor`` × its best level (the lowest mean of any earlier
+    window, or the first loss if lower). Both are needed: losses that start at ln 2 (DPO, reward) and sink
+    towards 0 are noisy far below their start, and a run that blows up at step 2 has no lower level to
+    compare with but its first step.
+    """
+    t = t or Thresholds()
+    series = _series(history, key)
+    if len(series) < t.window + 1:
+        return []
+    values = [v for _, v in series]
+    earlier = values[: -t.window]
+    means = [_mean(earlier[i : i + t.window]) for i in range(len(earlier) - t.window + 1)]
+    best = min([values[0], *means])  # the first step counts as a level reached (a blow-up at step 2)
+    recent = values[-t.window :]
+    if not (min(recent) > values[0] and min(recent) > t.loss_factor * best):
+        return []
+    return [DoctorWarning(
+        "loss_divergence", series[-1][0],
+        f"{key} diverged: {_mean(recent):.4g} over the last {t.window} steps, against {values[0]:.4g} at the "
+        f"first step and {best:.4g} at its best",
+        "lower train.lr (or use warm-up), keep train.max_grad_norm on, and check the data for extreme rows")]
 
 
 CHECKS = (_check_kl, _check_ratio, _check_clipfrac, _check_entropy, _check_length)

@@ -213,7 +213,7 @@ def train_sft(cfg: SFTConfig, *, train_dataset: Any = None, eval_dataset: Any = 
     from rlhfkit.data.collate import LengthGroupedDataset, collate_sft, pad_token_id_for
     from rlhfkit.data.templates import adopt_template
     from rlhfkit.models.neftune import neftune
-    from rlhfkit.trainers.checkpoint import save_folder_atomically, write_json
+    from rlhfkit.trainers.checkpoint import save_folder_atomically
     from rlhfkit.trainers.loop import TrainLoop
     from rlhfkit.trainers.metrics_log import say
     from rlhfkit.trainers.pretrain import (
@@ -246,9 +246,8 @@ def train_sft(cfg: SFTConfig, *, train_dataset: Any = None, eval_dataset: Any = 
         return {"eval/sft/nll": mean_nll(m, data.eval, eval_collate, cfg.train.per_device_batch_size)}
 
     loop = TrainLoop(cfg.train, model, run_config=cfg, tokenizer=tokenizer,
-                     eval_fn=evaluate if data.eval else None, safe_to_change=SAFE_TO_CHANGE_ON_RESUME)
-    Path(cfg.train.output_dir).mkdir(parents=True, exist_ok=True)
-    write_json(Path(cfg.train.output_dir) / "data_report.json", data.report)
+                     eval_fn=evaluate if data.eval else None, safe_to_change=SAFE_TO_CHANGE_ON_RESUME,
+                     reports={"data_report.json": data.report})  # written once the resume check passed
     dataset: Any = data.train
     if cfg.group_by_length:
         global_batch = cfg.train.per_device_batch_size * cfg.train.grad_accum_steps * loop.num_processes
@@ -261,6 +260,7 @@ def train_sft(cfg: SFTConfig, *, train_dataset: Any = None, eval_dataset: Any = 
     if loop.is_main_process:  # one writer: the ranks hold the same weights, and racing renames could clash
         save_folder_atomically(final, lambda folder: save_sft_model(trained, tokenizer, folder, cfg))
     loop.accelerator.wait_for_everyone()  # no rank returns before the folder it names exists
+    loop.retire_checkpoints()  # only now that final/ is complete
     say(f"sft: saved {'the LoRA adapter' if _saves_adapter(cfg) else 'the model'} in {final}")
     return SFTResult(final, summary.status, summary.last_metrics)
 

@@ -101,8 +101,12 @@ class TrainConfig:
     """Console / TensorBoard / W&B every N steps; ``metrics.jsonl`` always gets every step."""
     save_every: int = 100
     """Write a checkpoint every N steps (0: only after the last step, which is always saved)."""
-    keep_last_checkpoints: int = 2
-    """Complete checkpoints kept; older ones are deleted only after a newer one is complete."""
+    save_total_limit: int = 2
+    """Complete checkpoints (model + optimizer state) kept during the run; older ones are deleted only after a
+    newer one is complete."""
+    keep_checkpoints_at_end: bool = False
+    """After ``final/`` is written, keep the checkpoints as they are (to train further later). False (default)
+    deletes all but the last and that one's optimizer state: a re-run still finds the run complete."""
     report_to: list[str] = field(default_factory=lambda: ["jsonl"])
     """Metric sinks among jsonl (always on), tensorboard, wandb; a missing package is a note, not an error."""
     wandb_project: str = "rlhfkit"
@@ -115,7 +119,7 @@ class TrainConfig:
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0 keeps torch's setting), got {self.threads}")
         positive = ("per_device_batch_size", "grad_accum_steps", "num_epochs", "log_every",
-                    "keep_last_checkpoints", "max_consecutive_skips")
+                    "save_total_limit", "max_consecutive_skips")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -147,7 +151,8 @@ class TrainConfig:
 # Keys that may differ between a checkpoint and the resuming run: they change how a run is watched or
 # where it lives, never the trajectory of the weights.
 SAFE_TO_CHANGE_ON_RESUME = frozenset({
-    "output_dir", "resume", "eval_every", "log_every", "save_every", "keep_last_checkpoints", "report_to",
+    "output_dir", "resume", "eval_every", "log_every", "save_every", "save_total_limit", "report_to",
+    "keep_checkpoints_at_end", "keep_last_checkpoints",  # the latter: save_total_limit's old name
     "wandb_project", "run_name", "progress_bar", "nonfinite", "max_consecutive_skips",
     # Recomputation replays the same RNG state (torch.utils.checkpoint preserves it): same numbers.
     "gradient_checkpointing",

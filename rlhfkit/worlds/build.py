@@ -223,7 +223,7 @@ def build_world(cfg: WorldBuildConfig) -> WorldAssets:
         output_dir=str(root / "pretrain"), seed=cfg.seed, lr=cfg.lr, lr_schedule="cosine",
         warmup_steps=cfg.warmup_steps, max_steps=max_steps, per_device_batch_size=cfg.batch_size,
         weight_decay=0.01, max_grad_norm=1.0, save_every=max(50, max_steps // 4), eval_every=max_steps,
-        log_every=max(10, max_steps // 20), keep_last_checkpoints=1, mixed_precision=precision.precision,
+        log_every=max(10, max_steps // 20), save_total_limit=1, mixed_precision=precision.precision,
     )
     model = build_tiny_model(cfg.arch, cfg.size, tokenizer, seed=cfg.seed, max_positions=512)
     model.set_attn_implementation(cfg.attn_implementation)  # not saved: config.json never records it
