@@ -156,7 +156,7 @@ def test_bad_prompt_rows_fail_before_any_model_is_loaded(tmp_path, monkeypatch):
     def no_models(*_args, **_kwargs):
         raise AssertionError("the models were loaded before the data was validated")
 
-    monkeypatch.setattr(ppo, "build_ppo_models", no_models)
+    monkeypatch.setattr(ppo.critic_free, "build_online_models", no_models)
     with pytest.raises(UserError, match="bad.jsonl line 2"):
         ppo.train(cfg)
     with pytest.raises(UserError, match="bad.jsonl line 2"):  # the eval file too
