@@ -127,6 +127,7 @@ def _config(*overrides):
     (["loss=dpo", "kto_desirable_weight=1.2"], "kto_desirable_weight"),
     (["loss=kto", "kto_undesirable_weight=-1"], "kto_undesirable_weight"),
     (["loss=dpo", "data_kind=unpaired"], "data_kind"),
+    (["loss=kto", "data_kind=ranking"], "data_kind"),
     (["loss=orpo", "reference=other"], "reference"),
 ])
 def test_cross_field_rules_name_the_key(overrides, key):

@@ -50,8 +50,8 @@ class DPOConfig:
     """``train_file`` / ``eval_file`` of preference rows; lengths, template, empty/identical policies."""
     data_kind: Literal["preference", "ranking", "unpaired"] = "preference"
     """Row format: ``{"prompt","chosen","rejected"}``; rankings flattened into all their K(K−1)/2 pairs; or
-    ``unpaired`` ``{"prompt","completion","label"}`` (KTO only). KTO on pairs or rankings trains on each pair
-    turned into two unpaired rows (chosen: good, rejected: bad)."""
+    ``unpaired`` ``{"prompt","completion","label"}`` (KTO only). KTO on pairs trains on each pair turned into
+    two unpaired rows (chosen: good, rejected: bad)."""
     lora: DPOLoraConfig = field(default_factory=DPOLoraConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/dpo", lr=1e-6))
     """The shared loop; ``per_device_batch_size`` counts pairs (each micro-batch is 2× as many rows), or
@@ -120,6 +120,9 @@ class DPOConfig:
         if self.data_kind == "unpaired" and not self.unpaired:
             raise ConfigError(f"data_kind=unpaired rows have one response each; loss={self.loss} needs pairs "
                               "(use loss=kto)")
+        if self.unpaired and self.data_kind == "ranking":
+            raise ConfigError("data_kind=ranking with loss=kto: a ranking's middle responses would be both good "
+                              "(against worse ones) and bad; give unpaired rows or pairs")
         if self.reference is not None and not self.needs_reference:
             raise ConfigError(f"reference: loss={self.loss} uses no reference model; remove it (null)")
         for name in ("reference_batch_size", "eval_batch_size"):
