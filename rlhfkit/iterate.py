@@ -13,7 +13,8 @@ Round r, as it reads (each step is skipped when its result is already on disk, s
                 its JSON API with a :class:`~rlhfkit.feedback.client.FeedbackClient`, answer as the world's
                 simulated annotators (:mod:`rlhfkit.judges.simulated`, τ calibrated on round 1's pairs unless
                 ``labels.tau`` is set). ``people``: the app is served on ``labels.host:labels.port`` and the
-                round waits until every item has its votes, printing the progress.
+                round waits until every item has its votes, printing the progress. ``judge``: ``labels.judge``
+                (gold, ai, reward:DIR) answers through the API as one annotator (RLAIF, overlap 1).
 4. **export**   the round's batch with ``labels.min_votes`` (strict majority), prompts split by hash.
 5. **reward**   a reward model trained **from the SFT model** on every preference of rounds 1…r, normalised
                 on the current policy's samples (so PPO starts near score 0).
@@ -303,6 +304,8 @@ def annotator_tau(run: Run) -> float:
 def collect_labels(run: Run, r: int) -> dict[str, Any]:
     if run.cfg.labels.source == "people":
         return wait_for_people(run, r)
+    if run.cfg.labels.source == "judge":
+        return label_with_judge(run)
     return label_with_simulated_annotators(run, annotator_tau(run))
 
 
@@ -317,6 +320,16 @@ def label_with_simulated_annotators(run: Run, tau: float) -> dict[str, Any]:
     choices = label_through_app(run.db_url, panel)
     return {"source": "simulated", "tau": tau, "annotators": len(panel), "submitted_now": sum(choices.values()),
             "choices_now": dict(choices)}
+
+
+def label_with_judge(run: Run) -> dict[str, Any]:
+    """``labels.judge`` (gold, ai, reward:DIR) labels every open pair through the app's HTTP API."""
+    from rlhfkit.judges import make_judge
+    from rlhfkit.judges.simulated import JudgeInApp, label_through_app
+
+    spec = run.cfg.labels.judge
+    choices = label_through_app(run.db_url, [JudgeInApp(make_judge(spec, world=run.world), "judge")])
+    return {"source": "judge", "judge": spec, "submitted_now": sum(choices.values()), "choices_now": dict(choices)}
 
 
 def wait_for_people(run: Run, r: int) -> dict[str, Any]:

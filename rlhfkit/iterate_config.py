@@ -44,8 +44,11 @@ class SamplingSection:
 
 @dataclass
 class LabelSection:
-    source: Literal["simulated", "people"] = "simulated"
-    """``simulated``: the world's simulated annotators label over HTTP; ``people``: serve the app and wait."""
+    source: Literal["simulated", "people", "judge"] = "simulated"
+    """``simulated``: the world's simulated annotators label over HTTP; ``people``: serve the app and wait;
+    ``judge``: ``labels.judge`` labels over HTTP as one annotator (RLAIF; needs overlap 1)."""
+    judge: str = "ai"
+    """With ``source: judge``: gold, ai or reward:DIR (``rlhfkit.judges.make_judge``)."""
     annotators: int = 4
     """Simulated annotators (threads, each a user of the app); at least ``overlap``."""
     overlap: int = 2
@@ -75,6 +78,9 @@ class LabelSection:
         if self.min_votes > self.overlap:
             raise ConfigError(f"labels.min_votes ({self.min_votes}) exceeds labels.overlap ({self.overlap}): "
                               "no pair could ever be exported")
+        if self.source == "judge" and self.overlap != 1:
+            raise ConfigError(f"labels.overlap must be 1 with labels.source=judge (one deterministic judge; more "
+                              f"votes from it add nothing), got {self.overlap}")
         if self.source == "simulated" and self.annotators < self.overlap:
             raise ConfigError(f"labels.annotators ({self.annotators}) must be at least labels.overlap "
                               f"({self.overlap}): each pair needs that many different annotators")

@@ -105,3 +105,29 @@ def test_the_shipped_dpo_rounds_recipe_loads():
     repo = Path(__file__).resolve().parents[1]
     cfg = load_config(IterateConfig, repo / "configs" / "iterate_dpo.yaml")
     assert cfg.method == "dpo" and cfg.rounds == 2 and cfg.dpo["loss"] == "rpo"
+
+
+def test_a_judge_labels_the_rounds_pairs_through_the_app(tmp_path, micro_sft):
+    from rlhfkit.feedback import commands
+    from rlhfkit.iterate import Run, collect_labels, import_candidates
+    from rlhfkit.judges import GoldJudge
+
+    recipe = write_dpo_recipe(tmp_path, micro_sft)
+    with pytest.raises(ConfigError, match="labels.overlap"):
+        load_config(IterateConfig, recipe, ["labels.source=judge"])
+    cfg = load_config(IterateConfig, recipe, ["labels.source=judge", "labels.judge=gold", "labels.overlap=1",
+                                              "labels.min_votes=1"])
+    run = Run(cfg)
+    run.round_dir(1).mkdir(parents=True)
+    rows = [{"prompt": "what is 7 plus 5?", "responses": ["13.", "12."]},
+            {"prompt": "what is 2 plus 2?", "responses": ["4.", "i do not know."]}]
+    (run.round_dir(1) / "candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    commands.init_db(run.db_url)
+    import_candidates(run, 1)
+    labels = collect_labels(run, 1)
+    assert labels["source"] == "judge" and labels["submitted_now"] == 2
+    commands.export(run.db_url, tmp_path / "out", min_votes=1)
+    exported = [json.loads(x) for x in (tmp_path / "out" / "preferences.train.jsonl").read_text().splitlines()]
+    gold = GoldJudge(run.world)
+    assert len(exported) == 2 and all(gold.score(r["prompt"], r["chosen"]) > gold.score(r["prompt"], r["rejected"])
+                                      for r in exported)

@@ -134,6 +134,20 @@ def world_sample_pairs(world: World, n: int, *, seed: int = 0, good_fraction: fl
 # ---- acting as people: HTTP clients of the annotation app -------------------------------------------------
 
 
+class JudgeInApp:
+    """A judge (gold, AI, reward model: ``rlhfkit.judges.make_judge``) answering the app's pair items as one
+    annotator would — RLAIF labels that go through the same app, export and statistics as people's. It
+    answers pairs only (a thumbs bar on a judge's own score scale would be arbitrary): thumbs items are
+    given back."""
+
+    def __init__(self, judge, name: str) -> None:
+        self.judge = judge
+        self.name = name
+
+    def screen_choice(self, prompt: Prompt | str, left: str, right: str) -> str:
+        return {"a": "A", "b": "B"}.get(self.judge.compare(prompt, left, right), "tie")
+
+
 def ensure_annotator(db_url: str, name: str) -> str:
     """Create app user ``name`` (role annotator), or reset its password if it exists; returns a fresh random
     password (never stored)."""
@@ -160,11 +174,11 @@ def annotate_queue(url: str, name: str, password: str, annotator: SimulatedAnnot
         client = FeedbackClient(url)
         client.login(name, password)
         while (task := client.next_task()) is not None:
-            if task.kind == "thumbs":
+            if task.kind == "thumbs" and hasattr(annotator, "thumbs"):
                 choice = annotator.thumbs(task.prompt, task.responses[0])
             elif task.kind == "pair":
                 choice = annotator.screen_choice(task.prompt, task.responses[0], task.responses[1])
-            else:  # rankings and demonstrations are not theirs to answer: give the slot back
+            else:  # rankings, demonstrations (and thumbs for a judge) are not theirs to answer: give the slot back
                 client.skip(task.assignment_id)
                 continue
             client.submit(task.assignment_id, choice=choice)
