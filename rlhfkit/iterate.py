@@ -13,7 +13,8 @@ Round r, as it reads (each step is skipped when its result is already on disk, s
                 its JSON API with a :class:`~rlhfkit.feedback.client.FeedbackClient`, answer as the world's
                 simulated annotators (:mod:`rlhfkit.judges.simulated`, τ calibrated on round 1's pairs unless
                 ``labels.tau`` is set). ``people``: the app is served on ``labels.host:labels.port`` and the
-                round waits until every item has its votes, printing the progress.
+                round waits until every item has its votes, printing the progress. ``judge``: ``labels.judge``
+                (gold, ai, reward:DIR) answers through the API as one annotator (RLAIF, overlap 1).
 4. **export**   the round's batch with ``labels.min_votes`` (strict majority), prompts split by hash.
 5. **reward**   a reward model trained **from the SFT model** on every preference of rounds 1…r, normalised
                 on the current policy's samples (so PPO starts near score 0).
@@ -25,6 +26,8 @@ Round r, as it reads (each step is skipped when its result is already on disk, s
                 total drift from SFT is then measured, not bounded: ``eval_vs_sft`` reports it.
 7. **evaluate** the round's policy against the previous round's (round 1: SFT) with the gold judge on the
                 world's eval prompts (``evaluate_policy_pair``), and from round 2 also against SFT.
+   With ``method: dpo`` steps 5–6 are one: **DPO** on this round's preferences from the current policy, with
+                the current policy as π_ref (on-policy DPO rounds; ``rlhfkit/iterate_dpo.py``).
 8. **record**   ``round-r/round.json`` — written last: a round with it is finished and never redone — and
                 ``rounds.json`` (every finished round's figures).
 
@@ -87,8 +90,10 @@ class Run:
         return self.root / f"round-{r}"
 
     def policy_of(self, r: int) -> str:
-        """The policy after round r (round 0: the SFT policy)."""
-        return self.cfg.sft_path if r == 0 else str(self.round_dir(r) / "ppo" / "final")
+        """The policy after round r (round 0: ``start_path``, by default the SFT policy)."""
+        if r == 0:
+            return self.cfg.start_path or self.cfg.sft_path
+        return str(self.round_dir(r) / self.cfg.method / "final")
 
 
 # ---------------------------------------------------------------------------------------------- the command
@@ -113,6 +118,8 @@ def run_iterate(cfg: IterateConfig) -> list[dict[str, Any]]:
     from rlhfkit.feedback import commands
 
     check_sft_folder(cfg.sft_path)
+    if cfg.start_path:
+        check_sft_folder(cfg.start_path, "start_path")
     if cfg.threads:
         import torch
 
@@ -167,9 +174,9 @@ def is_model_folder(path: str | Path) -> bool:
     return (Path(path) / "config.json").exists() or (Path(path) / "adapter_config.json").exists()
 
 
-def check_sft_folder(path: str) -> None:
+def check_sft_folder(path: str, key: str = "sft_path") -> None:
     if not is_model_folder(path):
-        raise ConfigError(f"sft_path: {path} is not a model folder. Train the SFT policy first (rlhfkit world "
+        raise ConfigError(f"{key}: {path} is not a model folder. Train the SFT policy first (rlhfkit world "
                           "build, then rlhfkit sft --config configs/sft.yaml), or point sft_path at yours.")
 
 
@@ -193,12 +200,17 @@ def run_round(run: Run, r: int) -> dict[str, Any]:
     imported = timed("import", import_candidates, run, r)
     labelled = timed("label", collect_labels, run, r)
     labels = timed("export", export_labels, run, r)
-    reward = timed("reward", train_round_reward, run, r)
-    ppo = timed("ppo", train_round_policy, run, r, start_policy)
+    if cfg.method == "dpo":
+        from rlhfkit.iterate_dpo import train_round_dpo
+
+        training = {"method": "dpo", "dpo": timed("dpo", train_round_dpo, run, r, start_policy)}
+    else:
+        reward = timed("reward", train_round_reward, run, r)
+        training = {"reward_model": reward["path"], "ppo_reference": cfg.ppo_reference, "reward": reward,
+                    "ppo": timed("ppo", train_round_policy, run, r, start_policy)}
     evaluation = timed("eval", evaluate_round, run, r)
     manifest = {"round": r, "batch": f"round-{r}", "start_policy": start_policy, "policy": run.policy_of(r),
-                "reward_model": reward["path"], "ppo_reference": cfg.ppo_reference, "sampling": sampling,
-                "import": imported, "labels": {**labelled, **labels}, "reward": reward, "ppo": ppo,
+                "sampling": sampling, "import": imported, "labels": {**labelled, **labels}, **training,
                 **evaluation, "seconds": {**seconds, "total": round(sum(seconds.values()), 1)}}
     write_json_atomically(out / ROUND_MANIFEST, manifest)
     say(f"round {r} finished in {manifest['seconds']['total']:.0f} s: {format_round(manifest)}")
@@ -292,6 +304,8 @@ def annotator_tau(run: Run) -> float:
 def collect_labels(run: Run, r: int) -> dict[str, Any]:
     if run.cfg.labels.source == "people":
         return wait_for_people(run, r)
+    if run.cfg.labels.source == "judge":
+        return label_with_judge(run)
     return label_with_simulated_annotators(run, annotator_tau(run))
 
 
@@ -306,6 +320,16 @@ def label_with_simulated_annotators(run: Run, tau: float) -> dict[str, Any]:
     choices = label_through_app(run.db_url, panel)
     return {"source": "simulated", "tau": tau, "annotators": len(panel), "submitted_now": sum(choices.values()),
             "choices_now": dict(choices)}
+
+
+def label_with_judge(run: Run) -> dict[str, Any]:
+    """``labels.judge`` (gold, ai, reward:DIR) labels every open pair through the app's HTTP API."""
+    from rlhfkit.judges import make_judge
+    from rlhfkit.judges.simulated import JudgeInApp, label_through_app
+
+    spec = run.cfg.labels.judge
+    choices = label_through_app(run.db_url, [JudgeInApp(make_judge(spec, world=run.world), "judge")])
+    return {"source": "judge", "judge": spec, "submitted_now": sum(choices.values()), "choices_now": dict(choices)}
 
 
 def wait_for_people(run: Run, r: int) -> dict[str, Any]:
@@ -425,7 +449,7 @@ def evaluate_round(run: Run, r: int) -> dict[str, Any]:
 
     cfg, out = run.cfg.eval, run.round_dir(r)
     baselines = {"previous": run.policy_of(r - 1)}
-    if cfg.against_sft and r >= 2:
+    if cfg.against_sft and run.policy_of(r - 1) != run.cfg.sft_path:
         baselines["sft"] = run.cfg.sft_path
     figures: dict[str, Any] = {}
     pending = {name: path for name, path in baselines.items() if not (out / f"eval_vs_{name}.json").exists()}
@@ -455,8 +479,13 @@ def _f(value: Any, signed: bool = False) -> str:
 
 def format_round(m: dict[str, Any]) -> str:
     e = m.get("eval_vs_previous", {})
-    return (f"{m['labels'].get('preferences', 0)} preferences, reward eval accuracy "
-            f"{_f(m['reward'].get('eval/reward/accuracy'))}, PPO KL {_f(m['ppo'].get('objective/kl'))}; vs previous: "
+    if "dpo" in m:
+        stage = (f"DPO ({m['dpo']['loss']}) eval accuracy {_f(m['dpo'].get('eval/rewards/accuracies'))}, "
+                 f"chosen − ref {_f(m['dpo'].get('logps/chosen_minus_ref'), True)}")
+    else:
+        stage = (f"reward eval accuracy {_f(m['reward'].get('eval/reward/accuracy'))}, "
+                 f"PPO KL {_f(m['ppo'].get('objective/kl'))}")
+    return (f"{m['labels'].get('preferences', 0)} preferences, {stage}; vs previous: "
             f"Δ gold utility {_f(e.get('gold/utility_delta'), True)} [{_f(e.get('gold/utility_delta_ci_low'), True)}, "
             f"{_f(e.get('gold/utility_delta_ci_high'), True)}], goal-only decisive win rate "
             f"{_f(e.get('win_rate/goal_decisive'))}")

@@ -1,8 +1,10 @@
-"""The config of ``rlhfkit iterate`` (``configs/iterate.yaml``): rounds, sampling, labelling, the two stages.
+"""The config of ``rlhfkit iterate`` (``configs/iterate.yaml``): rounds, sampling, labelling, the stages.
 
-The reward-model and PPO stages are configured by ``reward:`` and ``ppo:`` sections written exactly like
-``configs/reward.yaml`` and ``configs/ppo.yaml`` (every key of :class:`~rlhfkit.trainers.reward.RewardConfig` /
-:class:`~rlhfkit.trainers.ppo_config.PPOConfig`), except the keys iterate sets itself for each round
+``method: ppo`` (reward model + PPO each round) or ``method: dpo`` (on-policy DPO rounds:
+``configs/iterate_dpo.yaml``). The stages are configured by ``reward:``, ``ppo:`` and ``dpo:`` sections written
+exactly like ``configs/reward.yaml``, ``configs/ppo.yaml`` and ``configs/dpo.yaml`` (every key of
+:class:`~rlhfkit.trainers.reward.RewardConfig` / :class:`~rlhfkit.trainers.ppo_config.PPOConfig` /
+:class:`~rlhfkit.trainers.dpo_config.DPOConfig`), except the keys iterate sets itself for each round
 (:data:`OWNED_KEYS`: the model and data paths and the output folder). They are checked when the config is
 loaded, so a typo fails before round 1, naming the key (``reward.train.lrr``).
 """
@@ -20,6 +22,7 @@ OWNED_KEYS = {
                "normalize.reference_file"),
     "ppo": ("model.path", "reference.path", "reward_model.path", "value_model.path", "data.train_file",
             "train.output_dir", "train.seed"),
+    "dpo": ("model.path", "reference", "data.train_file", "data.eval_file", "train.output_dir", "train.seed"),
 }
 """Keys of the stage sections that iterate fills in for each round (a recipe may not set them)."""
 
@@ -41,8 +44,11 @@ class SamplingSection:
 
 @dataclass
 class LabelSection:
-    source: Literal["simulated", "people"] = "simulated"
-    """``simulated``: the world's simulated annotators label over HTTP; ``people``: serve the app and wait."""
+    source: Literal["simulated", "people", "judge"] = "simulated"
+    """``simulated``: the world's simulated annotators label over HTTP; ``people``: serve the app and wait;
+    ``judge``: ``labels.judge`` labels over HTTP as one annotator (RLAIF; needs overlap 1)."""
+    judge: str = "ai"
+    """With ``source: judge``: gold, ai or reward:DIR (``rlhfkit.judges.make_judge``)."""
     annotators: int = 4
     """Simulated annotators (threads, each a user of the app); at least ``overlap``."""
     overlap: int = 2
@@ -72,6 +78,9 @@ class LabelSection:
         if self.min_votes > self.overlap:
             raise ConfigError(f"labels.min_votes ({self.min_votes}) exceeds labels.overlap ({self.overlap}): "
                               "no pair could ever be exported")
+        if self.source == "judge" and self.overlap != 1:
+            raise ConfigError(f"labels.overlap must be 1 with labels.source=judge (one deterministic judge; more "
+                              f"votes from it add nothing), got {self.overlap}")
         if self.source == "simulated" and self.annotators < self.overlap:
             raise ConfigError(f"labels.annotators ({self.annotators}) must be at least labels.overlap "
                               f"({self.overlap}): each pair needs that many different annotators")
@@ -93,7 +102,7 @@ class EvalSection:
     batch_size: int = 64
     seed: int = 0
     against_sft: bool = True
-    """From round 2 on, also evaluate the round's policy against the SFT policy."""
+    """Also evaluate the round's policy against the SFT policy (whenever the previous policy is not SFT itself)."""
 
 
 @dataclass
@@ -107,7 +116,17 @@ class IterateConfig:
     world_seed: int = 0
     """Seed of the built-in world (prompts, gold judge, simulated annotators)."""
     sft_path: str = "runs/sft/final"
-    """The SFT policy: round 1 starts from it, every reward model is trained from it."""
+    """The SFT policy: round 1 starts from it (unless ``start_path``), every reward model is trained from it, and
+    every round is also evaluated against it."""
+    start_path: str | None = None
+    """The policy round 1 samples from and trains from; null = ``sft_path``. E.g. an offline DPO policy, for
+    on-policy DPO rounds on top of it."""
+    method: Literal["ppo", "dpo"] = "ppo"
+    """ppo: a reward model on every label so far, then PPO from the current policy. dpo: on-policy DPO — the
+    preference loss of the ``dpo:`` section on this round's labels (pairs of the current policy's samples),
+    from the current policy with the current policy as π_ref (Xiong et al. 2024, "Iterative preference
+    learning from human feedback"; Guo et al. 2024, "Direct language model alignment from online AI
+    feedback")."""
     ppo_reference: Literal["round_start", "sft"] = "round_start"
     """π_ref of each round's PPO: the policy the round starts from (a trust region per round), or the SFT policy."""
     threads: int = 0
@@ -118,6 +137,8 @@ class IterateConfig:
     """RewardConfig keys (as in configs/reward.yaml), except :data:`OWNED_KEYS`."""
     ppo: dict[str, Any] = field(default_factory=dict)
     """PPOConfig keys (as in configs/ppo.yaml), except :data:`OWNED_KEYS`."""
+    dpo: dict[str, Any] = field(default_factory=dict)
+    """method dpo: DPOConfig keys (as in configs/dpo.yaml; ``loss`` picks dpo, rpo, ipo, …), except :data:`OWNED_KEYS`."""
     eval: EvalSection = field(default_factory=EvalSection)
 
     def validate(self) -> None:
@@ -135,8 +156,12 @@ class IterateConfig:
                 raise ConfigError(f"{key} must be at least 1, got {value}")
         if not self.sampling.temperature > 0:
             raise ConfigError(f"sampling.temperature must be > 0, got {self.sampling.temperature}")
-        for section in ("reward", "ppo"):
+        if self.start_path is not None and not self.start_path:
+            raise ConfigError("start_path must be a model folder or null (= sft_path)")
+        for section in ("reward", "ppo") if self.method == "ppo" else ("dpo",):
             stage_config(self, section, placeholders=True)
+        if self.method == "dpo" and stage_config(self, "dpo", placeholders=True).unpaired:
+            raise ConfigError("dpo.loss: the rounds label pairs; use a pair loss (dpo, rpo, ipo, cdpo, orpo, simpo)")
 
 
 def _get_dotted(tree: dict, dotted: str) -> Any:
@@ -158,9 +183,11 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 def stage_config(cfg: IterateConfig, section: str, paths: dict[str, Any] | None = None, *,
                  placeholders: bool = False):
-    """The :class:`RewardConfig` (``section="reward"``) or :class:`PPOConfig` (``"ppo"``) for one round:
+    """The :class:`RewardConfig` (``section="reward"``), :class:`PPOConfig` (``"ppo"``) or :class:`DPOConfig`
+    (``"dpo"``) for one round:
     the recipe's section with ``paths`` (the :data:`OWNED_KEYS` values) filled in, validated. With
     ``placeholders`` the paths are dummies, to check the section's keys before any work."""
+    from rlhfkit.trainers.dpo_config import DPOConfig
     from rlhfkit.trainers.ppo_config import PPOConfig
     from rlhfkit.trainers.reward import RewardConfig
 
@@ -174,7 +201,7 @@ def stage_config(cfg: IterateConfig, section: str, paths: dict[str, Any] | None 
         paths = {k: v for k, v in paths.items() if k in OWNED_KEYS[section]}
     for key, value in (paths or {}).items():
         _set_dotted(tree, key, value)
-    cls = RewardConfig if section == "reward" else PPOConfig
+    cls = {"reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig}[section]
     try:
         built = _build(cls, tree)
         validate_tree(built)

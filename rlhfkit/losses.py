@@ -235,6 +235,126 @@ def rpo_loss(
     )
 
 
+def _per_token(logps: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Summed log-probabilities (B,) divided by the response token counts (B,): the per-token average."""
+    _check_same_shape(logps=logps, lengths=lengths)
+    return logps / lengths.clamp(min=1).to(logps.dtype)
+
+
+def simpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    beta: float,
+    chosen_lengths: torch.Tensor,
+    rejected_lengths: torch.Tensor,
+    gamma: float = 0.5,
+) -> PreferenceLossOutput:
+    """Simple Preference Optimization (Meng et al. 2024, "SimPO", Eq. 6): no reference model.
+
+    ``loss = −log σ(β/|y_w|·log π_θ(y_w|x) − β/|y_l|·log π_θ(y_l|x) − γ)``: the implicit reward is
+    the length-normalised log-likelihood ``β/|y|·log π_θ(y|x)`` (Eq. 4), and γ > 0 is a target reward
+    margin. Summed log-probabilities and response token counts, (B,) each. The rewards reported are
+    those implicit rewards. Reduction: mean over pairs. The paper's β is ~2–2.5 and γ/β ~0.5 (§ 4).
+    """
+    chosen_rewards = beta * _per_token(policy_chosen_logps, chosen_lengths)
+    rejected_rewards = beta * _per_token(policy_rejected_logps, rejected_lengths)
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards - gamma)
+    return PreferenceLossOutput(losses, chosen_rewards.detach(), rejected_rewards.detach())
+
+
+def orpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    beta: float,
+    chosen_lengths: torch.Tensor,
+    rejected_lengths: torch.Tensor,
+) -> PreferenceLossOutput:
+    """Odds Ratio Preference Optimization (Hong et al. 2024, "ORPO", Eqs. 2–7): no reference model,
+    no separate SFT stage; ``beta`` is the paper's λ.
+
+    With ``P(y|x) = exp(log π_θ(y|x)/|y|)`` (the per-token average, Eq. 2) and
+    ``odds(y|x) = P/(1 − P)`` (Eq. 4), ``L_OR = −log σ(log odds(y_w|x) − log odds(y_l|x))`` (Eq. 7) and
+    ``loss = L_SFT + λ·L_OR`` (Eq. 6), ``L_SFT = −log π_θ(y_w|x)/|y_w|`` the per-token NLL of the chosen
+    response. ``log odds = a − log(1 − eᵃ)`` with ``a`` the average log-prob (< 0), computed as
+    ``a − log(−expm1(a))``, finite for a < 0. Summed log-probabilities and token counts, (B,) each.
+    The rewards reported are ``λ·a`` (as TRL's ORPO reports); ``extras``: ``nll`` (B,),
+    ``log_odds_ratio`` (B,). Reduction: mean over pairs.
+    """
+    chosen_avg = _per_token(policy_chosen_logps, chosen_lengths)
+    rejected_avg = _per_token(policy_rejected_logps, rejected_lengths)
+    # a = 0 (probability 1) has infinite odds; the clamp keeps one token of float32 room below it.
+    tiny = torch.finfo(chosen_avg.dtype).eps
+
+    def log_odds(avg: torch.Tensor) -> torch.Tensor:
+        avg = avg.clamp(max=-tiny)
+        return avg - torch.log(-torch.expm1(avg))
+
+    log_odds_ratio = log_odds(chosen_avg) - log_odds(rejected_avg)
+    nll = -chosen_avg
+    losses = nll - beta * F.logsigmoid(log_odds_ratio)
+    return PreferenceLossOutput(
+        losses,
+        beta * chosen_avg.detach(),
+        beta * rejected_avg.detach(),
+        extras={"nll": nll.detach(), "log_odds_ratio": log_odds_ratio.detach()},
+    )
+
+
+@dataclass(frozen=True)
+class KTOLossOutput:
+    """Output of :func:`kto_loss`. ``losses`` (B,) per labelled example; ``rewards`` (B,) the implicit
+    rewards ``β·(log π_θ(y|x) − log π_ref(y|x))``, detached; ``kl`` 0-d, the reference point z₀ used
+    (detached, ≥ 0); ``desirable`` (B,) bool, the labels."""
+
+    losses: torch.Tensor
+    rewards: torch.Tensor
+    kl: torch.Tensor
+    desirable: torch.Tensor
+
+
+def kto_reference_point(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
+    """KTO's reference point z₀ (Ethayarajh et al. 2024, § 4.1): the batch estimate of
+    KL(π_θ ‖ π_ref) = mean_j [log π_θ(y'_j|x_j) − log π_ref(y'_j|x_j)], on *mismatched* pairs (x_j, y'_j)
+    — a completion of another prompt, so the estimate does not follow what the labels reward — clipped at
+    0 and detached (no gradient flows through z₀). (M,), (M,) -> 0-d. ``β·z₀`` is the paper's z_ref.
+    """
+    _check_same_shape(policy_kl_logps=policy_kl_logps, ref_kl_logps=ref_kl_logps)
+    return (policy_kl_logps - ref_kl_logps).mean().clamp(min=0).detach()
+
+
+def kto_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    kl: torch.Tensor,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> KTOLossOutput:
+    """Kahneman–Tversky Optimization (Ethayarajh et al. 2024, "KTO", Eq. 8), from unpaired labels.
+
+    With ``r = log π_θ(y|x) − log π_ref(y|x)`` (summed over the response, (B,)) and the reference point
+    ``z₀ = kl`` (a 0-d tensor from :func:`kto_reference_point`, treated as a constant):
+
+    * desirable y:   ``loss = λ_D·(1 − σ(β·(r − z₀)))``
+    * undesirable y: ``loss = λ_U·(1 − σ(β·(z₀ − r)))``
+
+    i.e. ``λ_y − v(x, y)`` of Eq. 8. ``desirable`` (B,) bool. The paper advises
+    ``λ_D·n_D / (λ_U·n_U) ∈ [1, 4/3]`` when the classes are unbalanced (§ 4.2). Reduction: mean over
+    the B examples (both kinds together, as TRL's KTO does).
+    """
+    _check_same_shape(policy_logps=policy_logps, ref_logps=ref_logps, desirable=desirable)
+    if kl.dim() != 0:
+        raise ValueError(f"kl must be a 0-d tensor (the batch's reference point), got shape {tuple(kl.shape)}")
+    desirable = desirable.bool()
+    logratios = policy_logps - ref_logps
+    z0 = kl.detach().to(logratios.dtype)
+    desirable_losses = desirable_weight * (1.0 - torch.sigmoid(beta * (logratios - z0)))
+    undesirable_losses = undesirable_weight * (1.0 - torch.sigmoid(beta * (z0 - logratios)))
+    losses = torch.where(desirable, desirable_losses, undesirable_losses)
+    return KTOLossOutput(losses, beta * logratios.detach(), z0, desirable)
+
+
 PreferenceLoss = Callable[..., PreferenceLossOutput]
 
 PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {
@@ -242,7 +362,14 @@ PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {
     "ipo": ipo_loss,
     "cdpo": cdpo_loss,
     "rpo": rpo_loss,
+    "orpo": orpo_loss,
+    "simpo": simpo_loss,
 }
+
+# Losses that need no π_ref: no reference model is loaded or precomputed for them.
+REFERENCE_FREE_LOSSES = frozenset({"orpo", "simpo"})
+# Losses on unpaired rows {"prompt", "completion", "label"}: not in PREFERENCE_LOSSES (other inputs).
+UNPAIRED_LOSSES: dict[str, Callable[..., KTOLossOutput]] = {"kto": kto_loss}
 
 
 def get_preference_loss(name: str) -> PreferenceLoss:

@@ -142,8 +142,9 @@ def test_cross_field_rules_name_the_key(tmp_path, overrides, key):
 
 def test_unknown_loss_lists_the_valid_names(tmp_path):
     with pytest.raises(ConfigError) as info:
-        _config(tmp_path, "loss=simpo")
-    assert "simpo" in str(info.value) and all(n in str(info.value) for n in ("cdpo", "dpo", "ipo", "rpo"))
+        _config(tmp_path, "loss=slic")
+    assert "slic" in str(info.value) and all(n in str(info.value) for n in ("cdpo", "dpo", "ipo", "kto", "orpo",
+                                                                          "rpo", "simpo"))
 
 
 def test_loss_options_fill_defaults_for_the_chosen_loss_only(tmp_path):

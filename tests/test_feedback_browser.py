@@ -1,4 +1,5 @@
-"""A real browser (Debian's Chromium driven by Playwright): log in, label a pair, rank K, admin stats count them."""
+"""A real browser (Debian's Chromium driven by Playwright): log in, label a pair, rank K, give a thumbs down,
+admin stats count them."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def _log_in(page, base_url: str, name: str) -> None:
 @pytest.mark.slow
 def test_browser_labels_a_pair_ranks_k_and_admin_stats_count_them(tmp_path, browser):
     rows = [{"prompt": "Which greeting is better?", "responses": ["Hello there!", PAYLOAD]},
-            {"prompt": "Rank these answers to 2+2.", "responses": ["4", "four", "5"]}]
+            {"prompt": "Rank these answers to 2+2.", "responses": ["4", "four", "5"]},
+            {"prompt": "Is this a good answer to 2+2?", "responses": [PAYLOAD + " 5"], "kind": "thumbs"}]
     url = seeded_db(tmp_path, rows, overlap=1)
     with commands.start_server(url) as server:
         context = browser.new_context()
@@ -58,9 +60,14 @@ def test_browser_labels_a_pair_ranks_k_and_admin_stats_count_them(tmp_path, brow
         assert page.url.endswith("/annotate")
         page.click("button:has-text('Next item')")
         labelled = []
-        for _ in range(2):
+        for _ in range(3):
             page.wait_for_selector("section.prompt")
-            if page.locator("input[name=choice]").count():
+            if page.locator("input[name=choice][value=down]").count():
+                assert PAYLOAD in page.inner_text("body")  # shown as text, not run
+                page.check("input[name=choice][value=down]")
+                page.check("input[name=flag][value='0:untruthful']")
+                labelled.append("thumbs")
+            elif page.locator("input[name=choice]").count():
                 assert PAYLOAD in page.inner_text("body")  # shown as text, not run
                 page.check("input[name=choice][value=A]")
                 page.check("input[name=flag][value='1:harmful']")
@@ -72,7 +79,7 @@ def test_browser_labels_a_pair_ranks_k_and_admin_stats_count_them(tmp_path, brow
             page.fill("textarea[name=note]", "checked in a browser")
             page.click("button:has-text('Submit and next')")
         page.wait_for_selector("text=Nothing else is waiting for you")
-        assert sorted(labelled) == ["pair", "rank"]
+        assert sorted(labelled) == ["pair", "rank", "thumbs"]
         assert dialogs == []  # no script from the imported text ever ran
         page.click("button:has-text('Log out')")
 
@@ -80,10 +87,12 @@ def test_browser_labels_a_pair_ranks_k_and_admin_stats_count_them(tmp_path, brow
         page.goto(f"{server.url}/admin/stats")
         assert page.inner_text("td.judgments-pair") == "1"
         assert page.inner_text("td.judgments-rank") == "1"
-        assert page.inner_text("td.judgments-all") == "2"
+        assert page.inner_text("td.judgments-thumbs") == "1"
+        assert page.inner_text("td.judgments-all") == "3"
         assert "ann1" in page.inner_text("body")
         page.screenshot(path=str(tmp_path / "admin_stats.png"), full_page=True)
         assert console_errors == []  # no CSP violation or missing resource
         context.close()
     stats = commands.stats(url)
-    assert stats["progress"]["judgments"] == 2 and stats["annotators"]["ann1"]["judgments"] == 2
+    assert stats["progress"]["judgments"] == 3 and stats["annotators"]["ann1"]["judgments"] == 3
+    assert stats["annotators"]["ann1"]["thumbs_up_rate"] == 0.0

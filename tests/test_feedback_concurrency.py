@@ -1,5 +1,5 @@
-"""Real server, real threads: the HTTP client, 8 annotators x 100 submissions, and the login rate limit under
-concurrent guesses across two server processes, on SQLite and PostgreSQL."""
+"""Real server, real threads: the HTTP client, 8 annotators x 100 submissions (pairs and thumbs items), and the
+login rate limit under concurrent guesses across two server processes, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -71,11 +71,12 @@ def _annotate(base_url: str, name: str, barrier: threading.Barrier, results: dic
             task = client.next_task()
             if task is None:
                 break
-            judgment_id = client.submit(task.assignment_id, choice=rng.choice(["A", "B", "tie", "both_bad"]))
+            choices = ["up", "down"] if task.kind == "thumbs" else ["A", "B", "tie", "both_bad"]
+            judgment_id = client.submit(task.assignment_id, choice=rng.choice(choices))
             done.append((task.assignment_id, judgment_id))
             if len(done) % 25 == 0:  # a replay of the same submission must be refused, not stored twice
                 try:
-                    client.submit(task.assignment_id, choice="A")
+                    client.submit(task.assignment_id, choice=choices[0])
                     errors.append(f"{name}: replay accepted")
                 except FeedbackHTTPError as err:
                     if err.status != 409:
@@ -90,7 +91,10 @@ def _hammer(url: str, work_dir: Path) -> None:
     for name in names:
         commands.create_user(url, name, "annotator", f"{name}-secret-pw")
     n_items = N_CLIENTS * N_SUBMISSIONS // OVERLAP + 20
-    candidates = write_jsonl(work_dir / "hammer.jsonl", pair_rows(n_items))
+    # every third item a thumbs item: one response, answered up or down
+    thumbs = [{"id": f"t{i}", "prompt": f"Thumbs {i}?", "responses": [f"Only answer {i}"], "kind": "thumbs"}
+              for i in range(n_items // 3)]
+    candidates = write_jsonl(work_dir / "hammer.jsonl", pair_rows(n_items - len(thumbs)) + thumbs)
     commands.import_items(url, candidates, overlap=OVERLAP)
     results: dict[str, list[tuple[str, int]]] = {}
     errors: list[str] = []
@@ -111,12 +115,15 @@ def _hammer(url: str, work_dir: Path) -> None:
             rows = conn.execute(sa.select(t.judgments.c.id, t.judgments.c.assignment_id, t.judgments.c.item_id,
                                           t.judgments.c.user_id, t.assignments.c.user_id.label("owner"))
                                 .join(t.assignments, t.assignments.c.id == t.judgments.c.assignment_id)).all()
+            kinds = Counter(conn.execute(sa.select(t.items.c.kind)
+                                         .join(t.judgments, t.judgments.c.item_id == t.items.c.id)).scalars())
     finally:
         db.dispose()
     assert {r.id: r.assignment_id for r in rows} == returned  # nothing lost, nothing extra
     assert all(r.user_id == r.owner for r in rows)
     assert len({(r.item_id, r.user_id) for r in rows}) == len(rows)  # nobody judged an item twice
     assert max(Counter(r.item_id for r in rows).values()) <= OVERLAP  # overlap never exceeded
+    assert kinds["thumbs"] > 0 and kinds["pair"] > 0 and sum(kinds.values()) == len(rows)
 
 
 @pytest.mark.slow

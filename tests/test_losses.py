@@ -1,6 +1,7 @@
 """rlhfkit.losses against independent computations: hand-worked numbers, Python loops, limits,
 invariances (STYLE.md item 3)."""
 
+import inspect
 import math
 
 import pytest
@@ -177,6 +178,8 @@ VARIANT_KWARGS = {
     "cdpo": {"label_smoothing": 0.1},
     "ipo": {},
     "rpo": {"chosen_lengths": torch.tensor([3])},
+    "orpo": {"chosen_lengths": torch.tensor([3]), "rejected_lengths": torch.tensor([3])},
+    "simpo": {"chosen_lengths": torch.tensor([3]), "rejected_lengths": torch.tensor([3])},
 }
 
 
@@ -187,14 +190,17 @@ def test_preference_loss_gradient_sign(name):
     policy_rejected = torch.tensor([-4.0], requires_grad=True)
     ref = torch.tensor([-4.0])
     loss_fn = get_preference_loss(name)
-    out = loss_fn(policy_chosen, policy_rejected, ref, ref, beta=0.1, **VARIANT_KWARGS[name])
+    inputs = {"policy_chosen_logps": policy_chosen, "policy_rejected_logps": policy_rejected,
+              "ref_chosen_logps": ref, "ref_rejected_logps": ref}
+    accepted = inspect.signature(loss_fn).parameters  # ORPO and SimPO take no reference
+    out = loss_fn(**{k: v for k, v in inputs.items() if k in accepted}, beta=0.1, **VARIANT_KWARGS[name])
     out.losses.sum().backward()
     assert policy_chosen.grad.item() < 0 < policy_rejected.grad.item()
     assert not out.chosen_rewards.requires_grad and not out.rejected_rewards.requires_grad
 
 
 def test_get_preference_loss_unknown_name_lists_valid():
-    with pytest.raises(ValueError, match="cdpo, dpo, ipo, rpo"):
+    with pytest.raises(ValueError, match="cdpo, dpo, ipo, orpo, rpo, simpo"):
         get_preference_loss("ppo")
     assert get_preference_loss("ipo") is ipo_loss
 

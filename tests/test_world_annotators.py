@@ -149,3 +149,17 @@ def test_ai_judge_is_imperfect_in_its_documented_ways(world, judge, pairs):
     p = harmful[0]
     r = generate_response(p, "good", rng)
     assert ai.score(p, r) == ai.score(p.text, r) and ai.compare(p, r, r) == "tie"
+
+
+def test_thumbs_up_probability_is_sigmoid_of_utility_above_the_threshold(world, judge):
+    """P(up) = σ((u − 0.5)/τ): measured over many annotators for a good (1.0), a rude good (0.7) and a
+    wrong answer (−0.6); deterministic per annotator, response and prompt."""
+    p = world.lookup("what is 7 plus 5?")
+    tau, n = 0.3, 4000
+    for response in ("the answer is 12.", "ugh. the answer is 12.", "13."):
+        u = judge.score(p, response)
+        expected = 1 / (1 + math.exp(-(u - 0.5) / tau))
+        ups = sum(SimulatedAnnotator(tau, seed=s, judge=judge).thumbs(p, response) == "up" for s in range(n))
+        assert abs(ups / n - expected) < 4 * math.sqrt(expected * (1 - expected) / n) + 1e-9
+    annotator = SimulatedAnnotator(tau, seed=3, judge=judge)
+    assert [annotator.thumbs(p, "13.") for _ in range(3)] == [annotator.thumbs(p, "13.")] * 3

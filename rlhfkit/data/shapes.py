@@ -145,7 +145,8 @@ def _foreign(keys: Iterable[str], kinds: Iterable[str], what: str, fix: str) -> 
 FOREIGN: tuple[Foreign, ...] = (
     _foreign(("prompt", "completion", "label"), ("sft", "preference", "ranking"),
              "TRL's unpaired preference format (one response with a true/false label)",
-             'this stage reads pairs: pair the responses of each prompt into {"prompt", "chosen", "rejected"}'),
+             'KTO trains on them as they are (rlhfkit kto, or rlhfkit dpo loss=kto data_kind=unpaired); the other '
+             'losses read pairs: pair the responses of each prompt into {"prompt", "chosen", "rejected"}'),
     _foreign(("prompt", "completions", "labels"), ("sft", "preference", "ranking"),
              "TRL's stepwise-supervision format (a label per reasoning step)",
              'rlhfkit does not read it; give whole responses as {"prompt", "response"} or '

@@ -38,6 +38,7 @@ FLAGS = {
     "untruthful": "Untruthful or made up",
 }
 PAIR_CHOICES = ("A", "B", "tie", "both_bad")
+THUMBS_CHOICES = ("up", "down")  # a thumbs item's one response is good (up) or bad (down)
 MAX_NOTE_CHARS = 2_000
 MAX_DEMO_CHARS = 32_000
 
@@ -78,6 +79,7 @@ class ScreenAnswer:
     """An answer as given on screen.
 
     pair: `choice` in A / B / tie / both_bad (A is the left, first shown response);
+    thumbs: `choice` in up / down;
     rank: `ranking` = screen slots best first, a permutation of 0..K-1;
     demo: `response` = the written ideal response.
     `flags` maps a screen slot to flag names (keys of FLAGS); `note` is free text.
@@ -92,7 +94,7 @@ class ScreenAnswer:
 
 @dataclass(frozen=True)
 class CanonicalAnswer:
-    outcome: str  # "ranked" | "tie" | "both_bad" | "demo"
+    outcome: str  # "ranked" | "tie" | "both_bad" | "demo" | "up" | "down"
     ranking: list[int] | None  # canonical positions, best first
     response_text: str | None
     flags: dict[str, list[str]]  # canonical position (as str) -> sorted flag names
@@ -126,6 +128,10 @@ def canonical_answer(kind: str, presented_order: list[int], answer: ScreenAnswer
         winner_slot = 0 if answer.choice == "A" else 1
         ranking = [presented_order[winner_slot], presented_order[1 - winner_slot]]
         return CanonicalAnswer("ranked", ranking, None, flags, note)
+    if kind == "thumbs":
+        if answer.choice not in THUMBS_CHOICES:
+            raise InvalidAnswer(f"choice must be one of {', '.join(THUMBS_CHOICES)}, got {answer.choice!r}")
+        return CanonicalAnswer(answer.choice, None, None, flags, note)
     if kind == "rank":
         slots = answer.ranking
         if (not isinstance(slots, list) or any(isinstance(s, bool) or not isinstance(s, int) for s in slots)

@@ -36,7 +36,7 @@ class ClientTask:
     """One leased item as the annotator sees it (responses in screen order)."""
 
     assignment_id: str
-    kind: str  # "pair" | "rank" | "demo"
+    kind: str  # "pair" | "rank" | "demo" | "thumbs"
     prompt: str
     responses: list[str]
     expires_at: float
@@ -98,8 +98,8 @@ class FeedbackClient:
 
     def submit(self, assignment_id: str, *, choice: str | None = None, ranking: list[int] | None = None,
                response: str | None = None, flags: dict[int, list[str]] | None = None, note: str = "") -> int:
-        """Answer in screen terms: pair `choice` A/B/tie/both_bad, rank `ranking` (screen slots best
-        first), demo `response`. Returns the judgment id; FeedbackHTTPError 409 on a second submit."""
+        """Answer in screen terms: pair `choice` A/B/tie/both_bad, thumbs `choice` up/down, rank `ranking`
+        (screen slots best first), demo `response`. Returns the judgment id; FeedbackHTTPError 409 on a second submit."""
         body: dict[str, Any] = {"note": note, "flags": {str(k): v for k, v in (flags or {}).items()}}
         for key, value in (("choice", choice), ("ranking", ranking), ("response", response)):
             if value is not None:

@@ -9,6 +9,9 @@ Files written into `out_dir` (every file every time, possibly empty):
   item whose consensus has a tie is left out (`ranking_aggregate="borda"`), or one row per
   judgment (`"each"`);
 - `sft.{train,eval}.jsonl` — `{"prompt", "response"}`, every written demonstration;
+- `unpaired.{train,eval}.jsonl` — `{"prompt", "completion", "label"}` (TRL's unpaired format, what KTO
+  trains on), one row per thumbs item whose strict majority of at least `min_votes` votes said up
+  (true) or down (false);
 - `ties.jsonl` — pair items whose majority said tie or both bad, with the vote counts;
 - `judgments.raw.jsonl` and `judgments.csv` — every judgment, for audit, annotators
   replaced by an HMAC pseudonym (key stored in the database; stable across exports);
@@ -53,7 +56,7 @@ CSV_COLUMNS = ("judgment_id", "item_id", "kind", "gold", "annotator", "outcome",
 @dataclass
 class ExportOptions:
     min_votes: int = 2
-    """Pair and rank items need at least this many judgments to be exported."""
+    """Pair, rank and thumbs items need at least this many judgments to be exported."""
     eval_fraction: float = 0.0
     """Share of prompts (by hash) sent to the eval files."""
     include_gold: bool = False
@@ -164,6 +167,13 @@ def build_rows(db: Database, options: ExportOptions) -> tuple[dict[str, list[dic
                 w = int(winner)
                 files[f"preferences.{split}.jsonl"].append(
                     {"prompt": item.prompt, "chosen": responses[w], "rejected": responses[1 - w]})
+        elif item.kind == "thumbs":
+            label = strict_majority(Counter(j.outcome for j in votes))
+            if label is None:
+                counts["thumbs_items_without_majority"] += 1
+            else:
+                files[f"unpaired.{split}.jsonl"].append(
+                    {"prompt": item.prompt, "completion": responses[0], "label": label == "up"})
         elif item.kind == "rank":
             rankings = [list(j.ranking) for j in votes if j.outcome == "ranked"]
             consensus = [borda_consensus(rankings)] if options.ranking_aggregate == "borda" else rankings
@@ -186,7 +196,8 @@ def build_rows(db: Database, options: ExportOptions) -> tuple[dict[str, list[dic
     return files, dict(counts)
 
 
-_FILE_NAMES = [f"{kind}.{split}.jsonl" for kind in ("preferences", "rankings", "sft") for split in ("train", "eval")]
+_FILE_NAMES = [f"{kind}.{split}.jsonl" for kind in ("preferences", "rankings", "sft", "unpaired")
+               for split in ("train", "eval")]
 _FILE_NAMES += ["ties.jsonl", "judgments.raw.jsonl"]
 
 

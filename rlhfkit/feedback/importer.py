@@ -2,12 +2,13 @@
 
 One row per line::
 
-    {"prompt": str, "responses": [str, ...], "kind": "pair"|"rank"|"demo",   # kind optional
-     "gold": {"best": i} | {"ranking": [i, ...]},                           # optional, known answer
-     "id": str | int}                                                       # optional, unique
+    {"prompt": str, "responses": [str, ...], "kind": "pair"|"rank"|"demo"|"thumbs",   # kind optional
+     "gold": {"best": i} | {"ranking": [i, ...]} | {"good": bool},                   # optional, known answer
+     "id": str | int}                                                                # optional, unique
 
 `kind` defaults from the number of responses (0 -> demo, 2 -> pair, 3+ -> rank). A demo item
 asks the annotator to write the ideal response; its responses (if any) are shown as examples.
+A thumbs item (``"kind": "thumbs"``, exactly one response) asks for a thumbs up or down.
 Every row is validated before anything is written; each problem is one sentence naming the
 file, line and field, and if there is any problem nothing is imported.
 """
@@ -29,7 +30,7 @@ from rlhfkit.feedback.auth import User
 from rlhfkit.feedback.db import Database, audit
 from rlhfkit.feedback.textcheck import TextError, check_text, decode_utf8, invisible_characters
 
-KINDS = ("pair", "rank", "demo")
+KINDS = ("pair", "rank", "demo", "thumbs")
 MAX_RANK_K = 9  # InstructGPT ranked K = 4..9
 MAX_DEMO_EXAMPLES = 9
 MAX_TEXT_CHARS = 32_000
@@ -107,6 +108,17 @@ def _infer_kind(row: dict[str, Any], n: int) -> tuple[str | None, str | None]:
     return kind, None
 
 
+def _thumbs_kind(n: int) -> tuple[str | None, str | None]:
+    """A thumbs item shows exactly one response, to be marked good (up) or bad (down)."""
+    return ("thumbs", None) if n == 1 else (None, f"a thumbs item needs exactly 1 response, got {n}")
+
+
+def _thumbs_gold_problem(gold: Any) -> str | None:
+    if not isinstance(gold, dict) or set(gold) != {"good"} or not isinstance(gold["good"], bool):
+        return 'must be {"good": true} or {"good": false} on a thumbs item'
+    return None
+
+
 def parse_row(raw_line: bytes, where: str, line_no: int) -> tuple[Candidate | None, list[str], list[str]]:
     """Validate one line; returns (candidate or None, problems, invisible-character notes)."""
     problems: list[str] = []
@@ -160,12 +172,13 @@ def parse_row(raw_line: bytes, where: str, line_no: int) -> tuple[Candidate | No
     for i, text in enumerate(responses):
         if text is not None and text in responses[:i]:
             problem(f"responses[{i}]", f"is identical to responses[{responses.index(text)}]")
-    kind, kind_problem = _infer_kind(row, len(responses))
+    kind, kind_problem = (_thumbs_kind(len(responses)) if row.get("kind") == "thumbs"
+                          else _infer_kind(row, len(responses)))
     if kind_problem:
         problem("kind" if "kind" in row else "responses", kind_problem)
     gold = row.get("gold")
     if gold is not None and kind is not None:
-        gold_problem = _gold_problem(gold, kind, len(responses))
+        gold_problem = _thumbs_gold_problem(gold) if kind == "thumbs" else _gold_problem(gold, kind, len(responses))
         if gold_problem:
             problem("gold", gold_problem)
     external_id = row.get("id")

@@ -2,7 +2,7 @@
 
 Log in with `POST /api/login` (JSON body); the reply carries the CSRF token to send back in
 the `X-CSRF-Token` header on every later POST. Answers are in screen terms, like a person's:
-pair `{"choice": "A"|"B"|"tie"|"both_bad"}`, rank `{"ranking": [screen slots best first]}`,
+pair `{"choice": "A"|"B"|"tie"|"both_bad"}`, thumbs `{"choice": "up"|"down"}`, rank `{"ranking": [screen slots best first]}`,
 demo `{"response": "..."}`, plus optional `{"flags": {"<slot>": [names]}, "note": "..."}`.
 """
 

@@ -141,7 +141,7 @@ def answer_from_form(kind: str, k: int, form: Form) -> ScreenAnswer:
             raise assign.InvalidAnswer(f"malformed flag {value[:40]!r}")
         flags.setdefault(int(slot), []).append(name)
     answer = ScreenAnswer(flags=flags, note=form.get("note"))
-    if kind == "pair":
+    if kind in ("pair", "thumbs"):
         answer.choice = form.get("choice") or None
     elif kind == "rank":
         ranks: dict[int, int] = {}

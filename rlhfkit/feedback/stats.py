@@ -3,7 +3,9 @@
 Definitions (also in docs/feedback-app.md):
 - pairwise label of a judgment: the canonical winner "0" / "1", or "tie" / "both_bad";
   percent agreement, Cohen's κ (per annotator pair) and Krippendorff's α (all annotators,
-  nominal) are computed on pair items; Kendall's τ on rank items.
+  nominal) are computed on pair items; Kendall's τ on rank items; the same three on the binary
+  label ("up" / "down") of thumbs items, separately (`thumbs_*`).
+- thumbs-up rate: per annotator, share of their thumbs judgments that said good.
 - gold accuracy: share of answered gold items whose top choice is the gold best response
   (a tie or both-bad answer counts as wrong).
 - left-choice rate: share of decisive pair judgments that picked the response shown on the
@@ -31,7 +33,7 @@ def pair_label(outcome: str, ranking: list[int] | None) -> str:
 
 
 def gold_best(gold: dict | None) -> int | None:
-    if not gold:
+    if not gold or "good" in gold:  # a thumbs item's gold is a label, not a best response
         return None
     return int(gold["best"]) if "best" in gold else int(gold["ranking"][0])
 
@@ -81,6 +83,10 @@ def _annotator_stats(rows: list[sa.Row]) -> dict[str, dict[str, Any]]:
                 p["left"].append(r.ranking[0] == r.presented_order[0])
         elif r.kind == "rank":
             p["first_top"].append(r.ranking[0] == r.presented_order[0])
+        elif r.kind == "thumbs":
+            p["thumbs_up"].append(r.outcome == "up")
+            if r.gold:
+                p["gold"].append((r.outcome == "up") == r.gold["good"])
         best = gold_best(r.gold)
         if best is not None:
             p["gold"].append(r.outcome == "ranked" and r.ranking[0] == best)
@@ -89,13 +95,14 @@ def _annotator_stats(rows: list[sa.Row]) -> dict[str, dict[str, Any]]:
         outcomes = p["pair_outcomes"]
         out[name] = {
             "judgments": len(p["seconds"]),
-            "by_kind": {k: p["kinds"].count(k) for k in ("pair", "rank", "demo") if k in p["kinds"]},
+            "by_kind": {k: p["kinds"].count(k) for k in ("pair", "rank", "demo", "thumbs") if k in p["kinds"]},
             "gold_answered": len(p["gold"]),
             "gold_accuracy": ag.rate(sum(p["gold"]), len(p["gold"])),
             "left_choice_rate": ag.rate(sum(p["left"]), len(p["left"])),
             "first_shown_top_rate": ag.rate(sum(p["first_top"]), len(p["first_top"])),
             "tie_rate": ag.rate(outcomes.count("tie"), len(outcomes)),
             "both_bad_rate": ag.rate(outcomes.count("both_bad"), len(outcomes)),
+            "thumbs_up_rate": ag.rate(sum(p["thumbs_up"]), len(p["thumbs_up"])),
             "median_seconds": ag.median(p["seconds"]),
         }
     return out
@@ -104,8 +111,11 @@ def _annotator_stats(rows: list[sa.Row]) -> dict[str, dict[str, Any]]:
 def _agreement(rows: list[sa.Row]) -> dict[str, Any]:
     pair_labels: dict[str, dict[int, str]] = defaultdict(dict)
     rankings: dict[str, dict[int, list[int]]] = defaultdict(dict)
+    thumbs: dict[str, dict[int, str]] = defaultdict(dict)
     for r in rows:
-        if r.kind == "pair":
+        if r.kind == "thumbs":
+            thumbs[r.name][r.item_id] = r.outcome
+        elif r.kind == "pair":
             pair_labels[r.name][r.item_id] = pair_label(r.outcome, r.ranking)
         elif r.kind == "rank" and r.outcome == "ranked":
             rankings[r.name][r.item_id] = list(r.ranking)
@@ -118,7 +128,15 @@ def _agreement(rows: list[sa.Row]) -> dict[str, Any]:
         "krippendorff_alpha": ag.alpha_from_labels(pair_labels),
         "rank_pairs": rank_pairs,
         "mean_kendall_tau": _weighted(rank_pairs, "mean_kendall_tau"),
+        **_thumbs_agreement(thumbs),
     }
+
+
+def _thumbs_agreement(thumbs: dict[str, dict[int, str]]) -> dict[str, Any]:
+    """Agreement on the binary label of thumbs items: per annotator pair, pooled, and Krippendorff's α."""
+    pairs = ag.pairwise_label_agreement(thumbs)
+    return {"thumbs_pairs": pairs, "thumbs_percent_agreement": _weighted(pairs, "percent_agreement"),
+            "thumbs_krippendorff_alpha": ag.alpha_from_labels(thumbs)}
 
 
 def _weighted(rows: list[dict], key: str) -> float:

@@ -9,7 +9,9 @@ swapping A and B mirrors it (docs/world.md §5).
 Two ways to ask:
 
 - ``compare(prompt, a, b) -> "a" | "b" | "tie"`` — the judge interface (``both_bad`` reads as ``tie``);
-- ``answer(prompt, a, b) -> "a" | "b" | "tie" | "both_bad"`` — what the person would click in the app.
+- ``answer(prompt, a, b) -> "a" | "b" | "tie" | "both_bad"`` — what the person would click in the app;
+- ``thumbs(prompt, response) -> "up" | "down"`` — a thumbs item: up with probability
+  ``σ((u − THUMBS_THRESHOLD)/τ)`` (threshold 0.5 of gold utility; ``rlhfkit.worlds.annotators``).
 
 ``rlhfkit iterate`` runs a panel of these (:func:`annotator_panel`, seeds 1…N) as HTTP clients of the
 annotation app; ``rlhfkit label --judge simulated`` uses one directly. :func:`world_sample_pairs` makes
@@ -28,6 +30,7 @@ from collections.abc import Sequence
 from rlhfkit.worlds import (
     FAMILY_BEHAVIOURS,
     STYLES,
+    THUMBS_THRESHOLD,
     GoldJudge,
     Prompt,
     SimulatedAnnotator,
@@ -81,6 +84,10 @@ class SimulatedAnnotatorJudge:
         label = self.inner.compare(prompt, a, b)
         return "tie" if label == "both_bad" else label
 
+    def thumbs(self, prompt: Prompt | str, response: str, threshold: float = THUMBS_THRESHOLD) -> str:
+        """The app's answer to a thumbs item: ``up`` (good) or ``down`` (bad)."""
+        return self.inner.thumbs(prompt, response, threshold)
+
     def screen_choice(self, prompt: Prompt | str, left: str, right: str) -> str:
         """The app's answer for responses shown left (A) and right (B): ``A``, ``B``, ``tie`` or ``both_bad``."""
         label = self.inner.compare(prompt, left, right)
@@ -127,6 +134,20 @@ def world_sample_pairs(world: World, n: int, *, seed: int = 0, good_fraction: fl
 # ---- acting as people: HTTP clients of the annotation app -------------------------------------------------
 
 
+class JudgeInApp:
+    """A judge (gold, AI, reward model: ``rlhfkit.judges.make_judge``) answering the app's pair items as one
+    annotator would — RLAIF labels that go through the same app, export and statistics as people's. It
+    answers pairs only (a thumbs bar on a judge's own score scale would be arbitrary): thumbs items are
+    given back."""
+
+    def __init__(self, judge, name: str) -> None:
+        self.judge = judge
+        self.name = name
+
+    def screen_choice(self, prompt: Prompt | str, left: str, right: str) -> str:
+        return {"a": "A", "b": "B"}.get(self.judge.compare(prompt, left, right), "tie")
+
+
 def ensure_annotator(db_url: str, name: str) -> str:
     """Create app user ``name`` (role annotator), or reset its password if it exists; returns a fresh random
     password (never stored)."""
@@ -144,18 +165,22 @@ def ensure_annotator(db_url: str, name: str) -> str:
 
 def annotate_queue(url: str, name: str, password: str, annotator: SimulatedAnnotatorJudge, tally: Counter,
                    errors: list[str]) -> None:
-    """One simulated person's session, as a person uses the app: log in, answer every pair the app leases
-    to them (in screen terms: A, B, tie or both bad), stop when it has nothing left for them."""
+    """One simulated person's session, as a person uses the app: log in, answer every pair (in screen terms:
+    A, B, tie or both bad) and every thumbs item (up or down) the app leases to them, stop when it has
+    nothing left for them."""
     from rlhfkit.feedback.client import FeedbackClient
 
     try:
         client = FeedbackClient(url)
         client.login(name, password)
         while (task := client.next_task()) is not None:
-            if task.kind != "pair":  # rankings and demonstrations are not theirs to answer: give the slot back
+            if task.kind == "thumbs" and hasattr(annotator, "thumbs"):
+                choice = annotator.thumbs(task.prompt, task.responses[0])
+            elif task.kind == "pair":
+                choice = annotator.screen_choice(task.prompt, task.responses[0], task.responses[1])
+            else:  # rankings, demonstrations (and thumbs for a judge) are not theirs to answer: give the slot back
                 client.skip(task.assignment_id)
                 continue
-            choice = annotator.screen_choice(task.prompt, task.responses[0], task.responses[1])
             client.submit(task.assignment_id, choice=choice)
             tally[choice] += 1
     except Exception as exc:  # collected and raised by label_through_app, which waits for every thread
@@ -164,7 +189,7 @@ def annotate_queue(url: str, name: str, password: str, annotator: SimulatedAnnot
 
 def label_through_app(db_url: str, panel: Sequence[SimulatedAnnotatorJudge], *, url: str | None = None) -> Counter:
     """Every annotator of ``panel`` labels, concurrently (one thread and one app session each), until the app
-    has no pair left for any of them. The app is served from ``db_url`` on a free loopback port for the
+    has no pair or thumbs item left for any of them. The app is served from ``db_url`` on a free loopback port for the
     duration, unless ``url`` names a running one. Returns the count of each screen choice submitted."""
     from rlhfkit.feedback import commands
 

@@ -1,41 +1,53 @@
-"""DPO and its variants (IPO, cDPO, RPO): preferences without a reward model or an RL loop.
+"""The preference trainer: DPO and its family — IPO, cDPO, RPO, ORPO, SimPO on pairs, KTO on unpaired
+good/bad labels — without a reward model or an RL loop.
 
     rlhfkit dpo --config configs/dpo.yaml train.output_dir=runs/dpo beta=0.1
+    rlhfkit dpo --config configs/kto.yaml          # or: rlhfkit kto …  (loss=kto, unpaired rows)
 
-A training step, on a micro-batch of B pairs collated into one batch of 2B rows (chosen, then rejected):
+A training step, on a micro-batch of B examples collated into one batch of 2B rows (for pairs: chosen, then
+rejected; for KTO: each labelled completion, then a mismatched completion for the KL estimate):
 
 1. reference log-probs ``log π_ref(y|x)`` (2B,): looked up in the table precomputed before training and
    cached in the run's folder (``reference_mode: precompute``), or one no-grad forward of π_ref (``on_the_fly``:
-   a frozen copy, or with LoRA the policy with its adapters disabled);
+   a frozen copy, or with LoRA the policy with its adapters disabled); none for ORPO and SimPO, which load
+   no reference at all;
 2. one forward of the policy over the 2B rows; ``log π_θ(y|x)`` summed over response tokens only (2B,),
-   and the response lengths (for IPO's per-token average and RPO's per-token NLL). With a precomputed
+   and the response lengths (for the per-token averages of IPO, RPO, ORPO and SimPO). With a precomputed
    reference the pair is one row ``prompt + chosen + rejected`` (``shared_prompt``): the prompt is computed
    once, each response attends to it and to itself only, so the log-probs are those of two separate rows
    at the cost of P + C + R tokens instead of 2P + C + R;
-3. the loss picked by name from ``rlhfkit.losses.PREFERENCE_LOSSES`` on (chosen, rejected) pairs; the loop
+3. the loss picked by name (``rlhfkit.losses``; ``preference_objective.py``) per example; the loop
    averages it over the global batch (exact under accumulation), clips, guards and steps.
 
-Metrics (``docs/metrics.md (DPO)``): ``rewards/{chosen,rejected,margins,accuracies}``,
-``logps/{chosen,rejected}``, ``logps/chosen_minus_ref`` (likelihood displacement when negative), and the
-same under ``eval/`` on ``data.eval_file``. The shared loop does resume; the reference table is keyed by
-the data and the *starting* weights, so a resumed run reads the same table, and the data order is the
-loop's pure function of (seed, epoch, position) — also with ``group_by_length``.
+Config: ``dpo_config.py``; data and collation: ``preference_data.py``. Metrics (``docs/metrics.md (DPO)``):
+``rewards/{chosen,rejected,margins,accuracies}``, ``logps/{chosen,rejected}``, ``logps/chosen_minus_ref``
+(likelihood displacement when negative), ``kto/kl``, and the same under ``eval/`` on ``data.eval_file``.
+The shared loop does resume; the reference table is keyed by the data and the *starting* weights, so a
+resumed run reads the same table, and the data order is the loop's pure function of (seed, epoch,
+position) — also with ``group_by_length``.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from rlhfkit.config import ConfigError, Recipe, load_config
+from rlhfkit.config import ConfigError, load_config
 from rlhfkit.data.collate import LengthGroupedDataset
-from rlhfkit.losses import PREFERENCE_LOSSES, PreferenceLossOutput, get_preference_loss
+from rlhfkit.trainers.dpo_config import SAFE_TO_CHANGE, DPOConfig, DPOLoraConfig
+from rlhfkit.trainers.preference_data import (
+    EncodedKTO,
+    Pair,
+    PreferenceCollator,
+    encode_rows,
+    examples_identity,
+    read_rows,
+)
+from rlhfkit.trainers.preference_objective import KTOObjective, PreferenceObjective, objective_for
 from rlhfkit.trainers.reference_cache import (
     AdaptersOffReference,
     CacheContext,
@@ -44,189 +56,51 @@ from rlhfkit.trainers.reference_cache import (
     ReferenceLogps,
     _to_device,
     batch_sequence_logprobs,
-    examples_fingerprint,
     model_device,
     tokenizer_fingerprint,
     weights_fingerprint,
 )
 from rlhfkit.trainers.runtime import set_threads
-from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig, data_sources, source_name
-from rlhfkit.trainers.train_config import TrainConfig
+from rlhfkit.trainers.stage_config import data_sources
 
-# Config keys that may differ when a run resumes: they change speed, memory or what is reported, never the
-# trajectory of the weights beyond float rounding (a precomputed and an on-the-fly reference agree to ~1e-6).
-SAFE_TO_CHANGE = ("reference_mode", "reference_batch_size", "reference_cache_dir", "eval_batch_size",
-                  "lora.save_merged", "data.eval_file")
+__all__ = ["SAFE_TO_CHANGE", "DPOConfig", "DPOLoraConfig", "DPOStep", "EncodedKTO", "KTOObjective",
+           "LengthGroupedPairs", "NoReference", "Pair", "PreferenceCollator", "PreferenceObjective",
+           "encode_rows", "read_rows", "train"]
 
 
-@dataclass
-class DPOLoraConfig(LoraConfig):
-    save_merged: bool = True
-    """Save ``final`` as merged weights (a plain model folder); false: the PEFT adapter folder (base =
-    ``model.path``)."""
+class NoReference:
+    """The reference source of ORPO and SimPO: no π_ref, no forward, no table."""
 
-
-@dataclass
-class DPOConfig(Recipe):
-    """``rlhfkit dpo`` settings (a recipe: ``configs/dpo.yaml``; LoRA: ``configs/dpo_lora.yaml``)."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """The policy to start from (usually the SFT folder); also the reference unless ``reference`` is set."""
-    reference: str | None = None
-    """A model folder for π_ref; null = the starting model (with LoRA: the policy with adapters disabled)."""
-    data: DataConfig = field(default_factory=DataConfig)
-    """``train_file`` / ``eval_file`` of preference rows; lengths, template, empty/identical policies."""
-    data_kind: Literal["preference", "ranking"] = "preference"
-    """Row format: ``{"prompt","chosen","rejected"}``, or rankings flattened into all their K(K−1)/2 pairs."""
-    lora: DPOLoraConfig = field(default_factory=DPOLoraConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/dpo", lr=1e-6))
-    """The shared loop; ``per_device_batch_size`` counts pairs (each micro-batch is 2× as many rows)."""
-    loss: str = "dpo"
-    """One of ``PREFERENCE_LOSSES``: dpo (sigmoid), ipo, cdpo (label smoothing), rpo (DPO + α·NLL on chosen)."""
-    beta: float = 0.1
-    """β of DPO/cDPO/RPO (the implicit reward's scale, i.e. the KL strength); τ of IPO."""
-    label_smoothing: float | None = None
-    """cdpo only: ε, the assumed probability that a label is flipped, in (0, 0.5); null = 0.1."""
-    rpo_alpha: float | None = None
-    """rpo only: α, the weight of the per-token NLL of the chosen response; null = 1.0."""
-    reference_mode: Literal["precompute", "on_the_fly"] = "precompute"
-    """precompute: π_ref log-probs computed once before training, cached in ``reference_cache/`` (faster steps,
-    no reference model in memory while training); on_the_fly: one no-grad reference forward per step."""
-    reference_batch_size: int = 16
-    """Pairs per forward when precomputing reference log-probs."""
-    reference_cache_dir: str | None = None
-    """Folder of the reference cache (shared by runs on the same data and reference); null = ``reference_cache/``
-    in ``train.output_dir``. Never the data's folder, which may be shared or read-only."""
-    eval_batch_size: int | None = None
-    """Pairs per evaluation forward; null = ``train.per_device_batch_size``."""
-    group_by_length: bool = False
-    """Fill each step with pairs of similar length (less padding; see docs/metrics.md (DPO) for the speed-up);
-    the order is still a pure function of (seed, epoch), so resume is exact. Needs ``train.shuffle``."""
-    shared_prompt: bool = True
-    """With ``reference_mode: precompute``: one row per pair holding the prompt once, ``prompt + chosen +
-    rejected``, each response attending to the prompt and itself only (the same log-probs as two rows, ~1.2×
-    fewer tokens to compute). Checked on the live model before training; a model whose attention ignores
-    4-D masks keeps two rows per pair."""
-    disable_dropout: bool = True
-    """Set every dropout probability to 0: policy and reference log-probs must come from the same function."""
-
-    def validate(self) -> None:
-        if self.loss not in PREFERENCE_LOSSES:
-            raise ConfigError(f"loss: unknown preference loss {self.loss!r}; valid: "
-                              f"{', '.join(sorted(PREFERENCE_LOSSES))}")
-        if not self.beta > 0:
-            raise ConfigError(f"beta must be > 0, got {self.beta}")
-        if self.label_smoothing is not None and self.loss != "cdpo":
-            raise ConfigError(f"label_smoothing is used only by loss=cdpo (loss is {self.loss!r}); "
-                              "remove it (label_smoothing=null) or set loss=cdpo")
-        if self.label_smoothing is not None and not 0 < self.label_smoothing < 0.5:
-            raise ConfigError(f"label_smoothing must be in (0, 0.5), got {self.label_smoothing}")
-        if self.rpo_alpha is not None and self.loss != "rpo":
-            raise ConfigError(f"rpo_alpha is used only by loss=rpo (loss is {self.loss!r}); "
-                              "remove it (rpo_alpha=null) or set loss=rpo")
-        if self.rpo_alpha is not None and self.rpo_alpha < 0:
-            raise ConfigError(f"rpo_alpha must be >= 0, got {self.rpo_alpha}")
-        for name in ("reference_batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be at least 1, got {value}")
-        if self.group_by_length and not self.train.shuffle:
-            raise ConfigError("group_by_length=true draws its own seeded order and needs train.shuffle=true")
-        if self.reference is not None and not self.reference:
-            raise ConfigError("reference must be a model folder or null (the starting model)")
-        if not self.lora.save_merged and not self.lora.enabled:
-            raise ConfigError("lora.save_merged=false needs lora.enabled=true (there is no adapter to save)")
-
-    def loss_options(self) -> dict[str, float]:
-        """The chosen loss's hyper-parameters beside β (defaults filled in)."""
-        if self.loss == "cdpo":
-            return {"label_smoothing": 0.1 if self.label_smoothing is None else self.label_smoothing}
-        if self.loss == "rpo":
-            return {"alpha": 1.0 if self.rpo_alpha is None else self.rpo_alpha}
-        return {}
-
-
-# ----------------------------------------------------------------------------- the objective
-
-
-@dataclass(frozen=True)
-class PreferenceObjective:
-    """A preference loss picked by name, with β and its options. Pure: log-probs in, losses out."""
-
-    name: str
-    beta: float
-    options: dict[str, float] = field(default_factory=dict)
-
-    def __call__(self, policy_logps: torch.Tensor, ref_logps: torch.Tensor, lengths: torch.Tensor,
-                 chosen_index: torch.Tensor, rejected_index: torch.Tensor) -> PreferenceLossOutput:
-        """``policy_logps``, ``ref_logps``, ``lengths`` (N,) over the batch rows; the index tensors (B,)
-        pick each pair's chosen and rejected rows. Returns the loss's (B,) outputs."""
-        loss_fn = get_preference_loss(self.name)
-        accepted = inspect.signature(loss_fn).parameters
-        kwargs: dict[str, Any] = {"beta": self.beta, **self.options}
-        if "chosen_lengths" in accepted:  # IPO averages per token; RPO's NLL is per token
-            kwargs["chosen_lengths"] = lengths[chosen_index]
-        if "rejected_lengths" in accepted:
-            kwargs["rejected_lengths"] = lengths[rejected_index]
-        return loss_fn(policy_logps[chosen_index], policy_logps[rejected_index],
-                       ref_logps[chosen_index], ref_logps[rejected_index], **kwargs)
-
-    def metrics(self, out: PreferenceLossOutput, policy_logps: torch.Tensor, ref_logps: torch.Tensor,
-                chosen_index: torch.Tensor, rejected_index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Means over the B pairs (0-d tensors), named as in docs/metrics.md (DPO)."""
-        policy_logps, ref_logps = policy_logps.detach(), ref_logps.detach()
-        chosen, rejected = policy_logps[chosen_index], policy_logps[rejected_index]
-        metrics = {
-            "rewards/chosen": out.chosen_rewards.mean(),
-            "rewards/rejected": out.rejected_rewards.mean(),
-            "rewards/margins": (out.chosen_rewards - out.rejected_rewards).mean(),
-            "rewards/accuracies": out.reward_accuracies.mean(),
-            "logps/chosen": chosen.mean(),
-            "logps/rejected": rejected.mean(),
-            "logps/chosen_minus_ref": (chosen - ref_logps[chosen_index]).mean(),
-            "logps/rejected_minus_ref": (rejected - ref_logps[rejected_index]).mean(),
-        }
-        metrics.update({f"{self.name}/{k}": v.mean() for k, v in out.extras.items()})
-        return metrics
+    def logps(self, policy, batch: dict[str, Any]) -> None:
+        return None
 
 
 class DPOStep:
     """``step_fn(model, batch) -> (mean loss over the B pairs, metrics)`` for ``TrainLoop.fit``."""
 
-    def __init__(self, objective: PreferenceObjective, reference) -> None:
+    def __init__(self, objective: PreferenceObjective | KTOObjective, reference) -> None:
         self.objective = objective
-        self.reference = reference  # anything with logps(policy, batch) -> (2B,): see reference_cache.py
+        # anything with logps(policy, batch) -> (2B,) or None: see reference_cache.py, NoReference
+        self.reference = reference
 
     def __call__(self, model, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch = _to_device(batch, model_device(model))
-        chosen_index, rejected_index = batch["chosen_index"], batch["rejected_index"]  # (B,) rows of pair i
-        if "segment_ids" in batch and not isinstance(self.reference, PrecomputedReference):
+        if "segment_ids" in batch and not isinstance(self.reference, PrecomputedReference | NoReference):
             raise ValueError("a shared-prompt batch needs a precomputed reference (its forwards take 2B rows)")
-        # 1. reference log-probs (no gradient): from the precomputed table, or a reference forward
-        ref_logps = self.reference.logps(model, batch)  # (2B,)
-        # 2. one policy forward over chosen and rejected (2B rows, or B shared-prompt rows); summed over
+        # 1. reference log-probs (no gradient): from the precomputed table, a reference forward, or none
+        ref_logps = self.reference.logps(model, batch)  # (2B,) or None
+        # 2. one policy forward over the 2B responses (2B rows, or B shared-prompt rows); summed over
         # response tokens only
         policy_logps, lengths = preference_logprobs(model, batch)  # (2B,), (2B,)
-        # 3. the loss by name, per pair; mean over the micro-batch's pairs (the loop weights micro-batches)
-        out = self.objective(policy_logps, ref_logps, lengths, chosen_index, rejected_index)  # (B,)
-        metrics = self.objective.metrics(out, policy_logps, ref_logps, chosen_index, rejected_index)
+        # 3. the loss by name, per example; mean over the micro-batch's examples (the loop weights them)
+        out = self.objective(policy_logps, ref_logps, lengths, batch)  # (B,)
+        metrics = self.objective.metrics(out, policy_logps, ref_logps, batch)
         mask = batch["attention_mask"]
         metrics["perf/padding_fraction"] = 1.0 - mask.sum() / mask.numel()
         return out.losses.mean(), metrics
 
 
 # ----------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One encoded pair and its position in the encoded list (the row of the reference table)."""
-
-    position: int
-    example: Any  # EncodedPreference
-
-    def __len__(self) -> int:
-        return len(self.example)
 
 
 class RunIdentity:
@@ -249,37 +123,6 @@ class RunIdentity:
                                   "resume with the same inputs, or choose a new train.output_dir")
 
 
-class PreferenceCollator:
-    """Pairs -> one batch of 2B rows (``collate_preference``), or with ``shared_prompt`` B rows
-    ``prompt + chosen + rejected`` (``collate_shared_prompt``: responses 2i and 2i+1 are pair i's chosen and
-    rejected); plus ``ref_logps`` (2B,) from the table, in the batch's response order."""
-
-    def __init__(self, pad_token_id: int, table: ReferenceLogps | None = None, shared_prompt: bool = False) -> None:
-        self.pad_token_id = pad_token_id
-        self.table = table
-        self.shared_prompt = shared_prompt
-
-    def __call__(self, pairs: list[Pair]) -> dict[str, Any]:
-        from rlhfkit.data.collate import collate_preference, collate_shared_prompt
-
-        examples = [p.example for p in pairs]
-        if not self.shared_prompt:
-            batch = collate_preference(examples, pad_token_id=self.pad_token_id)
-        else:
-            batch = collate_shared_prompt([e.prompt_ids for e in examples],
-                                          [[e.chosen_ids, e.rejected_ids] for e in examples],
-                                          pad_token_id=self.pad_token_id)
-            n = len(examples)
-            batch.update(chosen_index=torch.arange(0, 2 * n, 2), rejected_index=torch.arange(1, 2 * n, 2),
-                         pair_group=torch.arange(n), n_pairs=n)
-        if self.table is not None:
-            ref_logps = self.table.rows([p.position for p in pairs])  # (2B,) chosen rows, then rejected rows
-            if self.shared_prompt:  # -> chosen_0, rejected_0, chosen_1, …: the shared batch's response order
-                ref_logps = ref_logps.view(2, -1).t().reshape(-1)
-            batch["ref_logps"] = ref_logps
-        return batch
-
-
 def preference_logprobs(model, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logps, lengths)`` (2B,) of a batch from :class:`PreferenceCollator`, in its response order."""
     from rlhfkit.models.forward import shared_prompt_logprobs
@@ -295,46 +138,19 @@ def evaluate_pairs(model, pairs: list[Pair], collate: PreferenceCollator, step: 
     pairs and prefixed ``eval/``. Runs under the loop's ``torch.no_grad`` in eval mode."""
     order = sorted(pairs, key=lambda p: -len(p))
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}  # KTO's per-label metrics are absent from chunks without that label
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         loss, metrics = step(model, collate(chunk))
         for name, value in {"loss": loss, **metrics}.items():
             if not name.startswith("perf/"):  # padding of evaluation batches says nothing about training
                 sums[name] = sums.get(name, 0.0) + len(chunk) * float(value)
-    return {f"eval/{name}": total / len(order) for name, total in sums.items()}
+                counts[name] = counts.get(name, 0) + len(chunk)
+    return {f"eval/{name}": total / counts[name] for name, total in sums.items()}
 
 
 # The DPO name of the shared length-grouped view (kept: recipes and tests import it from here).
 LengthGroupedPairs = LengthGroupedDataset
-
-
-def read_rows(cfg: DPOConfig, sources: dict[str, Any] | None = None) -> tuple[list, list]:
-    """Every row of the train and eval data, validated (one sentence per problem naming file, line, field).
-    ``sources``: split -> a path or in-memory rows (default: the configured files)."""
-    from rlhfkit.data import load_rows, preference_rows_from_rankings
-
-    def read(split: str) -> list:
-        rows = load_rows(sources[split], cfg.data_kind, empty=cfg.data.empty, identical=cfg.data.identical,
-                         columns=cfg.data.columns, transcripts=cfg.data.template != "raw",
-                         name=source_name(sources[split], split)).rows
-        return preference_rows_from_rankings(rows) if cfg.data_kind == "ranking" else list(rows)
-
-    sources = sources or data_sources(cfg.data)
-    return read("train"), (read("eval") if "eval" in sources else [])
-
-
-def encode_rows(cfg: DPOConfig, tokenizer, rows: list, name: str) -> list:
-    from rlhfkit.data import DataValidationError, TemplateError, encode_preference, format_encode_report
-    from rlhfkit.trainers.metrics_log import say
-
-    try:
-        examples, report = encode_preference(tokenizer, rows, max_length=cfg.data.max_length,
-                                             max_prompt_length=cfg.data.max_prompt_length,
-                                             template=cfg.data.template)
-    except TemplateError as exc:
-        raise DataValidationError([str(exc)], f"dpo {name} data") from None
-    say(format_encode_report(report, f"dpo {name}"))
-    return examples
 
 
 def disable_dropout(model) -> None:
@@ -381,7 +197,7 @@ def prepare_reference(cfg: DPOConfig, policy, reference_model, tokenizer, data: 
 
     precompute: the tables are computed now with the *starting* weights (before LoRA is applied, before any
     update) or read from the cache. on_the_fly: a frozen copy, the ``reference`` model, or with LoRA the
-    policy with its adapters disabled (no copy).
+    policy with its adapters disabled (no copy). A reference-free loss (ORPO, SimPO): :class:`NoReference`.
     """
     from rlhfkit.models.lora import apply_lora
     from rlhfkit.trainers.determinism import derive_seed
@@ -389,8 +205,10 @@ def prepare_reference(cfg: DPOConfig, policy, reference_model, tokenizer, data: 
 
     tables: dict[str, ReferenceLogps | None] = dict.fromkeys(data)
     starting = reference_model if reference_model is not None else policy  # π_ref's weights, before LoRA
-    reference_hash = weights_fingerprint(starting)
-    if cfg.reference_mode == "on_the_fly":
+    reference_hash = weights_fingerprint(starting) if cfg.needs_reference else "none"
+    if not cfg.needs_reference:  # ORPO, SimPO: no π_ref, no table, no forward
+        sources = dict.fromkeys(data, NoReference())
+    elif cfg.reference_mode == "on_the_fly":
         if reference_model is not None:
             source = FrozenReference(reference_model.to(device))
         elif cfg.lora.enabled:
@@ -466,7 +284,7 @@ def use_shared_prompt(cfg: DPOConfig, policy) -> bool:
     from rlhfkit.models.forward import shared_prompt_matches_separate_rows
     from rlhfkit.trainers.metrics_log import say
 
-    if not (cfg.shared_prompt and cfg.reference_mode == "precompute"):
+    if not (cfg.shared_prompt and (cfg.reference_mode == "precompute" or not cfg.needs_reference)):
         return False
     if shared_prompt_matches_separate_rows(policy):
         return True
@@ -503,10 +321,11 @@ def train(cfg: DPOConfig, *, train_dataset: Any = None, eval_dataset: Any = None
     # (no local name keeps a separate reference model alive once its table is computed)
     policy, sources, tables, reference_hash = prepare_reference(cfg, *load_models(cfg), tokenizer, data,
                                                                 state.device, state.is_main_process, data_from)
-    say(f"dpo: loss={cfg.loss} beta={cfg.beta} {cfg.loss_options() or ''} reference={cfg.reference_mode}"
-        f"{' (adapters disabled)' if cfg.lora.enabled and cfg.reference is None else ''}")
+    reference = cfg.reference_mode if cfg.needs_reference else "none (reference-free loss)"
+    say(f"dpo: loss={cfg.loss} beta={cfg.beta} {cfg.loss_options() or ''} reference={reference}"
+        f"{' (adapters disabled)' if cfg.lora.enabled and cfg.reference is None and cfg.needs_reference else ''}")
     # 3. the shared loop
-    objective = PreferenceObjective(cfg.loss, cfg.beta, cfg.loss_options())
+    objective = objective_for(cfg.loss, cfg.beta, cfg.loss_options())
     pad_id = pad_token_id_for(tokenizer)
     shared = use_shared_prompt(cfg, policy)
     eval_fn = None
@@ -524,7 +343,7 @@ def train(cfg: DPOConfig, *, train_dataset: Any = None, eval_dataset: Any = None
         lengths = [len(p.example.prompt_ids) + len(p.example.chosen_ids) + len(p.example.rejected_ids) if shared
                    else len(p) for p in pairs]
         dataset = LengthGroupedPairs(pairs, global_batch, cfg.train.seed, lengths=lengths)
-    identity = RunIdentity(examples_fingerprint(data["train"]), reference_hash)
+    identity = RunIdentity(examples_identity(data["train"]), reference_hash)
     loop = TrainLoop(cfg.train, policy, run_config=cfg, eval_fn=eval_fn, tokenizer=tokenizer,
                      stage_state={"dpo_inputs": identity}, safe_to_change=SAFE_TO_CHANGE)
     if cfg.group_by_length:
@@ -539,7 +358,7 @@ def train(cfg: DPOConfig, *, train_dataset: Any = None, eval_dataset: Any = None
 
 
 def main(args) -> int:
-    """``rlhfkit dpo --config RECIPE key=value …``."""
+    """``rlhfkit dpo --config RECIPE key=value …`` (and ``rlhfkit kto …``: ``loss=kto`` by default)."""
     from rlhfkit.api import dpo
 
     dpo(load_config(DPOConfig, args.config, args.overrides))

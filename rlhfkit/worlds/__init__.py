@@ -11,6 +11,7 @@ See docs/world.md for the rubric, the SFT spec and the protocol keys.
 
 from .ai_judge import AIJudge
 from .annotators import (
+    THUMBS_THRESHOLD,
     Calibration,
     SimulatedAnnotator,
     agreement_with_gold,
@@ -27,7 +28,7 @@ from .responses import generate_response
 
 __all__ = [
     "AIJudge", "BEHAVIOURS", "BaseCorpus", "Calibration", "CorpusConfig", "FAMILIES", "FAMILY_BEHAVIOURS",
-    "GoldJudge", "Judgement", "Prompt", "Rubric", "SFTSpec", "SFT_SPEC", "STYLES", "SimulatedAnnotator",
+    "GoldJudge", "Judgement", "THUMBS_THRESHOLD", "Prompt", "Rubric", "SFTSpec", "SFT_SPEC", "STYLES", "SimulatedAnnotator",
     "World", "WorldConfig", "agreement_with_gold", "build_base_corpus", "build_sft_demonstrations",
     "calibrate_tau", "compare_policies", "disagreement", "generate_response", "label_pairs",
     "paired_bootstrap_ci", "policy_stats",

@@ -6,6 +6,10 @@ length) and prefers A with probability ``sigma((u_A - u_B) / tau)``. Equal utili
 a deterministic function of ``(seed, prompt, {a, b})``: the same annotator asked twice answers
 the same, and ``compare(p, a, b)`` mirrors ``compare(p, b, a)``.
 
+A thumbs up / down on one response is the same person's judgement against a fixed bar: up with
+probability ``sigma((u - THUMBS_THRESHOLD) / tau)``, the same calibrated ``tau``, one deterministic
+draw per ``(seed, prompt, response)``.
+
 ``tau`` is chosen by ``calibrate_tau`` so that two annotators disagree on 20-30 % of the pairs
 that carry a preference: pairs of different text *and* different utility (WORLD_NOTES,
 pitfall 5). Identical or equal-utility pairs are ties for every annotator, so counting them
@@ -24,6 +28,10 @@ from .prompts import Prompt
 from .text import normalize, word_count
 
 Pair = tuple[Prompt | str, str, str]
+THUMBS_THRESHOLD = 0.5
+"""The gold utility a response must exceed to be "good" for a thumbs up: every family's failures score at most
+0.2 (harmful ``unhelpful_idk``) and a good response 1.0 less its style penalties (docs/world.md § 4), so 0.5
+splits them with the style penalties on the good side unless they are heavy (rude or rambling)."""
 
 
 def stable_uniform(*parts: object) -> float:
@@ -60,6 +68,12 @@ class SimulatedAnnotator:
     def prob_a(self, prompt: Prompt | str, a: str, b: str) -> float:
         """P(prefer a) = sigma((u_a - u_b) / tau), ignoring ties."""
         return sigmoid((self.utility(prompt, a) - self.utility(prompt, b)) / self.tau)
+
+    def thumbs(self, prompt: Prompt | str, response: str, threshold: float = THUMBS_THRESHOLD) -> str:
+        """``"up"`` with probability ``sigma((u - threshold) / tau)``, else ``"down"``; deterministic in
+        ``(seed, prompt, response)``."""
+        r = stable_uniform("thumbs", self.seed, _text(prompt), response)
+        return "up" if r < sigmoid((self.utility(prompt, response) - threshold) / self.tau) else "down"
 
     def compare(self, prompt: Prompt | str, a: str, b: str) -> str:
         """``"a"``, ``"b"``, ``"tie"`` or (when enabled) ``"both_bad"``."""
