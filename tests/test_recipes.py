@@ -30,7 +30,7 @@ def config_class(recipe: Path):
         from rlhfkit.trainers.sft import SFTConfig as cls
     elif name.startswith("reward"):
         from rlhfkit.trainers.reward import RewardConfig as cls
-    elif name.startswith("dpo"):
+    elif name.startswith(("dpo", "kto", "orpo", "simpo")):
         from rlhfkit.trainers.dpo import DPOConfig as cls
     elif name.startswith(("ppo", "grpo", "rloo")):
         from rlhfkit.trainers.ppo_config import PPOConfig as cls
@@ -44,7 +44,7 @@ def config_class(recipe: Path):
 
 
 def _pair(word: str) -> str | None:
-    word = word.rstrip(".,;)")  # a sentence's punctuation after the value
+    word = word.rstrip(".,;)`")  # a sentence's punctuation (or a code span's backtick) after the value
     return word if _PAIR.match(word) and "…" not in word else None
 
 

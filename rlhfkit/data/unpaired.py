@@ -19,22 +19,14 @@ one sentence naming the file, the line and the field, all listed, before any wor
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlhfkit.data.formats import (
-    DataValidationError,
-    LoadResult,
-    Policy,
-    _apply_policies,
-    _dataset_display,
-    _open_source,
-    _Unreadable,
-)
+from rlhfkit.data.formats import DataValidationError, LoadResult, Policy, _apply_policies
 from rlhfkit.data.rows import PreferenceRow, Prompt, Response, _value_to_json
+from rlhfkit.data.sources import SourceError, Unreadable, open_source
 from rlhfkit.data.validate import POLICIES, RowChecker, check_prompt, check_response, json_type
 
 KIND = "unpaired"
@@ -91,17 +83,19 @@ def load_unpaired_rows(source: Any, *, empty: Policy = "error", name: str | None
     """
     if empty not in POLICIES:
         raise ValueError(f"empty={empty!r} is not a policy; valid: {', '.join(POLICIES)}")
-    is_path = isinstance(source, str | os.PathLike)
-    if not is_path and not isinstance(source, list | tuple) and hasattr(source, "column_names"):
-        _check_columns(source, _dataset_display(source, name))
-    # "prompt": the only kind-dependent step of _open_source is the dataset column check, done above
-    display, records, n_blank = _open_source(source, "prompt", name)
-    result = LoadResult(rows=[], kind=KIND, source=display, n_read=0, n_blank_lines=n_blank)
+    try:
+        opened = open_source(source, name)  # any file or dataset load_rows reads (JSON Lines, Parquet, CSV, …)
+    except SourceError as exc:
+        raise DataValidationError([exc.sentence], exc.display) from None
+    display = opened.display
+    if opened.columns:
+        _check_columns(opened.columns, display)
+    result = LoadResult(rows=[], kind=KIND, source=display, n_read=0, n_blank_lines=opened.n_blank_lines)
     problems: list[str] = []
     ignored: Counter[str] = Counter()
-    for where, obj in records:
+    for where, obj in opened.records:
         result.n_read += 1
-        if isinstance(obj, _Unreadable):
+        if isinstance(obj, Unreadable):
             problems.append(obj.sentence)
             continue
         checker = RowChecker(where)
@@ -121,9 +115,8 @@ def load_unpaired_rows(source: Any, *, empty: Policy = "error", name: str | None
     return result
 
 
-def _check_columns(dataset: Any, display: str) -> None:
-    """A column missing from the whole dataset is one problem, not one per row."""
-    columns = list(dataset.column_names)
+def _check_columns(columns: list[str], display: str) -> None:
+    """A column missing from the whole table (a dataset, Parquet, CSV) is one problem, not one per row."""
     missing = [c for c in ("prompt", "completion", "label") if c not in columns]
     if missing:
         have = ", ".join(f'"{c}"' for c in columns) or "none"
