@@ -16,7 +16,9 @@ Those differences (a template that adds BOS while the tokenizer also adds it, no
 not the BOS) are exactly what breaks prompt/response boundaries in real libraries, so tests run on all.
 
 ``tiny_config(arch, size)`` returns a ``transformers`` config for Llama, GPT-2, Qwen2 or GPT-NeoX at a
-named size; ``build_tiny_model`` instantiates it with random weights.
+named size; ``build_tiny_model`` instantiates it with random weights. Dropout is off unless ``dropout=`` asks
+for it; ``DROPOUT_ARCHS`` adds OPT, whose real checkpoints ship with dropout 0.1, for the tests of the code
+that must switch every kind of dropout off (``rlhfkit.models.dropout``).
 """
 
 from __future__ import annotations
@@ -114,17 +116,20 @@ SIZES = {
     "30m": (512, 8, 8, 2048),  # benchmarks
 }
 ARCHS = ("llama", "gpt2", "qwen2", "gpt_neox")
+DROPOUT_ARCHS = (*ARCHS, "opt")  # OPT: built for dropout tests only (tiny_config's dropout=)
 
 
-def tiny_config(arch: str, size: str, vocab_size: int, max_positions: int = 512, **token_ids):
-    """A transformers config for ``arch`` at a named ``size`` (see ``SIZES``).
+def tiny_config(arch: str, size: str, vocab_size: int, max_positions: int = 512, dropout: float = 0.0,
+                **token_ids):
+    """A transformers config for ``arch`` (one of ``DROPOUT_ARCHS``) at a named ``size`` (see ``SIZES``).
 
-    ``token_ids`` may hold bos_token_id / eos_token_id / pad_token_id, copied onto the config.
+    ``token_ids`` may hold bos_token_id / eos_token_id / pad_token_id, copied onto the config. ``dropout``
+    sets every dropout rate the architecture has (attention, residual, embeddings, activations).
     """
-    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig, Qwen2Config
 
-    if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
+    if arch not in DROPOUT_ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(DROPOUT_ARCHS)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; valid: {', '.join(SIZES)}")
     hidden, layers, heads, ff = SIZES[size]
@@ -133,29 +138,37 @@ def tiny_config(arch: str, size: str, vocab_size: int, max_positions: int = 512,
     if arch == "llama":
         return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                            num_attention_heads=heads, num_key_value_heads=heads, intermediate_size=ff,
-                           max_position_embeddings=max_positions, tie_word_embeddings=True, **ids)
+                           max_position_embeddings=max_positions, tie_word_embeddings=True,
+                           attention_dropout=dropout, **ids)
     if arch == "qwen2":
         return Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                            num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
                            intermediate_size=ff, max_position_embeddings=max_positions,
-                           tie_word_embeddings=True, **ids)
+                           tie_word_embeddings=True, attention_dropout=dropout, **ids)
     if arch == "gpt2":
-        # Dropout off, as for every arch here: PPO and DPO need the log-probs of a forward to be repeatable.
+        # Dropout off by default, as for every arch here: PPO and DPO need repeatable log-probs.
         return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads, n_inner=ff,
-                          n_positions=max_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                          n_positions=max_positions, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
                           summary_first_dropout=0.0, **ids)
+    if arch == "opt":
+        return OPTConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, ffn_dim=ff, word_embed_proj_dim=hidden,
+                         max_position_embeddings=max_positions, dropout=dropout, attention_dropout=dropout,
+                         activation_dropout=dropout, tie_word_embeddings=True, **ids)
     return GPTNeoXConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                          num_attention_heads=heads, intermediate_size=ff,
-                         max_position_embeddings=max_positions, tie_word_embeddings=False, **ids)
+                         max_position_embeddings=max_positions, tie_word_embeddings=False,
+                         attention_dropout=dropout, hidden_dropout=dropout, **ids)
 
 
-def build_tiny_model(arch: str, size: str, tokenizer, seed: int = 0, max_positions: int = 512):
+def build_tiny_model(arch: str, size: str, tokenizer, seed: int = 0, max_positions: int = 512,
+                     dropout: float = 0.0):
     """Instantiate a causal LM with random weights whose vocabulary and special ids match ``tokenizer``."""
     import torch
     from transformers import AutoModelForCausalLM
 
     config = tiny_config(
-        arch, size, vocab_size=len(tokenizer), max_positions=max_positions,
+        arch, size, vocab_size=len(tokenizer), max_positions=max_positions, dropout=dropout,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
