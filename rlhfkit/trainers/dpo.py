@@ -24,10 +24,12 @@ loop's pure function of (seed, epoch, position) — also with ``group_by_length`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,7 +51,7 @@ from rlhfkit.trainers.reference_cache import (
     tokenizer_fingerprint,
     weights_fingerprint,
 )
-from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig
+from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig, check_trained_dtype
 from rlhfkit.trainers.train_config import TrainConfig
 
 # Config keys that may differ when a run resumes: they change speed, memory or what is reported, never the
@@ -106,9 +108,11 @@ class DPOConfig:
     fewer tokens to compute). Checked on the live model before training; a model whose attention ignores
     4-D masks keeps two rows per pair."""
     disable_dropout: bool = True
-    """Set every dropout probability to 0: policy and reference log-probs must come from the same function."""
+    """Set every dropout probability to 0 (``rlhfkit.models.dropout``; LoRA's included, after the adapters are
+    applied): policy and reference log-probs must come from the same function."""
 
     def validate(self) -> None:
+        check_trained_dtype(self.model, self.lora)
         if self.loss not in PREFERENCE_LOSSES:
             raise ConfigError(f"loss: unknown preference loss {self.loss!r}; valid: "
                               f"{', '.join(sorted(PREFERENCE_LOSSES))}")
@@ -331,18 +335,9 @@ def encode_rows(cfg: DPOConfig, tokenizer, rows: list, name: str) -> list:
     return examples
 
 
-def disable_dropout(model) -> None:
-    """Dropout probability 0 everywhere: ``nn.Dropout`` modules and the float rates attention code reads."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        for name in ("attention_dropout", "dropout", "hidden_dropout", "resid_dropout"):
-            if isinstance(getattr(module, name, None), float):
-                setattr(module, name, 0.0)
-
-
 def load_models(cfg: DPOConfig):
     """``(policy, separate reference model or None)``, both in ``model.dtype``."""
+    from rlhfkit.models.dropout import disable_dropout
     from rlhfkit.models.load import is_adapter_folder, load_causal_lm
 
     if cfg.lora.enabled and not cfg.lora.save_merged and is_adapter_folder(cfg.model.path):
@@ -369,14 +364,26 @@ def load_models(cfg: DPOConfig):
     return policy, reference
 
 
+def policy_autocast(cfg: DPOConfig, device) -> contextlib.AbstractContextManager:
+    """The autocast the policy's forwards run in: with ``train.mixed_precision=bf16`` the loop's Accelerator
+    wraps the prepared policy's forward in ``torch.autocast(device type, bfloat16)``; nothing otherwise.
+    π_ref's log-probs, precomputed or on the fly, are computed under the same one: DPO's margin
+    ``β·[(log π_θ − log π_ref)(y_w) − (…)(y_l)]`` is exactly 0 at the start only if the same weights give
+    the same numbers (in float32 against bf16 it was ±0.2…±1.8 nats per pair, the loss 0.682 not ln 2)."""
+    if cfg.train.mixed_precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def prepare_reference(cfg: DPOConfig, policy, reference_model, tokenizer, data: dict[str, list], device,
                       is_main: bool):
     """``(policy ready to train, {split: reference source}, {split: table or None}, reference weights hash)``.
 
     precompute: the tables are computed now with the *starting* weights (before LoRA is applied, before any
-    update) or read from the cache. on_the_fly: a frozen copy, the ``reference`` model, or with LoRA the
+    update) or read from the cache. Both modes compute under :func:`policy_autocast`. on_the_fly: a frozen copy, the ``reference`` model, or with LoRA the
     policy with its adapters disabled (no copy).
     """
+    from rlhfkit.models.dropout import disable_dropout
     from rlhfkit.models.lora import apply_lora
     from rlhfkit.trainers.determinism import derive_seed
     from rlhfkit.trainers.metrics_log import say
@@ -384,24 +391,26 @@ def prepare_reference(cfg: DPOConfig, policy, reference_model, tokenizer, data: 
     tables: dict[str, ReferenceLogps | None] = dict.fromkeys(data)
     starting = reference_model if reference_model is not None else policy  # π_ref's weights, before LoRA
     reference_hash = weights_fingerprint(starting)
+    autocast = partial(policy_autocast, cfg, device)
     if cfg.reference_mode == "on_the_fly":
         if reference_model is not None:
-            source = FrozenReference(reference_model.to(device))
+            source = FrozenReference(reference_model.to(device), autocast)
         elif cfg.lora.enabled:
-            source = AdaptersOffReference()
+            source = AdaptersOffReference()  # runs through the prepared policy: its autocast is built in
         else:
-            source = FrozenReference(copy.deepcopy(policy).to(device))
+            source = FrozenReference(copy.deepcopy(policy).to(device), autocast)
         sources = dict.fromkeys(data, source)
     else:
         starting = starting.to(device)
         context = CacheContext(
             encode={"max_length": cfg.data.max_length, "max_prompt_length": cfg.data.max_prompt_length,
                     "template": cfg.data.template, "data_kind": cfg.data_kind, "empty": cfg.data.empty,
-                    "identical": cfg.data.identical},
+                    "identical": cfg.data.identical, "autocast": cfg.train.mixed_precision},
             tokenizer=tokenizer_fingerprint(tokenizer), reference=reference_hash)
         sources = {}
         for split, examples in data.items():
-            tables[split] = _precompute(cfg, split, starting, examples, tokenizer, context, is_main, say)
+            with autocast():
+                tables[split] = _precompute(cfg, split, starting, examples, tokenizer, context, is_main, say)
             sources[split] = PrecomputedReference(tables[split])
     del starting, reference_model  # in precompute mode a separate reference is no longer needed in memory
     if cfg.lora.enabled:
@@ -410,6 +419,8 @@ def prepare_reference(cfg: DPOConfig, policy, reference_model, tokenizer, data: 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.train.seed, "lora_init"))
             policy = apply_lora(policy, cfg.lora.settings())
+        if cfg.disable_dropout:  # the adapters' own lora_dropout
+            disable_dropout(policy)
     return policy.to(device), sources, tables, reference_hash
 
 
@@ -463,8 +474,6 @@ def use_shared_prompt(cfg: DPOConfig, policy) -> bool:
 def train(cfg: DPOConfig):
     """Run (or resume) DPO as configured; return the loop's ``RunSummary``. The final policy is saved in
     ``train.output_dir/final``."""
-    from functools import partial
-
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
