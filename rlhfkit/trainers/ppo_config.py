@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rlhfkit.config import ConfigError
-from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig
+from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig, check_trained_dtype
 from rlhfkit.trainers.train_config import TrainConfig
 
 
@@ -169,6 +169,7 @@ class PPOConfig:
     def validate(self) -> None:
         """Cross-field rules, checked before any model is loaded; each error names its keys."""
         t, r, p, k, v = self.train, self.rollout, self.ppo, self.kl, self.value_model
+        check_trained_dtype(self.model, self.lora)
         if not self.reward_model.path:
             raise ConfigError("reward_model.path is required (a reward-model folder from `rlhfkit reward`)")
         if t.grad_accum_steps != 1:

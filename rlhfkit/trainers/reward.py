@@ -46,7 +46,7 @@ from typing import Any, Literal
 import torch
 
 from rlhfkit.config import ConfigError, load_config, save_config
-from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig
+from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig, check_trained_dtype
 from rlhfkit.trainers.train_config import TrainConfig
 
 
@@ -87,6 +87,7 @@ class RewardConfig:
     (seed, epoch), so resume is exact. Needs ``train.shuffle``."""
 
     def validate(self) -> None:
+        check_trained_dtype(self.model, self.lora)
         if self.group_by_length and not self.train.shuffle:
             raise ConfigError("group_by_length=true draws its own seeded order and needs train.shuffle=true")
         if self.margin < 0:

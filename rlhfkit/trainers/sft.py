@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from rlhfkit.config import ConfigError, load_config, save_config
-from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig
+from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig, check_trained_dtype
 from rlhfkit.trainers.train_config import TrainConfig
 
 
@@ -57,6 +57,7 @@ class SFTConfig:
     the paper's α: 5–15). 0: off. Evaluation and the saved model are unaffected."""
 
     def validate(self) -> None:
+        check_trained_dtype(self.model, self.lora)
         if self.neftune_alpha < 0:
             raise ConfigError(f"neftune_alpha must be >= 0 (0 turns it off), got {self.neftune_alpha}")
         if self.group_by_length and not self.train.shuffle:
