@@ -54,11 +54,19 @@ def test_ratio_explosion_needs_the_whole_window():
     assert kinds(rows, thresholds=Thresholds(ratio_max=30)) == []
 
 
+def test_ratio_explosion_fires_at_once_when_the_mean_ratio_moved_too():
+    rows = history(**{"ppo__ratio__max": lambda s: 260.0 if s == 12 else 1.5,
+                      "ppo__ratio__mean": lambda s: 4.2 if s == 12 else 1.0})
+    (warning,) = diagnose(rows)
+    assert warning.kind == "ratio_explosion" and "4.2" in warning.message and warning.step == 12
+    assert kinds(rows, thresholds=Thresholds(ratio_mean_max=5.0)) == []
+
+
 def test_one_rare_token_spiking_the_maximum_in_one_step_is_not_an_explosion():
     """The demo recipe's step 3 (measured): ppo/ratio/max 13.5 from one token of 3,048, healthy otherwise."""
     maxima = {1: 9.4, 2: 4.0, 3: 13.5, 4: 3.4, 5: 3.7}
     for last in range(1, 6):
-        rows = history(last, **{"ppo__ratio__max": lambda s: maxima[s]})
+        rows = history(last, **{"ppo__ratio__max": lambda s: maxima[s], "ppo__ratio__mean": lambda s: 1.04})
         assert kinds(rows) == [], last
 
 
