@@ -62,7 +62,7 @@ def test_ratio_explosion_fires_at_once_when_the_mean_ratio_moved_too():
     assert kinds(rows, thresholds=Thresholds(ratio_mean_max=5.0)) == []
 
 
-# ppo/ratio/max of the demo recipe's first 32 PPO steps on its SFT and reward model (normalised mean 0, and
+# ppo/ratio/max of the first 32 PPO steps of the demo recipe on its SFT and reward model (normalised mean 0, and
 # mean 0 / std 1); every spike above 10 is one token with a positive advantage, ppo/ratio/mean ≤ 1.016
 DEMO_RATIO_MAX = {
     "mean": [9.4, 4.0, 13.5, 3.4, 3.7, 4.4, 3.0, 11.6, 5.3, 3.8, 2.5, 4.7, 3.2, 2.4, 6.5, 9.8, 3.0, 7.3, 3.9, 2.2,
