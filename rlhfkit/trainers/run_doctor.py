@@ -4,13 +4,13 @@ Each check reads the metrics of ``docs/metrics.md (PPO)`` from the history (one 
 without a metric, e.g. event lines, are skipped for that metric) and looks at the last ``window`` steps, so that
 one noisy step does not raise an alarm. That holds for the importance ratio too: ``ppo/ratio/max`` is a maximum
 over every token of every update of a step (about 3,000 token-updates in the demo), an extreme value that one
-rare token can set. On the demo's recipe (its SFT and reward model, the first 51 steps measured) 9 steps went
-above 10 (at most 23.3), each through one or two tokens of ~3,000, every one with a positive advantage — the
+rare token can set. On the demo's recipe (its SFT and reward model, all 100 steps measured) 16 steps went
+above 10 (at most 29.4), each through one or two tokens of ~3,000, every one with a positive advantage — the
 clip already gave it no gradient — and never three steps in a row; the steps' 99.9th percentiles stayed
-≤ 8.1, approxkl 0.008–0.058, clipfrac 0.02–0.07. The failures it stands for either keep it high step
+≤ 8.1, approxkl 0.007–0.062, clipfrac 0.015–0.071. The failures it stands for either keep it high step
 after step (old log-probs that do not match the sampling policy, a learning rate too high) or move the bulk
 of the tokens at once, which the step's mean ratio shows (lr 0.5 on a micro model: ppo/ratio/mean 4.2,
-approxkl 2233, against a largest minibatch mean of 1.14 in the demo's 51 steps): either one warns.
+approxkl 2233, against a largest minibatch mean of 1.18 in the demo's 100 steps): either one warns.
 
 =====================  ===========================================  ===============================================
 kind                   fires when                                   usual cause
