@@ -123,3 +123,27 @@ def test_setup_and_result_lines_print_once_with_two_processes(tmp_path):
         assert err.count(line) == 1, (line, err[-3000:])
     assert err.count("Loading weights: 100%") <= 1  # transformers' bar: the main process's at most
     assert done.stdout.count("sft: completed") == 1, done.stdout
+
+
+def test_ppo_objective_is_independent_of_the_process_count(tmp_path):
+    """The same rows (sampled one prompt at a time, see tests/multiprocess_ppo_rows.py), of ragged lengths, in
+    one process or split over two: the same updates. Needs the token mean and the advantage whitening taken
+    over every process's rows — per process, the processes' token counts and scales would weight the rows."""
+    rows_cli = Path(__file__).with_name("multiprocess_ppo_rows.py")
+    args = ["ppo", f"model.path={save_policy_folder(tmp_path)}", f"reward_model.path={save_reward_folder(tmp_path)}",
+            f"data.train_file={save_prompts(tmp_path, 16)}", "train.max_steps=2", "ppo.epochs=2",
+            "rollout.max_new_tokens=12", "data.max_prompt_length=32", "data.max_length=64", "train.lr=1e-2",
+            "value_model.lr=1e-2", "rollout.print_samples=0", "ppo.missing_eos_penalty=null", *QUIET]
+
+    def launch(name: str, processes: int, per_device: int) -> dict[int, dict[str, torch.Tensor]]:
+        out = tmp_path / name
+        command, env = cpu_processes([str(rows_cli), str(out / "weights"), *args, f"train.output_dir={out}",
+                                      f"train.per_device_batch_size={per_device}",
+                                      f"ppo.minibatch_size={per_device}"], processes, launcher="accelerate")
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-4000:]
+        return {i: torch.load(out / "weights" / f"rank{i}.pt", weights_only=True) for i in range(processes)}
+
+    one, two = launch("one", 1, 8), launch("two", 2, 4)
+    assert_identical(two[0], two[1])
+    assert max_difference(two[0], one[0]) < 1e-5

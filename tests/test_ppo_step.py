@@ -249,3 +249,38 @@ def test_attention_kernel_reaches_all_four_models_and_rollouts_match_a_default_f
     assert default_kernel.config._attn_implementation == "sdpa"
     assert torch.allclose(rollout.logprobs, independent_logprobs(default_kernel, rollout, 0.7), atol=1e-5)
     assert torch.allclose(rollout.ref_logprobs, independent_logprobs(default_kernel, rollout, 0.7), atol=1e-5)
+
+
+def test_whitening_over_processes_is_masked_whiten_in_one_process_and_pools_the_processes_rows():
+    from rlhfkit.ops import masked_whiten
+    from rlhfkit.trainers.ppo import whiten_over_processes
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, generator=generator) * 3 + 2
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0],
+                         [1, 1, 0, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    torch.testing.assert_close(whiten_over_processes(x, mask), masked_whiten(x, mask), rtol=1e-6, atol=1e-6)
+    # two "processes" (threads) holding rows 0-2 and 3-5, joined by an all-reduce that sums their tensors
+    import threading
+
+    barrier, slots, results = threading.Barrier(2), {}, {}
+
+    def all_reduce(rank: int):
+        def sum_fn(t: torch.Tensor) -> torch.Tensor:
+            slots[rank] = t
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()
+            return total
+        return sum_fn
+
+    parts = ((x[:3], mask[:3]), (x[3:], mask[3:]))
+    threads = [threading.Thread(target=lambda r=r: results.__setitem__(r, whiten_over_processes(*parts[r],
+                                                                                                all_reduce(r))))
+               for r in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    torch.testing.assert_close(torch.cat([results[0], results[1]]), masked_whiten(x, mask), rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(whiten_over_processes(*parts[0]), results[0])  # per process it would differ

@@ -104,12 +104,13 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_run_doctor_warnings_are_recorded_as_events(tmp_path):
-    # lr 0.5, no gradient clipping, four epochs: the importance ratios explode within the first step.
+    # lr 0.5, no gradient clipping, four epochs: the importance ratios explode within the first step — the
+    # bulk of the tokens, not one rare token (ppo/ratio/mean 4.2 measured)
     cfg = ppo_config(tmp_path, "train.max_steps=1", "train.lr=0.5", "ppo.epochs=4", "train.max_grad_norm=null")
     ppo.train(cfg)
     events = [r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r.get("event") == "doctor"]
-    ratio_max = step_rows(tmp_path / "out")[0]["ppo/ratio/max"]
-    assert ratio_max > 10, "lr 0.5 without clipping should blow the ratios up"
+    row = step_rows(tmp_path / "out")[0]
+    assert row["ppo/ratio/max"] > 10 and row["ppo/ratio/mean"] > 1.5, "lr 0.5 without clipping should blow up"
     explosions = [e for e in events if e["kind"] == "ratio_explosion"]
     assert len(explosions) == 1 and "train.lr" in explosions[0]["fix"] and explosions[0]["step"] == 1
 

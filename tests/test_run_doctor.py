@@ -44,13 +44,53 @@ def test_negative_kl_needs_a_sustained_negative_mean():
     assert kinds(history(**{"objective__kl": lambda s: -0.01})) == []
 
 
-def test_ratio_explosion_fires_on_a_single_step():
-    rows = history(**{"ppo__ratio__max": lambda s: 25.0 if s == 12 else 1.5})
+def test_ratio_explosion_needs_the_whole_window():
+    rows = history(**{"ppo__ratio__max": lambda s: 25.0 if s >= 10 else 1.5})
     (warning,) = diagnose(rows)
-    assert warning.kind == "ratio_explosion" and "25" in warning.message
+    assert warning.kind == "ratio_explosion" and "25" in warning.message and warning.step == 12
     assert "train.lr" in warning.fix and "ppo.epochs" in warning.fix
-    assert kinds(history(**{"ppo__ratio__max": lambda s: 25.0 if s == 5 else 1.5})) == []  # recovered since
+    assert kinds(history(**{"ppo__ratio__max": lambda s: 25.0 if s >= 5 else 1.5})) == ["ratio_explosion"]
+    assert kinds(history(**{"ppo__ratio__max": lambda s: 25.0 if 5 <= s <= 9 else 1.5})) == []  # recovered since
     assert kinds(rows, thresholds=Thresholds(ratio_max=30)) == []
+
+
+def test_ratio_explosion_fires_at_once_when_the_mean_ratio_moved_too():
+    rows = history(**{"ppo__ratio__max": lambda s: 260.0 if s == 12 else 1.5,
+                      "ppo__ratio__mean": lambda s: 4.2 if s == 12 else 1.0})
+    (warning,) = diagnose(rows)
+    assert warning.kind == "ratio_explosion" and "4.2" in warning.message and warning.step == 12
+    assert kinds(rows, thresholds=Thresholds(ratio_mean_max=5.0)) == []
+
+
+# ppo/ratio/max of the demo recipe's PPO on its SFT and reward model: all 100 steps (normalised mean 0, shipped)
+# and the first 32 with mean 0 / std 1; every spike above 10 is one or two tokens with a positive advantage,
+# ppo/ratio/mean ≤ 1.023
+DEMO_RATIO_MAX = {
+    "mean": [9.4, 4.0, 13.5, 3.4, 3.7, 4.4, 3.0, 11.6, 5.3, 3.8, 2.5, 4.7, 3.2, 2.4, 6.5, 9.8, 3.0, 7.3, 3.9,
+             2.2, 3.8, 10.5, 4.0, 3.4, 4.3, 8.6, 7.1, 3.5, 4.4, 5.7, 3.4, 5.3, 8.4, 3.7, 23.3, 9.2, 3.0, 2.8,
+             2.4, 7.9, 3.0, 6.8, 13.0, 3.6, 19.9, 13.0, 3.3, 4.8, 13.1, 7.9, 11.7, 2.6, 6.0, 2.9, 4.1, 29.4,
+             2.6, 2.5, 3.2, 3.5, 16.5, 3.4, 22.4, 9.1, 5.2, 2.3, 3.6, 7.0, 2.0, 2.0, 2.5, 3.2, 3.8, 3.7, 5.0,
+             3.2, 8.1, 2.4, 5.4, 1.8, 25.9, 12.3, 2.9, 12.2, 3.5, 1.8, 2.1, 3.8, 8.8, 2.1, 2.3, 10.1, 3.2, 2.5,
+             1.7, 2.4, 5.6, 3.5, 7.8, 2.2],
+    "mean_std": [9.2, 4.1, 13.3, 2.5, 4.8, 5.9, 3.8, 5.6, 4.4, 2.8, 3.3, 3.1, 11.5, 4.7, 3.7, 4.1, 8.0, 7.2, 5.1, 2.3,
+                 2.9, 5.2, 10.4, 41.1, 5.5, 8.8, 3.5, 27.2, 2.9, 2.9, 2.8, 5.6],
+}
+
+
+@pytest.mark.parametrize("run", DEMO_RATIO_MAX)
+def test_the_demo_recipe_measured_gives_no_ratio_warning_at_any_step(run):
+    maxima = DEMO_RATIO_MAX[run]
+    for last in range(1, len(maxima) + 1):
+        rows = history(last, **{"ppo__ratio__max": lambda s: maxima[s - 1], "ppo__ratio__mean": lambda s: 1.023})
+        assert kinds(rows) == [], last
+
+
+def test_one_rare_token_spiking_the_maximum_in_one_step_is_not_an_explosion():
+    """The demo recipe (measured, steps 1-5): ppo/ratio/max 13.5 at step 3 from one token of 3,048, healthy otherwise."""
+    maxima = {1: 9.4, 2: 4.0, 3: 13.5, 4: 3.4, 5: 3.7}
+    for last in range(1, 6):
+        rows = history(last, **{"ppo__ratio__max": lambda s: maxima[s], "ppo__ratio__mean": lambda s: 1.04})
+        assert kinds(rows) == [], last
 
 
 def test_clip_fraction_high_and_collapsed():

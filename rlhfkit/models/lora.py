@@ -43,8 +43,9 @@ class LoraSettings:
     alpha: float = 32.0
     """Scale numerator; the update is multiplied by ``alpha / r``."""
     dropout: float = 0.0
-    """Dropout on the LoRA input. 0 by default: RLHF compares log-probs of the same tokens across passes
-    (PPO ratios, DPO against the reference), and dropout makes those passes disagree."""
+    """Dropout on the LoRA input (SFT and reward training). PPO, and DPO with ``disable_dropout``, switch it
+    off after applying the adapters: they compare log-probs of the same tokens across passes (PPO ratios,
+    DPO against the reference), and dropout makes those passes disagree."""
     target_modules: str | list[str] = "auto"
     """Module names to adapt; "auto" = :data:`DEFAULT_TARGET_MODULES` for the architecture (attention + MLP),
     falling back to PEFT's "all-linear"."""

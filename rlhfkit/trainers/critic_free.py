@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from rlhfkit.advantages import equal_reward_group_fraction, get_advantage_estimator
+from rlhfkit.data.templates import adopt_template
 from rlhfkit.losses import per_token_rewards
+from rlhfkit.models.dropout import disable_dropout
 from rlhfkit.models.forward import unwrap_model
 from rlhfkit.models.load import is_adapter_folder, load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import apply_lora, save_policy
@@ -32,7 +34,7 @@ from rlhfkit.rewards.sources import RewardSources, load_reward_function
 from rlhfkit.rollout.experience import Rollout
 from rlhfkit.rollout.score import RewardModelScorer, Scorer
 from rlhfkit.trainers.ppo_config import PPOConfig
-from rlhfkit.trainers.ppo_models import PPOModels, _frozen, _full_sequence, disable_dropout, eos_token_ids
+from rlhfkit.trainers.ppo_models import PPOModels, _frozen, _full_sequence, eos_token_ids
 
 
 class PolicyOnly(nn.Module):
@@ -115,10 +117,9 @@ def build_online_models(cfg: PPOConfig, scorer: Scorer | None = None) -> OnlineM
             scorer = reward_sources(cfg, tokenizer, eos_token_ids(tokenizer, _generation_config_holder(cfg)))
         return OnlineModels(**vars(build_ppo_models(cfg, scorer)))
     dtype, attention = cfg.model.dtype, cfg.model.attn_implementation
-    tokenizer = load_tokenizer(cfg.model.path)
+    tokenizer = adopt_template(load_tokenizer(cfg.model.path), cfg.data.template)  # saved with the policy
     policy = load_causal_lm(cfg.model.path, dtype, merge_adapter=True, attn_implementation=attention)
     eos_ids = eos_token_ids(tokenizer, policy)
-    disable_dropout(policy)
     reference = None
     with_reference = needs_reference(cfg)
     if with_reference and not (cfg.lora.enabled and not cfg.reference.path):
@@ -126,6 +127,7 @@ def build_online_models(cfg: PPOConfig, scorer: Scorer | None = None) -> OnlineM
                                            attn_implementation=attention))
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora.settings())
+    disable_dropout(policy)  # after LoRA: its adapters bring lora_dropout (the first ratio must be exactly 1)
     if scorer is None and cfg.rewards:
         scorer = reward_sources(cfg, tokenizer, eos_ids)
     if scorer is None:

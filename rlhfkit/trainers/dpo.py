@@ -29,8 +29,10 @@ position) — also with ``group_by_length``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ import torch
 
 from rlhfkit.config import ConfigError, load_config
 from rlhfkit.data.collate import LengthGroupedDataset
+from rlhfkit.models.dropout import disable_dropout
 from rlhfkit.trainers.dpo_config import SAFE_TO_CHANGE, DPOConfig, DPOLoraConfig
 from rlhfkit.trainers.preference_data import (
     EncodedKTO,
@@ -153,16 +156,6 @@ def evaluate_pairs(model, pairs: list[Pair], collate: PreferenceCollator, step: 
 LengthGroupedPairs = LengthGroupedDataset
 
 
-def disable_dropout(model) -> None:
-    """Dropout probability 0 everywhere: ``nn.Dropout`` modules and the float rates attention code reads."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        for name in ("attention_dropout", "dropout", "hidden_dropout", "resid_dropout"):
-            if isinstance(getattr(module, name, None), float):
-                setattr(module, name, 0.0)
-
-
 def load_models(cfg: DPOConfig):
     """``(policy, separate reference model or None)``, both in ``model.dtype``."""
     from rlhfkit.models.load import is_adapter_folder, load_causal_lm
@@ -191,12 +184,23 @@ def load_models(cfg: DPOConfig):
     return policy, reference
 
 
+def policy_autocast(cfg: DPOConfig, device) -> contextlib.AbstractContextManager:
+    """The autocast the policy's forwards run in: with ``train.mixed_precision=bf16`` the loop's Accelerator
+    wraps the prepared policy's forward in ``torch.autocast(device type, bfloat16)``; nothing otherwise.
+    π_ref's log-probs, precomputed or on the fly, are computed under the same one: DPO's margin
+    ``β·[(log π_θ − log π_ref)(y_w) − (…)(y_l)]`` is exactly 0 at the start only if the same weights give
+    the same numbers (in float32 against bf16 it was ±0.2…±1.8 nats per pair, the loss 0.682 not ln 2)."""
+    if cfg.train.mixed_precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def prepare_reference(cfg: DPOConfig, policy, reference_model, tokenizer, data: dict[str, list], device,
                       is_main: bool, data_from: dict[str, Any] | None = None):
     """``(policy ready to train, {split: reference source}, {split: table or None}, reference weights hash)``.
 
     precompute: the tables are computed now with the *starting* weights (before LoRA is applied, before any
-    update) or read from the cache. on_the_fly: a frozen copy, the ``reference`` model, or with LoRA the
+    update) or read from the cache. Both modes compute under :func:`policy_autocast`. on_the_fly: a frozen copy, the ``reference`` model, or with LoRA the
     policy with its adapters disabled (no copy). A reference-free loss (ORPO, SimPO): :class:`NoReference`.
     """
     from rlhfkit.models.lora import apply_lora
@@ -206,27 +210,30 @@ def prepare_reference(cfg: DPOConfig, policy, reference_model, tokenizer, data: 
     tables: dict[str, ReferenceLogps | None] = dict.fromkeys(data)
     starting = reference_model if reference_model is not None else policy  # π_ref's weights, before LoRA
     reference_hash = weights_fingerprint(starting) if cfg.needs_reference else "none"
+    autocast = partial(policy_autocast, cfg, device)
     if not cfg.needs_reference:  # ORPO, SimPO: no π_ref, no table, no forward
         sources = dict.fromkeys(data, NoReference())
     elif cfg.reference_mode == "on_the_fly":
         if reference_model is not None:
-            source = FrozenReference(reference_model.to(device))
+            source = FrozenReference(reference_model.to(device), autocast)
         elif cfg.lora.enabled:
-            source = AdaptersOffReference()
+            source = AdaptersOffReference()  # runs through the prepared policy: its autocast is built in
         else:
-            source = FrozenReference(copy.deepcopy(policy).to(device))
+            source = FrozenReference(copy.deepcopy(policy).to(device), autocast)
         sources = dict.fromkeys(data, source)
     else:
         starting = starting.to(device)
         context = CacheContext(
             encode={"max_length": cfg.data.max_length, "max_prompt_length": cfg.data.max_prompt_length,
                     "template": cfg.data.template, "data_kind": cfg.data_kind, "empty": cfg.data.empty,
-                    "identical": cfg.data.identical},
+                    "identical": cfg.data.identical, "autocast": cfg.train.mixed_precision},
             tokenizer=tokenizer_fingerprint(tokenizer), reference=reference_hash)
         sources = {}
         for split, examples in data.items():
             anchor = cache_anchor(cfg, split, (data_from or data_sources(cfg.data))[split])
-            tables[split] = _precompute(cfg, split, anchor, starting, examples, tokenizer, context, is_main, say)
+            with autocast():
+                tables[split] = _precompute(cfg, split, anchor, starting, examples, tokenizer, context, is_main,
+                                            say)
             sources[split] = PrecomputedReference(tables[split])
     del starting, reference_model  # in precompute mode a separate reference is no longer needed in memory
     if cfg.lora.enabled:
@@ -235,6 +242,8 @@ def prepare_reference(cfg: DPOConfig, policy, reference_model, tokenizer, data: 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.train.seed, "lora_init"))
             policy = apply_lora(policy, cfg.lora.settings())
+        if cfg.disable_dropout:  # the adapters' own lora_dropout
+            disable_dropout(policy)
     return policy.to(device), sources, tables, reference_hash
 
 
@@ -296,8 +305,6 @@ def train(cfg: DPOConfig, *, train_dataset: Any = None, eval_dataset: Any = None
     """Run (or resume) DPO as configured; return the loop's ``RunSummary``. The final policy is saved in
     ``train.output_dir/final``. ``train_dataset`` / ``eval_dataset`` (a ``datasets.Dataset`` or a list of
     dicts) replace ``data.train_file`` / ``data.eval_file``."""
-    from functools import partial
-
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from rlhfkit.config import ConfigError, Recipe
 from rlhfkit.losses import PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES, UNPAIRED_LOSSES
-from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig
+from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig, check_trained_dtype
 from rlhfkit.trainers.train_config import TrainConfig
 
 # Config keys that may differ when a run resumes: they change speed, memory or what is reported, never the
@@ -91,7 +91,8 @@ class DPOConfig(Recipe):
     fewer tokens to compute). Checked on the live model before training; a model whose attention ignores
     4-D masks keeps two rows per pair."""
     disable_dropout: bool = True
-    """Set every dropout probability to 0: policy and reference log-probs must come from the same function."""
+    """Set every dropout probability to 0 (``rlhfkit.models.dropout``; LoRA's included, after the adapters are
+    applied): policy and reference log-probs must come from the same function."""
 
     @property
     def needs_reference(self) -> bool:
@@ -104,6 +105,7 @@ class DPOConfig(Recipe):
         return self.loss in UNPAIRED_LOSSES
 
     def validate(self) -> None:
+        check_trained_dtype(self.model, self.lora)
         if self.loss not in LOSS_NAMES:
             raise ConfigError(f"loss: unknown preference loss {self.loss!r}; valid: {', '.join(LOSS_NAMES)}")
         if not self.beta > 0:

@@ -38,7 +38,7 @@ from rlhfkit.data import encode_prompt, format_encode_report, load_rows
 from rlhfkit.data.templates import adopt_template
 from rlhfkit.losses import gae, per_token_rewards, ppo_policy_loss, ppo_value_loss
 from rlhfkit.models.load import load_tokenizer
-from rlhfkit.ops import explained_variance, masked_mean, masked_sum, masked_whiten
+from rlhfkit.ops import explained_variance, masked_mean, masked_sum
 from rlhfkit.rewards.sources import RewardSources, source_metrics
 from rlhfkit.rollout.experience import NonFiniteRollout, Rollout
 from rlhfkit.rollout.generate import generate
@@ -120,9 +120,10 @@ class PPOTrainer:
                                    cfg.kl.estimator)
         # 6. GAE: the episode ends at the last response token (bootstrap value 0 after it).
         advantages, returns = gae(shaped.rewards, rollout.values, mask, cfg.ppo.gamma, cfg.ppo.lam)
-        # 7. Whiten advantages over the whole rollout (lm-human-preferences); returns stay unwhitened.
+        # 7. Whiten advantages over the whole rollout — every process's rows (lm-human-preferences); returns
+        # stay unwhitened.
         if cfg.ppo.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            advantages = whiten_over_processes(advantages, mask, self.sum_over_processes)
         rollout = rollout.replace(kl=shaped.kl, rewards=shaped.rewards, advantages=advantages,
                                   returns=returns).validate()
         # 8. PPO epochs over shuffled minibatches: clipped policy loss + vf_coef · clipped value loss.
@@ -234,7 +235,11 @@ class PPOTrainer:
         loop, p, temperature = self.loop, self.cfg.ppo, self.cfg.rollout.temperature
         if self.cfg.advantage.critic_free:
             return self.critic_free_update(minibatch, number)
-        n_tokens = float(minibatch.response_mask.sum())
+        local_tokens = float(minibatch.response_mask.sum())
+        # The objective is the token mean over the global minibatch (every process's rows), whatever the
+        # process count: each process divides its token sum by the global count, times the process count
+        # because DDP averages the processes' gradients.
+        n_tokens = float(self.sum_over_processes(torch.tensor([local_tokens]))[0]) / loop.num_processes
         size = p.micro_batch_size or len(minibatch)
         parts = [minibatch.index_select(range(i, min(i + size, len(minibatch))))
                  for i in range(0, len(minibatch), size)]
@@ -248,7 +253,7 @@ class PPOTrainer:
                 value = ppo_value_loss(values, part.values, part.returns, mask, p.value_clip_range)
                 loss = (masked_sum(policy.losses, mask) + p.vf_coef * masked_sum(value.losses, mask)) / n_tokens
                 loop.backward(loss)
-            share = float(mask.sum()) / n_tokens
+            share = float(mask.sum()) / local_tokens  # this process's statistics: its own token mean
             for key, tensor in (("ppo/policy/loss", masked_mean(policy.losses, mask)),
                                 ("ppo/val/loss", masked_mean(value.losses, mask)),
                                 ("ppo/policy/clipfrac", policy.clipfrac), ("ppo/policy/approxkl", policy.approxkl),
@@ -296,6 +301,13 @@ class PPOTrainer:
         self.loop.backward(self.cfg.ptx.coef * nll + (0.0 * values.sum() if values is not None else 0.0))
         return float(nll.detach())
 
+    def sum_over_processes(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum of a small tensor over the processes (float64 on the way); identity with one."""
+        if self.loop.num_processes == 1:
+            return values
+        total = self.loop.accelerator.reduce(values.to(self.loop.device, torch.float64), reduction="sum")
+        return total.to(values.device, values.dtype)
+
     def across_processes(self, metrics: dict[str, Any]) -> dict[str, float]:
         """Mean over processes (max for ``…/max``); identity with one process."""
         values = {k: float(v) for k, v in metrics.items()}
@@ -339,6 +351,28 @@ class PPOTrainer:
         return {"eval/score": float(extras["rm_scores"].mean()), "eval/kl": float(kl.mean()),
                 "eval/length_mean": float(rollout.response_lengths.float().mean()),
                 "eval/eos_rate": float(extras["ended_with_eos"].float().mean())}
+
+
+def whiten_over_processes(x: torch.Tensor, mask: torch.Tensor, sum_over_processes=lambda t: t,
+                          eps: float = 1e-8) -> torch.Tensor:
+    """``(x − μ) / sqrt(σ² + eps)`` with μ and the unbiased σ² of the valid entries of *every process's* rows.
+
+    (B, T) -> (B, T), zero off ``mask``. ``sum_over_processes`` adds a small tensor over the processes
+    (identity with one process, where this is ``ops.masked_whiten``); two passes, the mean first, in
+    float64. Whitening per process instead would give each process its own scale, and the objective would
+    depend on how the batch was split across processes.
+    """
+    valid = mask.bool()
+    zero = torch.zeros((), dtype=torch.float64, device=x.device)
+    x64 = torch.where(valid, x.double(), zero)
+    count, total = (float(v) for v in sum_over_processes(torch.stack([valid.sum().double(), x64.sum()])))
+    if count == 0:
+        raise ValueError("whitening got a mask with no valid entries on any process")
+    mean = total / count
+    squares = float(sum_over_processes(torch.where(valid, (x64 - mean) ** 2, zero).sum().reshape(1))[0])
+    variance = squares / (count - 1 if count >= 2 else 1)
+    whitened = (x - mean) / (variance + eps) ** 0.5
+    return torch.where(valid, whitened, torch.zeros((), dtype=whitened.dtype, device=x.device))
 
 
 def part_ids(part: Rollout) -> tuple[torch.Tensor, ...]:

@@ -27,7 +27,7 @@ from typing import Literal
 from rlhfkit.config import ConfigError, Recipe
 from rlhfkit.rewards.sources import RewardSourceConfig
 from rlhfkit.trainers.online_config import AdvantageConfig
-from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig
+from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig, check_trained_dtype
 from rlhfkit.trainers.train_config import TrainConfig
 
 
@@ -188,6 +188,7 @@ class PPOConfig(Recipe):
     def validate(self) -> None:
         """Cross-field rules, checked before any model is loaded; each error names its keys."""
         t, r, p, k, v = self.train, self.rollout, self.ppo, self.kl, self.value_model
+        check_trained_dtype(self.model, self.lora)
         if not self.reward_model.path and not self.rewards:
             raise ConfigError("reward_model.path or rewards is required (a reward-model folder from "
                               "`rlhfkit reward`, or a list of reward sources)")

@@ -20,6 +20,7 @@ from torch import nn
 
 from rlhfkit.config import ConfigError
 from rlhfkit.data.templates import adopt_template
+from rlhfkit.models.dropout import disable_dropout
 from rlhfkit.models.forward import unwrap_model
 from rlhfkit.models.heads import PolicyWithValueHead, token_values
 from rlhfkit.models.load import is_adapter_folder, load_causal_lm, load_tokenizer, set_attention
@@ -135,14 +136,6 @@ class PPOModels:
         return self
 
 
-def disable_dropout(model: nn.Module) -> None:
-    """Set every dropout probability to 0: PPO compares log-probs of the same tokens across forward passes
-    (old vs new, policy vs reference), which dropout would make disagree (Huang et al. 2024, "disable dropout")."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-
-
 def _frozen(model: nn.Module) -> nn.Module:
     disable_dropout(model)
     model.requires_grad_(False)
@@ -165,7 +158,6 @@ def build_ppo_models(cfg: PPOConfig, scorer: Scorer | None = None) -> PPOModels:
     tokenizer = adopt_template(load_tokenizer(cfg.model.path), cfg.data.template)  # saved with the policy
     policy = load_causal_lm(cfg.model.path, dtype, merge_adapter=True, attn_implementation=attention)
     eos_ids = eos_token_ids(tokenizer, policy)
-    disable_dropout(policy)
     reference = None
     if not (cfg.lora.enabled and not cfg.reference.path):
         reference = _frozen(load_causal_lm(cfg.reference.path or cfg.model.path, dtype, merge_adapter=True,
@@ -181,7 +173,11 @@ def build_ppo_models(cfg: PPOConfig, scorer: Scorer | None = None) -> PPOModels:
     value_model, value_tok = _build_value_model(cfg, tokenizer)
     if value_model is None:
         policy = PolicyWithValueHead(policy, head_init_std=cfg.value_model.head_init_std, seed=cfg.train.seed)
-    return PPOModels(ActorCritic(policy, value_model), reference, scorer, tokenizer, eos_ids, value_tok)
+    actor_critic = ActorCritic(policy, value_model)
+    # PPO compares log-probs (and values) of the same tokens across forwards — old vs new, policy vs reference —
+    # so the first ratio is exactly 1 only without dropout. After LoRA: its adapters bring lora_dropout.
+    disable_dropout(actor_critic)
+    return PPOModels(actor_critic, reference, scorer, tokenizer, eos_ids, value_tok)
 
 
 def _build_value_model(cfg: PPOConfig, policy_tokenizer) -> tuple[nn.Module | None, Any]:
@@ -201,7 +197,6 @@ def _build_value_model(cfg: PPOConfig, policy_tokenizer) -> tuple[nn.Module | No
         value_model, value_tok = _value_model_from_policy(cfg, policy_tokenizer)
     # Otherwise the reward model's own weights and score offset (what value_model_from_reward_model gives):
     # the initial values are on the scale of the scores they must predict.
-    disable_dropout(value_model)
     if cfg.lora.enabled:  # adapters plus a trainable score head (PEFT task SEQ_CLS)
         return apply_lora(value_model, cfg.lora.settings()), value_tok
     return value_model.requires_grad_(True).train(), value_tok

@@ -32,6 +32,7 @@ Reference sources share one method, ``logps(policy, batch) -> (2B,)`` in the col
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -131,14 +132,18 @@ class PrecomputedReference:
 
 
 class FrozenReference:
-    """π_ref as its own model: frozen (no gradients), in eval mode, on the policy's device."""
+    """π_ref as its own model: frozen (no gradients), in eval mode, on the policy's device — and under
+    ``autocast()``, the autocast the policy's forward runs in (the loop's Accelerator builds it into the
+    prepared policy only): the same weights must give the same log-probs, or DPO's margin starts biased."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, autocast: Callable[[], Any] = contextlib.nullcontext) -> None:
         self.model = model.requires_grad_(False).eval()
+        self.autocast = autocast
 
     @torch.no_grad()
     def logps(self, policy, batch: dict[str, Any]) -> torch.Tensor:
-        return batch_sequence_logprobs(self.model, batch)[0]
+        with self.autocast():
+            return batch_sequence_logprobs(self.model, batch)[0]
 
 
 class AdaptersOffReference:
@@ -250,8 +255,8 @@ def examples_fingerprint(examples: Sequence[EncodedPreference]) -> str:
 class CacheContext:
     """What the reference log-probs depend on besides the data file; hashed once per run.
 
-    ``encode``: the encode settings (max lengths, template, row kind, empty/identical policies) as plain
-    data; ``tokenizer`` and ``reference``: :func:`tokenizer_fingerprint`, :func:`weights_fingerprint`.
+    ``encode``: the encode settings (max lengths, template, row kind, empty/identical policies) and the
+    autocast the values are computed under, as plain data; ``tokenizer`` and ``reference``: :func:`tokenizer_fingerprint`, :func:`weights_fingerprint`.
     """
 
     encode: dict[str, Any]

@@ -48,7 +48,14 @@ import torch
 
 from rlhfkit.config import ConfigError, Recipe, load_config, save_config
 from rlhfkit.trainers.runtime import set_threads
-from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig, data_sources, source_name
+from rlhfkit.trainers.stage_config import (
+    DataConfig,
+    LoraConfig,
+    ModelConfig,
+    check_trained_dtype,
+    data_sources,
+    source_name,
+)
 from rlhfkit.trainers.train_config import TrainConfig
 
 
@@ -90,6 +97,7 @@ class RewardConfig(Recipe):
     (seed, epoch), so resume is exact. Needs ``train.shuffle``."""
 
     def validate(self) -> None:
+        check_trained_dtype(self.model, self.lora)
         if self.group_by_length and not self.train.shuffle:
             raise ConfigError("group_by_length=true draws its own seeded order and needs train.shuffle=true")
         if self.margin < 0:

@@ -30,7 +30,14 @@ import torch
 
 from rlhfkit.config import ConfigError, Recipe, load_config, save_config
 from rlhfkit.trainers.runtime import set_threads
-from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig, data_sources, source_name
+from rlhfkit.trainers.stage_config import (
+    DataConfig,
+    LoraConfig,
+    ModelConfig,
+    check_trained_dtype,
+    data_sources,
+    source_name,
+)
 from rlhfkit.trainers.train_config import TrainConfig
 
 
@@ -58,6 +65,7 @@ class SFTConfig(Recipe):
     the paper's α: 5–15). 0: off. Evaluation and the saved model are unaffected."""
 
     def validate(self) -> None:
+        check_trained_dtype(self.model, self.lora)
         if self.neftune_alpha < 0:
             raise ConfigError(f"neftune_alpha must be >= 0 (0 turns it off), got {self.neftune_alpha}")
         if self.group_by_length and not self.train.shuffle:
