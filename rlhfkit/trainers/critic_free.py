@@ -34,7 +34,7 @@ from rlhfkit.rewards.sources import RewardSources, load_reward_function
 from rlhfkit.rollout.experience import Rollout
 from rlhfkit.rollout.score import RewardModelScorer, Scorer
 from rlhfkit.trainers.ppo_config import PPOConfig
-from rlhfkit.trainers.ppo_models import PPOModels, _frozen, _full_sequence, eos_token_ids
+from rlhfkit.trainers.ppo_models import PPOModels, _frozen, _full_sequence, eos_token_ids, reward_model_scorer
 
 
 class PolicyOnly(nn.Module):
@@ -131,11 +131,7 @@ def build_online_models(cfg: PPOConfig, scorer: Scorer | None = None) -> OnlineM
     if scorer is None and cfg.rewards:
         scorer = reward_sources(cfg, tokenizer, eos_ids)
     if scorer is None:
-        reward_model, reward_tok = load_reward_model(cfg.reward_model.path, dtype, attn_implementation=attention)
-        scorer = RewardModelScorer(_frozen(reward_model), reward_tok, tokenizer,
-                                   retokenize=cfg.reward_model.retokenize, template=cfg.reward_model.template,
-                                   policy_template=cfg.data.template, batch_size=cfg.rollout.chunk_size,
-                                   eos_token_id=eos_ids)
+        scorer = reward_model_scorer(cfg, tokenizer, eos_ids)
     return OnlineModels(PolicyOnly(policy), reference, scorer, tokenizer, eos_ids, no_reference=not with_reference)
 
 

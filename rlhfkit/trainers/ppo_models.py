@@ -165,11 +165,7 @@ def build_ppo_models(cfg: PPOConfig, scorer: Scorer | None = None) -> PPOModels:
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora.settings())
     if scorer is None:
-        reward_model, reward_tok = load_reward_model(cfg.reward_model.path, dtype, attn_implementation=attention)
-        scorer = RewardModelScorer(_frozen(reward_model), reward_tok, tokenizer,
-                                   retokenize=cfg.reward_model.retokenize, template=cfg.reward_model.template,
-                                   policy_template=cfg.data.template, batch_size=cfg.rollout.chunk_size,
-                                   eos_token_id=eos_ids)
+        scorer = reward_model_scorer(cfg, tokenizer, eos_ids)
     value_model, value_tok = _build_value_model(cfg, tokenizer)
     if value_model is None:
         policy = PolicyWithValueHead(policy, head_init_std=cfg.value_model.head_init_std, seed=cfg.train.seed)
@@ -178,6 +174,16 @@ def build_ppo_models(cfg: PPOConfig, scorer: Scorer | None = None) -> PPOModels:
     # so the first ratio is exactly 1 only without dropout. After LoRA: its adapters bring lora_dropout.
     disable_dropout(actor_critic)
     return PPOModels(actor_critic, reference, scorer, tokenizer, eos_ids, value_tok)
+
+
+def reward_model_scorer(cfg: PPOConfig, tokenizer, eos_ids: list[int]) -> RewardModelScorer:
+    """``reward_model.path`` loaded frozen, scoring the policy's responses (re-tokenised if its tokenizer
+    differs)."""
+    reward_model, reward_tok = load_reward_model(cfg.reward_model.path, cfg.model.dtype,
+                                                 attn_implementation=cfg.model.attn_implementation)
+    return RewardModelScorer(_frozen(reward_model), reward_tok, tokenizer, retokenize=cfg.reward_model.retokenize,
+                             template=cfg.reward_model.template, policy_template=cfg.data.template,
+                             batch_size=cfg.rollout.chunk_size, eos_token_id=eos_ids)
 
 
 def _build_value_model(cfg: PPOConfig, policy_tokenizer) -> tuple[nn.Module | None, Any]:
