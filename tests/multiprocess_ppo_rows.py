@@ -25,7 +25,7 @@ original_collect = PPOTrainer.collect
 calls = {"n": 0}
 
 
-def collect_row_by_row(self, batch, prompts, generator):
+def collect_row_by_row(self, batch, prompts, generator, fields=None):
     calls["n"] += 1
     parts, extras = [], {}
     longest = self.cfg.rollout.max_new_tokens
@@ -33,7 +33,7 @@ def collect_row_by_row(self, batch, prompts, generator):
         row_generator = torch.Generator(device=self.loop.device).manual_seed(1000 * calls["n"] + example.index)
         self.cfg.rollout.max_new_tokens = 4 + example.index % (longest - 3)
         try:
-            rollout, row_extras = original_collect(self, [example], [prompt], row_generator)
+            rollout, row_extras = original_collect(self, [example], [prompt], row_generator, fields)
         finally:
             self.cfg.rollout.max_new_tokens = longest
         parts.append(rollout)

@@ -146,4 +146,7 @@ def test_ppo_objective_is_independent_of_the_process_count(tmp_path):
 
     one, two = launch("one", 1, 8), launch("two", 2, 4)
     assert_identical(two[0], two[1])
-    assert max_difference(two[0], one[0]) < 1e-5
+    # float rounding only: the processes' gradient sums are added in another order, and Adam (lr 1e-2) turns
+    # near-zero gradients' rounding into visible steps — measured 1.6e-5 here; the per-process objective
+    # this test guards against left the weights 0.059 apart
+    assert max_difference(two[0], one[0]) < 1e-4

@@ -16,8 +16,10 @@ BASE = ["model.path=m", "reward_model.path=r", "data.train_file=p.jsonl", "train
         "rollout.old_logprobs=sampling"]
 
 
-@pytest.mark.parametrize("precision", [["train.mixed_precision=bf16"], ["model.dtype=bfloat16"],
-                                       ["model.dtype=float16"]])
+# half-precision weights only as LoRA's frozen base: full fine-tuning in them is refused on its own
+# (tests/test_trained_dtype.py)
+@pytest.mark.parametrize("precision", [["train.mixed_precision=bf16"], ["model.dtype=bfloat16", "lora.enabled=true"],
+                                       ["model.dtype=float16", "lora.enabled=true"]])
 def test_sampling_logprobs_are_refused_outside_float32(precision):
     with pytest.raises(ConfigError, match=r"rollout\.old_logprobs=sampling needs float32.*old_logprobs=forward"):
         load_config(PPOConfig, None, BASE + precision)
