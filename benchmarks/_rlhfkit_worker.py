@@ -78,7 +78,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(job.threads)
-    from rlhfkit.trainers.loop import TrainLoop
+    from rlhfkit.engine.loop import TrainLoop
 
     recorder = Recorder(job.stage)
     fit_step = TrainLoop._fit_step

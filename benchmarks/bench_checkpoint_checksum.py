@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.trainers import checkpoint as ckpt
+from rlhfkit.engine import checkpoint as ckpt
 
 
 def make_state(millions: int) -> tuple[torch.nn.Module, dict]:

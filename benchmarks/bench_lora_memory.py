@@ -85,8 +85,8 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     from rlhfkit.config import load_config
+    from rlhfkit.engine import loop as loop_module
     from rlhfkit.models.lora import trainable_parameter_count
-    from rlhfkit.trainers import loop as loop_module
     from rlhfkit.trainers.sft import SFTConfig, train_sft
 
     record: dict = {"variant": args.variant}

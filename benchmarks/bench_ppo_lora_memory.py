@@ -164,7 +164,7 @@ def child(args: argparse.Namespace) -> None:
 
     import rlhfkit.trainers.ppo as ppo_module
     from rlhfkit.config import load_config
-    from rlhfkit.trainers import loop as loop_module
+    from rlhfkit.engine import loop as loop_module
     from rlhfkit.trainers.ppo_config import PPOConfig
 
     record: dict = {"mode": args.mode, "imported_mb": current_rss_mb()}

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     (configure or add_stage_arguments)(parser)
     args = parser.parse_args(rest)
     args.command = name
-    from rlhfkit.trainers.metrics_log import quiet_other_processes
+    from rlhfkit.engine.metrics_log import quiet_other_processes
 
     quiet_other_processes()  # under a launcher, the main process alone prints the setup and results
     try:

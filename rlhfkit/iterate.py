@@ -55,7 +55,7 @@ HEADLINE_PREFIXES = ("counts/", "gold/utility", "gold/goal", "win_rate/", "pairs
 
 
 def say(message: str) -> None:
-    from rlhfkit.trainers.metrics_log import say as log
+    from rlhfkit.engine.metrics_log import say as log
 
     log(f"iterate: {message}")
 

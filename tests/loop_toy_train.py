@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from rlhfkit.config import load_config
-from rlhfkit.trainers import checkpoint as ckpt
-from rlhfkit.trainers.determinism import seed_everything
-from rlhfkit.trainers.loop import TrainLoop
-from rlhfkit.trainers.train_config import TrainConfig
+from rlhfkit.engine import checkpoint as ckpt
+from rlhfkit.engine.determinism import seed_everything
+from rlhfkit.engine.loop import TrainLoop
+from rlhfkit.engine.train_config import TrainConfig
 
 FEATURES, CLASSES, SEQ_LEN = 8, 4, 12
 

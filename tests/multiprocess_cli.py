@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.cli import main
-from rlhfkit.trainers.loop import TrainLoop
+from rlhfkit.engine.loop import TrainLoop
 
 out = Path(sys.argv[1])
 original_exit = TrainLoop.__exit__

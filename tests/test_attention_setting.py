@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from rlhfkit.engine.stage_config import ModelConfig
 from rlhfkit.models.load import ModelLoadError, load_tokenizer
 from rlhfkit.trainers.dpo import DPOConfig, load_models
 from rlhfkit.trainers.reward import RewardConfig, build_reward_model
 from rlhfkit.trainers.sft import SFTConfig, build_policy
-from rlhfkit.trainers.stage_config import ModelConfig
 
 try:
     from stage_helpers import cli, colour_rows, model_dir, write_jsonl

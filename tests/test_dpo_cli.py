@@ -186,7 +186,7 @@ def test_a_bad_config_key_is_named(root, capsys):
 
 KILLER = """
 import os, signal, sys
-from rlhfkit.trainers.loop import TrainLoop
+from rlhfkit.engine.loop import TrainLoop
 finish_step, kill_after = TrainLoop.finish_step, int(os.environ["DPO_KILL_AFTER_STEP"])
 def finish_then_die(self, metrics=None):
     finish_step(self, metrics)

@@ -173,7 +173,7 @@ def _pairs(lengths):
 
 
 def test_length_grouped_pairs_fill_each_step_with_similar_lengths_and_visit_every_pair_once():
-    from rlhfkit.trainers.determinism import DataOrder
+    from rlhfkit.data.order import DataOrder
 
     lengths = [int(x) for x in torch.randint(5, 200, (203,), generator=torch.Generator().manual_seed(0))]
     view = LengthGroupedPairs(_pairs(lengths), global_batch_size=16, seed=3, mega_batch_factor=4)

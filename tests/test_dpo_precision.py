@@ -60,6 +60,7 @@ def first_step_margins(root, arch: str, mode: str, precision: str) -> tuple[torc
     first micro-batch, with the policy prepared by the loop's own Accelerator (as training runs it)."""
     from rlhfkit.config import load_config
     from rlhfkit.data.collate import pad_token_id_for
+    from rlhfkit.engine.loop_support import make_accelerator
     from rlhfkit.models.load import load_tokenizer
     from rlhfkit.trainers.dpo import (
         DPOConfig,
@@ -73,7 +74,6 @@ def first_step_margins(root, arch: str, mode: str, precision: str) -> tuple[torc
         read_rows,
         use_shared_prompt,
     )
-    from rlhfkit.trainers.loop_support import make_accelerator
 
     make_data(root, n_train=16, n_eval=0)
     args = cli_args(root, "out", f"train.mixed_precision={precision}", *MODES[mode],

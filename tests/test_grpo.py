@@ -13,9 +13,9 @@ from ppo_fixtures import FakeLoop, ppo_config, save_policy_folder, save_prompts,
 
 from rlhfkit.cli import main as cli
 from rlhfkit.config import ConfigError
+from rlhfkit.engine.metrics_log import read_metrics
 from rlhfkit.trainers import ppo
 from rlhfkit.trainers.critic_free import PolicyOnly, build_online_models
-from rlhfkit.trainers.metrics_log import read_metrics
 from rlhfkit.trainers.ppo import PPOTrainer, SamplingRNG, load_prompts, make_kl_controller
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from rlhfkit.trainers import checkpoint as ckpt
+from rlhfkit.engine import checkpoint as ckpt
 
 
 def write(output_dir, step, payload=b"x" * 100, crash_before_commit=False):

@@ -11,17 +11,10 @@ import pytest
 import torch
 
 from rlhfkit.config import ConfigError, load_config
-from rlhfkit.trainers.determinism import (
-    DataOrder,
-    capture_rng_state,
-    derive_seed,
-    epoch_permutation,
-    restore_rng_state,
-    seed_everything,
-    shard_step,
-)
-from rlhfkit.trainers.loop_support import config_record, lr_multiplier, resume_problem, train_prefix
-from rlhfkit.trainers.train_config import TrainConfig
+from rlhfkit.data.order import DataOrder, derive_seed, epoch_permutation, shard_step
+from rlhfkit.engine.determinism import capture_rng_state, restore_rng_state, seed_everything
+from rlhfkit.engine.loop_support import config_record, lr_multiplier, resume_problem, train_prefix
+from rlhfkit.engine.train_config import TrainConfig
 
 # ----------------------------------------------------------------------------- data order
 

@@ -18,8 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhfkit.trainers import checkpoint as ckpt
-from rlhfkit.trainers.metrics_log import read_metrics
+from rlhfkit.engine import checkpoint as ckpt
+from rlhfkit.engine.metrics_log import read_metrics
 
 try:
     from multiprocess_helpers import cpu_processes

@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from rlhfkit.config import ConfigError
-from rlhfkit.trainers import checkpoint as ckpt
-from rlhfkit.trainers.determinism import DataOrder, seed_everything
-from rlhfkit.trainers.loop import NonFiniteError, TrainingOOMError, TrainLoop
-from rlhfkit.trainers.loop_support import lr_multiplier
-from rlhfkit.trainers.metrics_log import read_metrics
-from rlhfkit.trainers.train_config import TrainConfig
+from rlhfkit.data.order import DataOrder
+from rlhfkit.engine import checkpoint as ckpt
+from rlhfkit.engine.determinism import seed_everything
+from rlhfkit.engine.loop import NonFiniteError, TrainingOOMError, TrainLoop
+from rlhfkit.engine.loop_support import lr_multiplier
+from rlhfkit.engine.metrics_log import read_metrics
+from rlhfkit.engine.train_config import TrainConfig
 
 FEATURES, CLASSES = 6, 3
 

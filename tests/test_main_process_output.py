@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from rlhfkit.trainers.metrics_log import is_main_process, quiet_other_processes, say
+from rlhfkit.engine.metrics_log import is_main_process, quiet_other_processes, say
 
 
 def test_say_speaks_only_on_the_main_process(monkeypatch, capsys):

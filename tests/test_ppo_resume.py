@@ -16,7 +16,7 @@ import yaml
 from ppo_fixtures import save_policy_folder, save_prompts, save_reward_folder
 from safetensors.torch import load_file
 
-from rlhfkit.trainers.metrics_log import read_metrics
+from rlhfkit.engine.metrics_log import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,9 @@ from ppo_fixtures import ppo_config, save_policy_folder, save_prompts, save_rewa
 from safetensors.torch import load_file
 
 from rlhfkit.cli import main as cli
+from rlhfkit.engine.metrics_log import read_metrics
 from rlhfkit.rollout.score import FunctionScorer
 from rlhfkit.trainers import ppo
-from rlhfkit.trainers.metrics_log import read_metrics
 
 REQUIRED_METRICS = [
     "objective/score", "objective/kl", "objective/kl_coef", "objective/entropy", "objective/rlhf_reward",

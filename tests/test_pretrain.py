@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from rlhfkit.config import ConfigError
+from rlhfkit.engine.train_config import TrainConfig
 from rlhfkit.ops import IGNORE_INDEX
 from rlhfkit.trainers.pretrain import PackedBlocks, check_packed_attention, pretrain, tokenize_documents
-from rlhfkit.trainers.train_config import TrainConfig
 
 try:
     from stage_helpers import TOKENIZER_TEXTS, model_dir, read_metrics, tokenizer

@@ -119,7 +119,7 @@ ENTRY = """
 import os, signal, sys
 import torch
 torch.set_num_threads(1)
-from rlhfkit.trainers import loop
+from rlhfkit.engine import loop
 kill_after = os.environ.get("REAL_TEST_KILL_AFTER_STEP")
 if kill_after:
     original = loop.TrainLoop.finish_step

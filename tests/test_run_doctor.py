@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlhfkit.trainers.run_doctor import Thresholds, diagnose
+from rlhfkit.engine.run_doctor import Thresholds, diagnose
 
 
 def healthy_row(step: int) -> dict:
@@ -151,7 +151,7 @@ def losses(values) -> list[dict]:
 
 
 def test_a_loss_that_diverged_without_going_nan_is_flagged():
-    from rlhfkit.trainers.run_doctor import check_loss
+    from rlhfkit.engine.run_doctor import check_loss
 
     warnings = check_loss(losses(LR10_SFT))
     assert [w.kind for w in warnings] == ["loss_divergence"] and warnings[0].step == 8
@@ -169,6 +169,6 @@ def test_a_loss_that_diverged_without_going_nan_is_flagged():
     [0.7, 0.72, 0.75, 0.71, 0.73, 0.74, 0.76],  # flat noise above the first value, but not 3x the best
 ])
 def test_normal_losses_are_not_flagged(values):
-    from rlhfkit.trainers.run_doctor import check_loss
+    from rlhfkit.engine.run_doctor import check_loss
 
     assert check_loss(losses(values)) == []

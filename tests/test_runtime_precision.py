@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from rlhfkit.trainers import runtime
-from rlhfkit.trainers.loop import TrainLoop
-from rlhfkit.trainers.runtime import BF16_MIN_SPEEDUP, choose_precision, decide, measure_matmul_rates
-from rlhfkit.trainers.train_config import TrainConfig
+from rlhfkit.engine import runtime
+from rlhfkit.engine.loop import TrainLoop
+from rlhfkit.engine.runtime import BF16_MIN_SPEEDUP, choose_precision, decide, measure_matmul_rates
+from rlhfkit.engine.train_config import TrainConfig
 from rlhfkit.worlds import build
 from rlhfkit.worlds.build import BUILD_FORMAT, BUILD_MANIFEST, WorldBuildConfig, load_built, world_fingerprint
 

@@ -24,7 +24,7 @@ ENTRY = """
 import os, signal, sys
 import torch
 torch.set_num_threads(1)
-from rlhfkit.trainers import loop
+from rlhfkit.engine import loop
 kill_after = os.environ.get("SFT_TEST_KILL_AFTER_STEP")
 if kill_after:
     original = loop.TrainLoop.finish_step
@@ -33,7 +33,7 @@ if kill_after:
         if self.step == int(kill_after):
             os.kill(os.getpid(), signal.SIGKILL)
     loop.TrainLoop.finish_step = finish_step_then_die
-from rlhfkit.trainers import checkpoint as ckpt
+from rlhfkit.engine import checkpoint as ckpt
 kill_at = os.environ.get("SFT_TEST_KILL_AT")
 if kill_at == "final_export":  # final/'s files written into .tmp-final-PID, not yet renamed
     original_fsync = ckpt._fsync_tree

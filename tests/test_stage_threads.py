@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rlhfkit.config import ConfigError
-from rlhfkit.trainers.loop import TrainLoop
-from rlhfkit.trainers.train_config import TrainConfig, resume_conflict
+from rlhfkit.engine.loop import TrainLoop
+from rlhfkit.engine.train_config import TrainConfig, resume_conflict
 
 try:
     from ppo_fixtures import save_policy_folder, save_prompts, save_reward_folder

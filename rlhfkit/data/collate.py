@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 
 from rlhfkit.data.encode import IGNORE_INDEX, EncodedGroup, EncodedPreference, EncodedPrompt, EncodedSFT
+from rlhfkit.data.order import derive_seed, epoch_permutation
 
 
 def pad_token_id_for(tokenizer: Any) -> int:
@@ -260,7 +261,7 @@ class LengthGroupedDataset:
     """A training dataset as the shared loop sees it, each step filled with examples of similar length.
 
     The loop asks for ``dataset[i]`` for the indices of its permutation P_e of epoch e
-    (``determinism.epoch_permutation``). Here the example at position k of P_e is replaced by the example at
+    (:func:`rlhfkit.data.order.epoch_permutation`). Here the example at position k of P_e is replaced by the example at
     position k of a length-grouped order G_e: :func:`length_grouped_batches` with global batches, seeded by
     (seed, "length_groups", e), the full batches in random order except that the one holding the longest
     example comes first (an out-of-memory error then shows at the first step, not hours in — as transformers'
@@ -297,8 +298,6 @@ class LengthGroupedDataset:
 
     def grouped_order(self, epoch: int) -> list[int]:
         """G_e: example indices of epoch ``epoch``, one global batch of similar lengths after another."""
-        from rlhfkit.trainers.determinism import derive_seed  # lazy: data never needs the trainers otherwise
-
         batches = length_grouped_batches(self.lengths, self.global_batch_size,
                                          derive_seed(self.seed, "length_groups", epoch),
                                          mega_batch_factor=self.mega_batch_factor)
@@ -310,8 +309,6 @@ class LengthGroupedDataset:
         return [i for batch in full + short for i in batch]
 
     def _prepare(self, epoch: int) -> None:
-        from rlhfkit.trainers.determinism import epoch_permutation
-
         permutation = epoch_permutation(self.seed, epoch, len(self.examples), shuffle=True)
         self._position_of = [0] * len(self.examples)
         for position, index in enumerate(permutation):

@@ -34,11 +34,11 @@ def eval_prompts(ctx: Context) -> list[str]:
 
 def best_of_n_stage(ctx: Context, folder: Path) -> dict[str, Any]:
     """N samples of SFT per output, the reward model's favourite kept (K outputs per eval prompt)."""
+    from rlhfkit.data.order import derive_seed
     from rlhfkit.demo.pipeline import sample_texts
     from rlhfkit.evaluate.best_of_n import best_of_n
     from rlhfkit.evaluate.sampling import PolicySamples
     from rlhfkit.judges.reward_model import RewardModelJudge
-    from rlhfkit.trainers.determinism import derive_seed
 
     cfg = ctx.cfg
     n, k = cfg.best_of_n.n, cfg.eval.samples
@@ -215,9 +215,9 @@ def build_report(ctx: Context, results: dict, *, preset: str, total_seconds: flo
 
 
 def write_run_report(ctx: Context, results: dict, *, preset: str, total_seconds: float) -> dict[str, Path]:
+    from rlhfkit.engine.metrics_log import read_metrics
     from rlhfkit.evaluate.hacking import read_history
     from rlhfkit.evaluate.report import write_report
-    from rlhfkit.trainers.metrics_log import read_metrics
 
     report = build_report(ctx, results, preset=preset, total_seconds=total_seconds)
     ppo_folder = results["ppo"].folder

@@ -182,8 +182,8 @@ def sample_texts(model, tokenizer, prompts: list, n_samples: int, *, seed: int, 
     draws from its own stream ``derive_seed(seed, "chunk", i)`` (deterministic, whatever was run before)."""
     from tqdm import tqdm
 
+    from rlhfkit.data.order import derive_seed
     from rlhfkit.evaluate.sampling import sample_responses
-    from rlhfkit.trainers.determinism import derive_seed
 
     texts: list[list[str]] = []
     starts = range(0, len(prompts), chunk)
@@ -196,7 +196,7 @@ def sample_texts(model, tokenizer, prompts: list, n_samples: int, *, seed: int, 
 
 def samples_stage(ctx: Context, folder: Path) -> dict[str, Any]:
     from rlhfkit.data import write_rows
-    from rlhfkit.trainers.determinism import derive_seed
+    from rlhfkit.data.order import derive_seed
 
     cfg = ctx.cfg
     chosen = choose_prompts(ctx.world, cfg.seed, cfg.data.monitor_prompts, cfg.data.pair_prompts, cfg.data.rl_prompts)

@@ -92,9 +92,9 @@ def build_monitor(ctx: Context, folder: Path):
 
 
 def ppo_stage(ctx: Context, folder: Path, config) -> dict[str, Any]:
+    from rlhfkit.engine import checkpoint as ckpt
     from rlhfkit.models.reward import load_reward_model
     from rlhfkit.rollout.score import RewardModelScorer
-    from rlhfkit.trainers import checkpoint as ckpt
     from rlhfkit.trainers import ppo
     from rlhfkit.trainers.ppo_models import eos_token_ids
 

@@ -110,6 +110,6 @@ class Runner:
 
 
 def say(message: str) -> None:
-    from rlhfkit.trainers.metrics_log import say as loop_say
+    from rlhfkit.engine.metrics_log import say as loop_say
 
     loop_say(message)

@@ -250,7 +250,7 @@ class HackingMonitor:
     def _warn(self, check: MonitorCheck, best: MonitorPoint) -> None:
         """Fill ``check.warnings`` and ``check.stop``; print a divergence when it is confirmed and every 5
         checks while it lasts, a length drift the first time."""
-        from rlhfkit.trainers.metrics_log import say
+        from rlhfkit.engine.metrics_log import say
 
         cfg, p = self.config, check.point
         if check.streak >= cfg.patience:
@@ -297,8 +297,8 @@ class HackingMonitor:
             handle.write(json.dumps(record) + "\n")
 
     def _save_best(self, policy: Any, tokenizer: Any, point: MonitorPoint) -> Path:
+        from rlhfkit.engine.checkpoint import save_folder_atomically
         from rlhfkit.models.lora import save_policy
-        from rlhfkit.trainers.checkpoint import save_folder_atomically
 
         def write(folder: Path) -> None:
             save_policy(policy, folder, merge=True, tokenizer=tokenizer)

@@ -94,7 +94,7 @@ def import_gguf(path: str | Path, out_dir: str | Path, dtype="float32") -> Path:
 
     ``out_dir`` must not exist or be empty: an import never overwrites a folder. Written atomically.
     """
-    from rlhfkit.trainers.checkpoint import save_folder_atomically
+    from rlhfkit.engine.checkpoint import save_folder_atomically
 
     out = Path(out_dir).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -122,7 +122,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from rlhfkit.trainers.metrics_log import say
+    from rlhfkit.engine.metrics_log import say
 
     if args.threads:
         import torch

@@ -195,7 +195,7 @@ def critic_free_metrics(rollout: Rollout, n: int) -> dict[str, Any]:
 
 def save_policy_only(models: OnlineModels, cfg: PPOConfig, out_dir: Path) -> dict[str, Path]:
     """Write ``final/`` (a standard folder, or with LoRA an adapter folder over ``model.path``) — no value model."""
-    from rlhfkit.trainers.checkpoint import save_folder_atomically
+    from rlhfkit.engine.checkpoint import save_folder_atomically
 
     as_adapter = cfg.lora.enabled and not is_adapter_folder(cfg.model.path)
     base = str(Path(cfg.model.path).resolve()) if as_adapter else None

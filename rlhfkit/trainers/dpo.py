@@ -40,6 +40,8 @@ import torch
 
 from rlhfkit.config import ConfigError, load_config
 from rlhfkit.data.collate import LengthGroupedDataset
+from rlhfkit.engine.runtime import set_threads
+from rlhfkit.engine.stage_config import data_sources
 from rlhfkit.models.dropout import disable_dropout
 from rlhfkit.trainers.dpo_config import SAFE_TO_CHANGE, DPOConfig, DPOLoraConfig
 from rlhfkit.trainers.preference_data import (
@@ -63,8 +65,6 @@ from rlhfkit.trainers.reference_cache import (
     tokenizer_fingerprint,
     weights_fingerprint,
 )
-from rlhfkit.trainers.runtime import set_threads
-from rlhfkit.trainers.stage_config import data_sources
 
 __all__ = ["SAFE_TO_CHANGE", "DPOConfig", "DPOLoraConfig", "DPOStep", "EncodedKTO", "KTOObjective",
            "LengthGroupedPairs", "NoReference", "Pair", "PreferenceCollator", "PreferenceObjective",
@@ -203,9 +203,9 @@ def prepare_reference(cfg: DPOConfig, policy, reference_model, tokenizer, data: 
     update) or read from the cache. Both modes compute under :func:`policy_autocast`. on_the_fly: a frozen copy, the ``reference`` model, or with LoRA the
     policy with its adapters disabled (no copy). A reference-free loss (ORPO, SimPO): :class:`NoReference`.
     """
+    from rlhfkit.data.order import derive_seed
+    from rlhfkit.engine.metrics_log import say
     from rlhfkit.models.lora import apply_lora
-    from rlhfkit.trainers.determinism import derive_seed
-    from rlhfkit.trainers.metrics_log import say
 
     tables: dict[str, ReferenceLogps | None] = dict.fromkeys(data)
     starting = reference_model if reference_model is not None else policy  # π_ref's weights, before LoRA
@@ -290,8 +290,8 @@ def save_final(model, cfg: DPOConfig, tokenizer) -> Path:
 
 def use_shared_prompt(cfg: DPOConfig, policy) -> bool:
     """``shared_prompt`` applies: a precomputed reference, and the live model passes the shared-row check."""
+    from rlhfkit.engine.metrics_log import say
     from rlhfkit.models.forward import shared_prompt_matches_separate_rows
-    from rlhfkit.trainers.metrics_log import say
 
     if not (cfg.shared_prompt and (cfg.reference_mode == "precompute" or not cfg.needs_reference)):
         return False
@@ -310,9 +310,9 @@ def train(cfg: DPOConfig, *, train_dataset: Any = None, eval_dataset: Any = None
 
     from rlhfkit.data.collate import pad_token_id_for
     from rlhfkit.data.templates import adopt_template
+    from rlhfkit.engine.loop import TrainLoop
+    from rlhfkit.engine.metrics_log import say
     from rlhfkit.models.load import load_tokenizer
-    from rlhfkit.trainers.loop import TrainLoop
-    from rlhfkit.trainers.metrics_log import say
 
     set_threads(cfg.train.threads)  # before any work: encoding and reference passes use them too
     # 1. every row of both files validated before any work; then tokenize

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rlhfkit.config import ConfigError, Recipe
+from rlhfkit.engine.stage_config import DataConfig, LoraConfig, ModelConfig, check_trained_dtype
+from rlhfkit.engine.train_config import TrainConfig
 from rlhfkit.losses import PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES, UNPAIRED_LOSSES
-from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig, check_trained_dtype
-from rlhfkit.trainers.train_config import TrainConfig
 
 # Config keys that may differ when a run resumes: they change speed, memory or what is reported, never the
 # trajectory of the weights beyond float rounding (a precomputed and an on-the-fly reference agree to ~1e-6).

@@ -35,7 +35,14 @@ from accelerate.utils import parse_flag_from_env
 
 from rlhfkit.config import load_config
 from rlhfkit.data import encode_prompt, format_encode_report, load_rows
+from rlhfkit.data.order import derive_seed
 from rlhfkit.data.templates import adopt_template
+from rlhfkit.engine.determinism import seed_everything
+from rlhfkit.engine.loop import RunSummary, TrainLoop
+from rlhfkit.engine.metrics_log import say
+from rlhfkit.engine.run_doctor import diagnose
+from rlhfkit.engine.runtime import set_threads
+from rlhfkit.engine.stage_config import data_sources, source_name
 from rlhfkit.losses import gae, per_token_rewards, ppo_policy_loss, ppo_value_loss
 from rlhfkit.models.load import load_tokenizer
 from rlhfkit.ops import explained_variance, masked_mean, masked_sum
@@ -44,16 +51,10 @@ from rlhfkit.rollout.experience import NonFiniteRollout, Rollout
 from rlhfkit.rollout.generate import generate
 from rlhfkit.rollout.score import Scorer, ends_with_eos, response_texts
 from rlhfkit.trainers import critic_free
-from rlhfkit.trainers.determinism import derive_seed, seed_everything
 from rlhfkit.trainers.kl_control import AdaptiveKLController, FixedKLController
-from rlhfkit.trainers.loop import RunSummary, TrainLoop
-from rlhfkit.trainers.metrics_log import say
 from rlhfkit.trainers.ppo_config import SAFE_TO_CHANGE_ON_RESUME, KLConfig, PPOConfig
 from rlhfkit.trainers.ppo_models import PPOModels, param_groups, save_trained
 from rlhfkit.trainers.ppo_ptx import demonstration_nll, load_ptx
-from rlhfkit.trainers.run_doctor import diagnose
-from rlhfkit.trainers.runtime import set_threads
-from rlhfkit.trainers.stage_config import data_sources, source_name
 
 KL_CONTROLLERS = {
     "fixed": lambda kl: FixedKLController(kl.init_coef),
@@ -508,7 +509,7 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None, 
 def run_monitor(monitor: Any, loop: TrainLoop, models: PPOModels, step: Any, metrics: dict) -> str | None:
     """One reward-hacking check (on the main process, without touching the training RNG); adds its
     ``hacking/*`` metrics and returns a stop reason when it asks to stop, the same on every process."""
-    from rlhfkit.trainers.loop_support import preserved_rng
+    from rlhfkit.engine.loop_support import preserved_rng
 
     reason = None
     if loop.is_main_process:

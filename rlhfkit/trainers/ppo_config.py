@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rlhfkit.config import ConfigError, Recipe
+from rlhfkit.engine.stage_config import DataConfig, LoraConfig, ModelConfig, check_trained_dtype
+from rlhfkit.engine.train_config import TrainConfig
 from rlhfkit.rewards.sources import RewardSourceConfig
 from rlhfkit.trainers.online_config import AdvantageConfig
-from rlhfkit.trainers.stage_config import DataConfig, LoraConfig, ModelConfig, check_trained_dtype
-from rlhfkit.trainers.train_config import TrainConfig
 
 
 @dataclass

@@ -213,9 +213,9 @@ def _value_model_from_policy(cfg: PPOConfig, policy_tokenizer) -> tuple[nn.Modul
     (default 0: every initial value is 0, the mean score of a centred reward model on reference responses;
     lm-human-preferences' value-head init). Used when the reward model reads another tokenizer, so its weights
     cannot read the policy's token ids."""
+    from rlhfkit.data.order import derive_seed
+    from rlhfkit.engine.metrics_log import say
     from rlhfkit.models.reward import reward_model_from_causal_lm
-    from rlhfkit.trainers.determinism import derive_seed
-    from rlhfkit.trainers.metrics_log import say
 
     say(f"ppo: the reward model ({cfg.reward_model.path}) uses another tokenizer than the policy; the value "
         f"model starts from the policy ({cfg.model.path}), its head from value_model.head_init_std")
@@ -244,7 +244,7 @@ def save_trained(models: PPOModels, cfg: PPOConfig, out_dir: Path) -> dict[str, 
     """Write ``final/`` (the policy: a standard folder, or with LoRA a PEFT adapter folder over ``model.path``)
     and ``value_model/`` (merged), each whole or not at all. A value head is saved as
     ``value_head.safetensors`` inside ``final/``, which plain transformers ignores."""
-    from rlhfkit.trainers.checkpoint import save_folder_atomically
+    from rlhfkit.engine.checkpoint import save_folder_atomically
 
     actor_critic = models.actor_critic
     as_adapter = cfg.lora.enabled and not is_adapter_folder(cfg.model.path)

@@ -21,9 +21,9 @@ import torch
 from rlhfkit.data import encode_sft, format_encode_report, load_rows
 from rlhfkit.data.collate import pad
 from rlhfkit.data.encode import EncodedSFT
+from rlhfkit.data.order import derive_seed
+from rlhfkit.engine.metrics_log import say
 from rlhfkit.ops import masked_mean
-from rlhfkit.trainers.determinism import derive_seed
-from rlhfkit.trainers.metrics_log import say
 
 
 def demonstration_nll(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -116,7 +116,7 @@ def read_rows(cfg, sources: dict[str, Any] | None = None) -> tuple[list, list]:
     read as such or made from the pairs."""
     from rlhfkit.data import load_rows, preference_rows_from_rankings
     from rlhfkit.data.unpaired import load_unpaired_rows, unpaired_from_preferences
-    from rlhfkit.trainers.stage_config import data_sources, source_name
+    from rlhfkit.engine.stage_config import data_sources, source_name
 
     def read(split: str) -> list:
         if cfg.data_kind == "unpaired":
@@ -134,9 +134,9 @@ def read_rows(cfg, sources: dict[str, Any] | None = None) -> tuple[list, list]:
 def encode_rows(cfg, tokenizer, rows: list, name: str) -> list:
     """Encoded pairs (``EncodedPreference``), or KTO examples (``EncodedKTO``) for an unpaired loss."""
     from rlhfkit.data import DataValidationError, TemplateError, encode_preference, format_encode_report
+    from rlhfkit.data.order import derive_seed
     from rlhfkit.data.unpaired import encode_unpaired
-    from rlhfkit.trainers.determinism import derive_seed
-    from rlhfkit.trainers.metrics_log import say
+    from rlhfkit.engine.metrics_log import say
 
     lengths = {"max_length": cfg.data.max_length, "max_prompt_length": cfg.data.max_prompt_length,
                "template": cfg.data.template}

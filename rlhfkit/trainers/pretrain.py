@@ -37,8 +37,8 @@ from typing import Any
 import torch
 
 from rlhfkit.config import ConfigError
+from rlhfkit.engine.train_config import TrainConfig
 from rlhfkit.ops import IGNORE_INDEX, shift_labels
-from rlhfkit.trainers.train_config import TrainConfig
 
 FINAL_DIR = "final"  # the folder, inside train.output_dir, each stage exports its model to
 
@@ -283,9 +283,9 @@ def pretrain(texts: Sequence[str], tokenizer: Any, model, train_cfg: TrainConfig
     resumes (or, when finished, reloads the final weights from the last checkpoint and re-saves).
     """
     from rlhfkit.data.collate import pad_token_id_for
-    from rlhfkit.trainers.checkpoint import save_folder_atomically
-    from rlhfkit.trainers.loop import TrainLoop
-    from rlhfkit.trainers.metrics_log import say
+    from rlhfkit.engine.checkpoint import save_folder_atomically
+    from rlhfkit.engine.loop import TrainLoop
+    from rlhfkit.engine.metrics_log import say
 
     train_cfg.validate()
     limit = position_limit(model.config)

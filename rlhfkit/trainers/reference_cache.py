@@ -47,10 +47,10 @@ import torch
 
 from rlhfkit.data.collate import collate_preference
 from rlhfkit.data.encode import EncodedPreference
+from rlhfkit.engine.metrics_log import say
 from rlhfkit.models.lora import adapters_disabled
 from rlhfkit.models.policy import response_logprobs
 from rlhfkit.ops import sequence_logprobs
-from rlhfkit.trainers.metrics_log import say
 
 FORMAT = "rlhfkit-reference-logps/1"
 _CHUNK = 1 << 24  # bytes hashed per update: bounds the temporary copy of a non-contiguous tensor
@@ -314,7 +314,7 @@ def load_cache(path: Path, key: str, row_index: torch.Tensor) -> ReferenceLogps 
 
 def remove_dead_temporaries(folder: Path) -> None:
     """Delete the temporary files of writers killed mid-write (their names carry the writer's pid)."""
-    from rlhfkit.trainers.checkpoint import pid_is_alive
+    from rlhfkit.engine.checkpoint import pid_is_alive
 
     for leftover in Path(folder).glob(".*.pid*.tmp"):
         pid = leftover.name.rsplit(".pid", 1)[1].split(".", 1)[0]

@@ -47,8 +47,8 @@ from typing import Any, Literal
 import torch
 
 from rlhfkit.config import ConfigError, Recipe, load_config, save_config
-from rlhfkit.trainers.runtime import set_threads
-from rlhfkit.trainers.stage_config import (
+from rlhfkit.engine.runtime import set_threads
+from rlhfkit.engine.stage_config import (
     DataConfig,
     LoraConfig,
     ModelConfig,
@@ -56,7 +56,7 @@ from rlhfkit.trainers.stage_config import (
     data_sources,
     source_name,
 )
-from rlhfkit.trainers.train_config import TrainConfig
+from rlhfkit.engine.train_config import TrainConfig
 
 
 @dataclass
@@ -263,7 +263,7 @@ def load_comparison_groups(source: Any, cfg: RewardConfig, tokenizer,
         n_pairs,
         ranking_groups,
     )
-    from rlhfkit.trainers.metrics_log import say
+    from rlhfkit.engine.metrics_log import say
 
     kind = detect_format(source, cfg.data.columns) if cfg.format == "auto" else cfg.format
     name = source_name(source, split)
@@ -303,10 +303,10 @@ def training_references(groups: Sequence[Any]) -> list[Any]:
 
 def build_reward_model(cfg: RewardConfig, tokenizer):
     """``(model, reward_tokenizer)``: the causal LM's trunk + a seeded scalar head, LoRA-wrapped if enabled."""
+    from rlhfkit.data.order import derive_seed
     from rlhfkit.models.load import set_attention
     from rlhfkit.models.lora import apply_lora
     from rlhfkit.models.reward import reward_model_from_causal_lm
-    from rlhfkit.trainers.determinism import derive_seed
     from rlhfkit.trainers.sft import seeded_init
 
     model, reward_tok = reward_model_from_causal_lm(
@@ -338,8 +338,8 @@ def raw_scores(model, examples: Sequence[Any], pad_token_id: int, batch_size: in
 
 def normalize_scores(model, references: Sequence[Any], cfg: RewardConfig, pad_token_id: int) -> tuple:
     """Set gain/bias on ``model`` from the reference set; return ``(gain, bias, raw statistics)``."""
+    from rlhfkit.data.order import derive_seed
     from rlhfkit.models.heads import normalization_from_scores, set_score_normalization
-    from rlhfkit.trainers.determinism import derive_seed
 
     references = list(references)
     if len(references) > cfg.normalize.max_responses:
@@ -365,11 +365,11 @@ def train_reward(cfg: RewardConfig, *, train_dataset: Any = None, eval_dataset: 
     ``data.train_file`` / ``data.eval_file``."""
     from rlhfkit.data.collate import LengthGroupedDataset
     from rlhfkit.data.templates import adopt_template
+    from rlhfkit.engine.checkpoint import save_folder_atomically, write_json
+    from rlhfkit.engine.loop import TrainLoop
+    from rlhfkit.engine.metrics_log import say
     from rlhfkit.models.forward import shared_prompt_matches_separate_rows
     from rlhfkit.models.reward import save_scalar_model
-    from rlhfkit.trainers.checkpoint import save_folder_atomically, write_json
-    from rlhfkit.trainers.loop import TrainLoop
-    from rlhfkit.trainers.metrics_log import say
     from rlhfkit.trainers.pretrain import FINAL_DIR
     from rlhfkit.trainers.sft import check_model_folder
 

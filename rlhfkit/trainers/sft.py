@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from rlhfkit.config import ConfigError, Recipe, load_config, save_config
-from rlhfkit.trainers.runtime import set_threads
-from rlhfkit.trainers.stage_config import (
+from rlhfkit.engine.runtime import set_threads
+from rlhfkit.engine.stage_config import (
     DataConfig,
     LoraConfig,
     ModelConfig,
@@ -38,7 +38,7 @@ from rlhfkit.trainers.stage_config import (
     data_sources,
     source_name,
 )
-from rlhfkit.trainers.train_config import TrainConfig
+from rlhfkit.engine.train_config import TrainConfig
 
 
 @dataclass
@@ -125,7 +125,7 @@ def load_sft_data(cfg: SFTConfig, tokenizer, sources: dict[str, Any] | None = No
     """Validate every row of the train (and eval) data, encode, pack if asked; print the encode report.
     ``sources``: split -> a path or in-memory rows (default: the configured files)."""
     from rlhfkit.data import encode_sft, format_encode_report, load_rows
-    from rlhfkit.trainers.metrics_log import say
+    from rlhfkit.engine.metrics_log import say
     from rlhfkit.trainers.pretrain import pack_examples
 
     report: dict[str, Any] = {}
@@ -157,7 +157,7 @@ def load_sft_data(cfg: SFTConfig, tokenizer, sources: dict[str, Any] | None = No
 def seeded_init(seed: int, purpose: str):
     """Draw a model initialisation (LoRA matrices, a new head) from its own stream of ``seed``, leaving the
     global torch RNG as it was."""
-    from rlhfkit.trainers.determinism import derive_seed
+    from rlhfkit.data.order import derive_seed
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, purpose))
@@ -220,10 +220,10 @@ def train_sft(cfg: SFTConfig, *, train_dataset: Any = None, eval_dataset: Any = 
     (a ``datasets.Dataset`` or a list of dicts) replace ``data.train_file`` / ``data.eval_file``."""
     from rlhfkit.data.collate import LengthGroupedDataset, collate_sft, pad_token_id_for
     from rlhfkit.data.templates import adopt_template
+    from rlhfkit.engine.checkpoint import save_folder_atomically
+    from rlhfkit.engine.loop import TrainLoop
+    from rlhfkit.engine.metrics_log import say
     from rlhfkit.models.neftune import neftune
-    from rlhfkit.trainers.checkpoint import save_folder_atomically
-    from rlhfkit.trainers.loop import TrainLoop
-    from rlhfkit.trainers.metrics_log import say
     from rlhfkit.trainers.pretrain import (
         FINAL_DIR,
         check_packed_attention,

@@ -56,7 +56,7 @@ class WorldBuildConfig:
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     """Pretrain under bfloat16 autocast (``bf16``), in float32 (``no``), or ``auto``: bf16 only where a
     0.2–0.5 s matmul probe finds it at least 1.25× faster than float32 on this machine
-    (:mod:`rlhfkit.trainers.runtime`; the choice and both rates are logged and kept in ``build.json``).
+    (:mod:`rlhfkit.engine.runtime`; the choice and both rates are logged and kept in ``build.json``).
     Weights and optimizer stay float32 either way. On a CPU with native bf16 (AVX512-BF16/AMX) bf16 halved
     the small model's step (137 → 72 ms at 2 threads with sdpa attention; 484 → 239 ms for ``medium``); on
     one without (AVX2 only, like the 2-core development machine) bf16 matmuls run ~40× slower than float32,
@@ -178,10 +178,10 @@ def build_world(cfg: WorldBuildConfig) -> WorldAssets:
     """Build (or reuse) the world's tokenizer, base model and data files for ``cfg``."""
     import torch
 
+    from rlhfkit.engine.metrics_log import say
+    from rlhfkit.engine.train_config import TrainConfig
     from rlhfkit.models.tiny import build_tiny_model, count_parameters
-    from rlhfkit.trainers.metrics_log import say
     from rlhfkit.trainers.pretrain import PackedBlocks, pretrain, tokenize_documents
-    from rlhfkit.trainers.train_config import TrainConfig
 
     cfg.validate()
     done = load_built(cfg)
@@ -265,7 +265,7 @@ def resolve_precision(cfg: WorldBuildConfig) -> WorldBuildConfig:
     (finished, or killed and resumable), else the probe's choice (logged). For a caller that fingerprints
     what it builds (the demo's stages): the build it then makes records an explicit precision, which a
     later ``auto`` reuses, so the fingerprint stays the same from run to run."""
-    from rlhfkit.trainers.metrics_log import say
+    from rlhfkit.engine.metrics_log import say
 
     if cfg.mixed_precision != "auto":
         return cfg
@@ -280,8 +280,8 @@ def resolve_precision(cfg: WorldBuildConfig) -> WorldBuildConfig:
 def _pretraining_precision(cfg: WorldBuildConfig, pretrain_dir: Path):
     """The precision to pretrain in: as configured, or for ``auto`` the probe's choice — except that a killed
     build resumes in the precision its checkpoints were made in (a resumed run may not change it)."""
-    from rlhfkit.trainers import checkpoint as ckpt
-    from rlhfkit.trainers.runtime import PrecisionChoice, choose_precision
+    from rlhfkit.engine import checkpoint as ckpt
+    from rlhfkit.engine.runtime import PrecisionChoice, choose_precision
 
     killed = pretrain_dir.is_dir() and not (pretrain_dir.parent / BUILD_MANIFEST).exists()  # not a stale build
     if cfg.mixed_precision == "auto" and killed:

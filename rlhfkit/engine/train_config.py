@@ -76,7 +76,7 @@ class TrainConfig:
     about a third more compute, same result."""
     mixed_precision: Literal["no", "bf16", "auto"] = "no"
     """Autocast to bfloat16 through accelerate (``bf16``), float32 (``no``), or ``auto``: bf16 only where a
-    short matmul probe finds it at least 1.25× faster here (``rlhfkit/trainers/runtime.py``; rank 0's choice
+    short matmul probe finds it at least 1.25× faster here (``rlhfkit/engine/runtime.py``; rank 0's choice
     for every process, logged with both rates). ``auto`` is resolved once and written into this config (so
     checkpoints record it and a resumed run keeps it). The default stays float32: never the slow choice
     (bf16 can be 30–100× slower on a CPU without native bf16, float32 at most ~2× on one with it), and the

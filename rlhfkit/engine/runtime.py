@@ -165,8 +165,8 @@ def resolve_run_precision(output_dir) -> str:
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list, parse_flag_from_env
 
-    from rlhfkit.trainers import checkpoint as ckpt
-    from rlhfkit.trainers.metrics_log import say
+    from rlhfkit.engine import checkpoint as ckpt
+    from rlhfkit.engine.metrics_log import say
 
     latest, _ = ckpt.find_latest_checkpoint(output_dir)
     if latest is not None:

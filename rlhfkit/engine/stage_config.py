@@ -1,6 +1,6 @@
 """Config sections every training stage shares: the model to start from, the data, LoRA.
 
-A stage config nests these beside ``train: TrainConfig`` (``rlhfkit.trainers.train_config``)::
+A stage config nests these beside ``train: TrainConfig`` (``rlhfkit.engine.train_config``)::
 
     model: {path: runs/sft}
     data: {train_file: prefs.jsonl, eval_file: prefs_eval.jsonl, max_length: 256}

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from rlhfkit.trainers.determinism import capture_rng_state, restore_rng_state
-from rlhfkit.trainers.train_config import (
+from rlhfkit.engine.determinism import capture_rng_state, restore_rng_state
+from rlhfkit.engine.train_config import (
     BATCH_SPLIT_KEYS,
     RUN_LENGTH_KEYS,
     SAFE_TO_CHANGE_ON_RESUME,

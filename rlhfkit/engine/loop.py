@@ -38,17 +38,10 @@ from typing import Any
 import torch
 
 from rlhfkit.config import ConfigError
-from rlhfkit.errors import RunStopped
-from rlhfkit.trainers import checkpoint as ckpt
-from rlhfkit.trainers.determinism import (
-    DataOrder,
-    capture_rng_state,
-    derive_seed,
-    restore_rng_state,
-    seed_everything,
-    shard_step,
-)
-from rlhfkit.trainers.loop_support import (
+from rlhfkit.data.order import DataOrder, derive_seed, shard_step
+from rlhfkit.engine import checkpoint as ckpt
+from rlhfkit.engine.determinism import capture_rng_state, restore_rng_state, seed_everything
+from rlhfkit.engine.loop_support import (
     OutputDirLock,
     build_optimizer,
     build_scheduler,
@@ -63,10 +56,11 @@ from rlhfkit.trainers.loop_support import (
     preserved_rng,
     resume_problem,
 )
-from rlhfkit.trainers.metrics_log import MetricsLog, Progress, plain_number, read_metrics, say
-from rlhfkit.trainers.run_doctor import check_loss
-from rlhfkit.trainers.runtime import resolve_run_precision
-from rlhfkit.trainers.train_config import TrainConfig
+from rlhfkit.engine.metrics_log import MetricsLog, Progress, plain_number, read_metrics, say
+from rlhfkit.engine.run_doctor import check_loss
+from rlhfkit.engine.runtime import resolve_run_precision
+from rlhfkit.engine.train_config import TrainConfig
+from rlhfkit.errors import RunStopped
 
 
 class NonFiniteError(RunStopped):
