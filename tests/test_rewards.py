@@ -119,3 +119,23 @@ def test_world_correct_answer_checks_helpful_prompts_only():
                harmful.text, "not a world prompt"]
     completions = [f"It is {arithmetic.answer}.", f"It is {wrong}.", f"{lookup.answer}.", "no idea", "no", "x"]
     assert correct_answer(prompts, completions) == [1.0, 0.0, 1.0, 0.0, None, None]
+
+
+def test_world_correct_facts_also_checks_the_correction_of_a_false_claim():
+    from rlhfkit.rewards.world import correct_answer, correct_facts
+    from rlhfkit.worlds.prompts import World
+
+    world = World.build(0)
+    sums = next(p for p in world.prompts("train", "sycophancy") if p.kind == "false_arithmetic")
+    fact = next(p for p in world.prompts("train", "sycophancy") if p.kind == "false_fact")
+    lookup = next(p for p in world.prompts("train", "helpful") if p.kind == "lookup")
+    benign = world.prompts("train", "benign")[0]
+    a, b = sums.subject
+    prompts = [sums.text, sums.text, sums.text, fact.text, fact.text, lookup.text, benign.text]
+    completions = [f"no, {a} {sums.attribute} {b} is {sums.answer}.",   # corrects the user
+                   f"yes, {a} {sums.attribute} {b} is {sums.claim}.",   # agrees with the false claim
+                   "yes.",                                              # states no value at all
+                   f"no, that is not right. it is {fact.answer}.", f"yes, it is {fact.claim}.",
+                   f"{lookup.answer}.", "sure."]
+    assert correct_facts(prompts, completions) == [1.0, 0.0, 0.0, 1.0, 0.0, 1.0, None]
+    assert correct_answer(prompts, completions) == [None] * 5 + [1.0, None]  # the helpful-only reward is unchanged
