@@ -237,10 +237,7 @@ class PPOTrainer:
         if self.cfg.advantage.critic_free:
             return self.critic_free_update(minibatch, number)
         local_tokens = float(minibatch.response_mask.sum())
-        # The objective is the token mean over the global minibatch (every process's rows), whatever the
-        # process count: each process divides its token sum by the global count, times the process count
-        # because DDP averages the processes' gradients.
-        n_tokens = float(self.sum_over_processes(torch.tensor([local_tokens]))[0]) / loop.num_processes
+        n_tokens = self.global_divisor(local_tokens)  # the token mean over every process's minibatch
         size = p.micro_batch_size or len(minibatch)
         parts = [minibatch.index_select(range(i, min(i + size, len(minibatch))))
                  for i in range(0, len(minibatch), size)]
@@ -272,7 +269,8 @@ class PPOTrainer:
         from rlhfkit.policy_losses import loss_normaliser
 
         loop, cfg = self.loop, self.cfg
-        normaliser = loss_normaliser(minibatch.response_mask, cfg.advantage.loss_aggregation)
+        # tokens (token_mean) or responses (sequence_mean) of every process's minibatch, as PPO's token mean
+        normaliser = self.global_divisor(loss_normaliser(minibatch.response_mask, cfg.advantage.loss_aggregation))
         size = cfg.ppo.micro_batch_size or len(minibatch)
         parts = [minibatch.index_select(range(i, min(i + size, len(minibatch))))
                  for i in range(0, len(minibatch), size)]
@@ -301,6 +299,14 @@ class PPOTrainer:
         # 0 · values: every parameter takes part in this backward, as DDP's gradient synchronisation expects
         self.loop.backward(self.cfg.ptx.coef * nll + (0.0 * values.sum() if values is not None else 0.0))
         return float(nll.detach())
+
+    def global_divisor(self, local: float) -> float:
+        """What each process divides its loss sum by so that the update is the mean over the *global* minibatch:
+        ``local`` (this process's token or response count) summed over the processes, ÷ the process count
+        because DDP averages the processes' gradients. Divided by its own count instead, each process would
+        weight its rows by how many tokens it happened to hold, and 2 processes would not train like 1."""
+        total = float(self.sum_over_processes(torch.tensor([local], dtype=torch.float64))[0])
+        return total / self.loop.num_processes
 
     def sum_over_processes(self, values: torch.Tensor) -> torch.Tensor:
         """Element-wise sum of a small tensor over the processes (float64 on the way); identity with one."""
