@@ -93,9 +93,11 @@ def aggregate_loss(losses: torch.Tensor, mask: torch.Tensor, mode: str) -> torch
 
 def loss_normaliser(mask: torch.Tensor, mode: str) -> float:
     """What a minibatch's :func:`aggregate_loss` is divided by: its response tokens (``token_mean``) or its
-    responses (``sequence_mean``)."""
+    responses (``sequence_mean``) — the rows with at least one valid token, so that a row masked out entirely
+    (dropped by ``advantage.filter_zero_std_groups``) counts as absent."""
+    valid = mask.bool()
     if mode == "token_mean":
-        return float(mask.bool().sum())
+        return float(valid.sum())
     if mode == "sequence_mean":
-        return float(mask.shape[0])
+        return float(valid.any(dim=1).sum())
     raise ValueError(f"unknown loss aggregation {mode!r}; valid: {', '.join(LOSS_AGGREGATIONS)}")

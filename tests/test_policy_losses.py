@@ -74,3 +74,18 @@ def test_aggregations_match_loops_and_split_exactly_over_micro_batches():
     assert token != pytest.approx(sequence)  # the two weightings differ on unequal lengths
     with pytest.raises(ValueError, match="valid: token_mean, sequence_mean"):
         aggregate_loss(losses, mask, "seq_mean")
+
+
+def test_a_row_masked_out_entirely_counts_as_absent():
+    """A dropped row (all-zero mask, advantage.filter_zero_std_groups) adds nothing and is not counted: the same
+    as the batch without it, under both aggregations."""
+    losses = torch.arange(20, dtype=torch.float64).view(4, 5) + 1
+    _, _, _, mask, _ = batch()
+    dropped = mask.clone()
+    dropped[2] = 0
+    kept = [0, 1, 3]
+    for mode in ("token_mean", "sequence_mean"):
+        with_dropped = aggregate_loss(losses, dropped, mode) / loss_normaliser(dropped, mode)
+        without = aggregate_loss(losses[kept], mask[kept], mode) / loss_normaliser(mask[kept], mode)
+        assert with_dropped.item() == pytest.approx(without.item())
+    assert loss_normaliser(dropped, "sequence_mean") == 3 and loss_normaliser(dropped, "token_mean") == 8

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlhfkit.advantages import equal_reward_group_fraction, get_advantage_estimator
+from rlhfkit.advantages import equal_reward_group_fraction, get_advantage_estimator, informative_rows
 from rlhfkit.data.templates import adopt_template
 from rlhfkit.losses import per_token_rewards
 from rlhfkit.models.dropout import disable_dropout
@@ -163,11 +163,17 @@ def advantages_and_rewards(rollout: Rollout, cfg: PPOConfig, beta: float) -> tup
     return estimator(shaped.rewards, mask, cfg.rollout.n, cfg.ppo.gamma), shaped
 
 
+def kept_rows(rollout: Rollout, cfg: PPOConfig) -> torch.Tensor | None:
+    """(B,) 1/0, the rows the update learns from with ``advantage.filter_zero_std_groups`` (None without it):
+    0 on the rows of a group whose scores are all equal (DAPO §3.2)."""
+    return informative_rows(rollout.scores, cfg.rollout.n) if cfg.advantage.filter_zero_std_groups else None
+
+
 def policy_loss_sum(logprobs: torch.Tensor, part: Rollout, cfg: PPOConfig, beta: float
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One micro-batch's aggregated (un-normalised) loss — clipped surrogate, plus β·k3 with
     ``kl.penalty: loss`` — and its diagnostics (detached 0-d, means over its valid tokens)."""
-    a, mask = cfg.advantage, part.response_mask
+    a, mask = cfg.advantage, loss_mask(part)
     low = a.clip_range_low if a.clip_range_low is not None else cfg.ppo.clip_range
     high = a.clip_range_high if a.clip_range_high is not None else cfg.ppo.clip_range
     out = asymmetric_clip_loss(logprobs, part.logprobs, part.advantages, mask, low, high)
@@ -181,6 +187,14 @@ def policy_loss_sum(logprobs: torch.Tensor, part: Rollout, cfg: PPOConfig, beta:
         stats["ppo/policy/kl_loss"] = (kl.detach() * mask).sum() / mask.sum().clamp(min=1)
     stats["ppo/policy/loss"] = (out.losses.detach() * mask).sum() / mask.sum().clamp(min=1)
     return aggregate_loss(losses, mask, a.loss_aggregation), {**stats, "ppo/ratio/max": out.ratio_max}
+
+
+def loss_mask(part: Rollout) -> torch.Tensor:
+    """(B, T): the response tokens the update learns from — every one, except a dropped row's (``keep`` 0,
+    ``advantage.filter_zero_std_groups``). The forward pass still reads the whole response mask."""
+    if part.keep is None:
+        return part.response_mask
+    return part.response_mask * (part.keep > 0).unsqueeze(1).to(part.response_mask.dtype)
 
 
 def critic_free_metrics(rollout: Rollout, n: int) -> dict[str, Any]:
