@@ -30,6 +30,7 @@ from rlhfkit.models.lora import apply_lora, save_policy
 from rlhfkit.models.policy import response_logprobs, response_logprobs_and_entropy
 from rlhfkit.models.reward import load_reward_model
 from rlhfkit.policy_losses import aggregate_loss, asymmetric_clip_loss, k3_kl_loss
+from rlhfkit.rewards.judge import LMJudgeReward
 from rlhfkit.rewards.sources import RewardSources, load_reward_function
 from rlhfkit.rollout.experience import Rollout
 from rlhfkit.rollout.score import RewardModelScorer, Scorer
@@ -78,7 +79,7 @@ class OnlineModels(PPOModels):
         super().to(device)
         for _name, _weight, kind, source in getattr(self.scorer, "sources", []):
             model = getattr(source, "model", None)
-            if kind == "scorer" and isinstance(model, nn.Module):
+            if kind in ("scorer", "judge") and isinstance(model, nn.Module):
                 model.to(device)
         return self
 
@@ -89,12 +90,17 @@ def needs_reference(cfg: PPOConfig) -> bool:
 
 
 def reward_sources(cfg: PPOConfig, tokenizer, eos_ids: list[int]) -> RewardSources:
-    """The ``rewards`` list as one scorer (functions imported, reward models loaded and frozen)."""
+    """The ``rewards`` list as one scorer (functions imported, reward models and judges loaded and frozen)."""
     sources, specs = [], []
     for source in cfg.rewards:
         if source.function:
             sources.append((source.display_name, source.weight, "function", load_reward_function(source.function)))
             specs.append(source.function)
+        elif source.judge:  # rows per forward as for the other frozen models
+            judge = LMJudgeReward.from_spec(source.judge, dtype=cfg.model.dtype,
+                                            batch_size=cfg.ppo.micro_batch_size or cfg.ppo.minibatch_size)
+            sources.append((source.display_name, source.weight, "judge", judge))
+            specs.append(source.judge)
         else:
             model, reward_tok = load_reward_model(source.reward_model, cfg.model.dtype,
                                                   attn_implementation=cfg.model.attn_implementation)
