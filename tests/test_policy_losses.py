@@ -1,4 +1,4 @@
-"""rlhfkit.policy_losses against Python loops and PPO's symmetric loss."""
+"""rlhfkit.policy_losses and the asymmetric clip range of PPO's clipped surrogate, against Python loops."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhfkit.losses import ppo_policy_loss
-from rlhfkit.policy_losses import aggregate_loss, asymmetric_clip_loss, k3_kl_loss, loss_normaliser
+from rlhfkit.policy_losses import aggregate_loss, k3_kl_loss, loss_normaliser
 
 
 def batch(seed=0, rows=4, width=5):
@@ -22,7 +22,7 @@ def batch(seed=0, rows=4, width=5):
 def test_asymmetric_clip_matches_a_loop_and_counts_each_side():
     logprobs, old, adv, mask, lengths = batch()
     low, high = 0.2, 0.28
-    out = asymmetric_clip_loss(logprobs, old, adv, mask, low, high)
+    out = ppo_policy_loss(logprobs, old, adv, mask, low, high)
     n_low = n_high = total = 0
     for i, n in enumerate(lengths):
         for t in range(n):
@@ -38,12 +38,20 @@ def test_asymmetric_clip_matches_a_loop_and_counts_each_side():
     assert n_low > 0 and n_high > 0  # the example exercises both sides
 
 
-def test_symmetric_range_is_ppos_clipped_surrogate():
-    logprobs, old, adv, mask, _ = batch(seed=3)
-    ours = asymmetric_clip_loss(logprobs, old, adv, mask, 0.2, 0.2)
-    ppo = ppo_policy_loss(logprobs, old, adv, mask, 0.2)
-    assert torch.allclose(ours.losses, ppo.losses)
-    assert ours.clipfrac_low + ours.clipfrac_high == pytest.approx(ppo.clipfrac.item())
+def test_symmetric_range_is_ppos_clipped_surrogate_and_clipfrac_counts_the_active_clip():
+    logprobs, old, adv, mask, lengths = batch(seed=3)
+    ours = ppo_policy_loss(logprobs, old, adv, mask, 0.2, 0.2)
+    ppo = ppo_policy_loss(logprobs, old, adv, mask, 0.2)  # clip_high=None: PPO's symmetric range
+    assert torch.equal(ours.losses, ppo.losses)
+    # clipfrac = low + high = the share of tokens where the clipped term is the larger (PPO's definition)
+    active = total = 0
+    for i, n in enumerate(lengths):
+        for t in range(n):
+            r, a = math.exp(logprobs[i, t] - old[i, t]), adv[i, t].item()
+            active += -a * min(max(r, 0.8), 1.2) > -a * r
+            total += 1
+    assert ppo.clipfrac.item() == pytest.approx(active / total) and active > 0
+    assert (ppo.clipfrac_low + ppo.clipfrac_high).item() == pytest.approx(ppo.clipfrac.item())
 
 
 def test_k3_kl_loss_is_grpos_equation_4_and_its_gradient():

@@ -22,14 +22,14 @@ from torch import nn
 
 from rlhfkit.advantages import equal_reward_group_fraction, get_advantage_estimator, informative_rows
 from rlhfkit.data.templates import adopt_template
-from rlhfkit.losses import per_token_rewards
+from rlhfkit.losses import per_token_rewards, ppo_policy_loss
 from rlhfkit.models.dropout import disable_dropout
 from rlhfkit.models.forward import unwrap_model
 from rlhfkit.models.load import is_adapter_folder, load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import apply_lora, save_policy
 from rlhfkit.models.policy import response_logprobs, response_logprobs_and_entropy
 from rlhfkit.models.reward import load_reward_model
-from rlhfkit.policy_losses import aggregate_loss, asymmetric_clip_loss, k3_kl_loss
+from rlhfkit.policy_losses import aggregate_loss, k3_kl_loss
 from rlhfkit.rewards.judge import LMJudgeReward
 from rlhfkit.rewards.sources import RewardSources, load_reward_function
 from rlhfkit.rollout.experience import Rollout
@@ -182,10 +182,10 @@ def policy_loss_sum(logprobs: torch.Tensor, part: Rollout, cfg: PPOConfig, beta:
     a, mask = cfg.advantage, loss_mask(part)
     low = a.clip_range_low if a.clip_range_low is not None else cfg.ppo.clip_range
     high = a.clip_range_high if a.clip_range_high is not None else cfg.ppo.clip_range
-    out = asymmetric_clip_loss(logprobs, part.logprobs, part.advantages, mask, low, high)
+    out = ppo_policy_loss(logprobs, part.logprobs, part.advantages, mask, low, high)
     losses = out.losses
     stats = {"ppo/policy/clipfrac_low": out.clipfrac_low, "ppo/policy/clipfrac_high": out.clipfrac_high,
-             "ppo/policy/clipfrac": out.clipfrac_low + out.clipfrac_high, "ppo/policy/approxkl": out.approxkl,
+             "ppo/policy/clipfrac": out.clipfrac, "ppo/policy/approxkl": out.approxkl,
              "ppo/ratio/mean": out.ratio_mean}
     if cfg.kl.penalty == "loss" and beta > 0:
         kl = k3_kl_loss(logprobs, part.ref_logprobs, mask)

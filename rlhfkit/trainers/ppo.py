@@ -254,7 +254,8 @@ class PPOTrainer:
             with loop.no_sync(i < len(parts) - 1 or self.ptx is not None):
                 logprobs, _, values = loop.model(part.query_ids, part.query_mask, part.response_ids, mask,
                                                  temperature)
-                policy = ppo_policy_loss(logprobs, part.logprobs, part.advantages, mask, p.clip_range)
+                policy = ppo_policy_loss(logprobs, part.logprobs, part.advantages, mask, p.clip_range,
+                                         p.clip_range)  # PPO's symmetric range
                 value = ppo_value_loss(values, part.values, part.returns, mask, p.value_clip_range)
                 loss = (masked_sum(policy.losses, mask) + p.vf_coef * masked_sum(value.losses, mask)) / n_tokens
                 loop.backward(loss)
@@ -262,6 +263,8 @@ class PPOTrainer:
             for key, tensor in (("ppo/policy/loss", masked_mean(policy.losses, mask)),
                                 ("ppo/val/loss", masked_mean(value.losses, mask)),
                                 ("ppo/policy/clipfrac", policy.clipfrac), ("ppo/policy/approxkl", policy.approxkl),
+                                ("ppo/policy/clipfrac_low", policy.clipfrac_low),
+                                ("ppo/policy/clipfrac_high", policy.clipfrac_high),
                                 ("ppo/val/clipfrac", value.clipfrac), ("ppo/ratio/mean", policy.ratio_mean)):
                 stats[key] += share * float(tensor.detach())
             stats["ppo/ratio/max"] = max(stats["ppo/ratio/max"], float(policy.ratio_max))
