@@ -135,9 +135,20 @@ def get_advantage_estimator(name: str) -> AdvantageEstimator:
         raise ValueError(f"unknown advantage estimator {name!r}; valid names: {valid}") from None
 
 
-def equal_reward_group_fraction(scores: torch.Tensor, group_size: int, atol: float = 1e-6) -> torch.Tensor:
-    """0-d: the share of the B/n groups whose n scores are all equal (within ``atol``) — groups that give
+def equal_reward_groups(scores: torch.Tensor, group_size: int, atol: float = 1e-6) -> torch.Tensor:
+    """(B/n,) bool: whether each group's n scores are all equal (max − min ≤ ``atol``) — groups that give
     the group estimators no learning signal (DAPO, Yu et al. 2025, §3.2 "dynamic sampling" filters them)."""
-    groups = scores.detach().view(-1, group_size)
-    spread = groups.max(dim=1).values - groups.min(dim=1).values
-    return (spread <= atol).float().mean()
+    groups = scores.detach().view(-1, group_size)  # (G, n)
+    return groups.max(dim=1).values - groups.min(dim=1).values <= atol
+
+
+def equal_reward_group_fraction(scores: torch.Tensor, group_size: int, atol: float = 1e-6) -> torch.Tensor:
+    """0-d: the share of the B/n groups whose n scores are all equal (:func:`equal_reward_groups`)."""
+    return equal_reward_groups(scores, group_size, atol).float().mean()
+
+
+def informative_rows(scores: torch.Tensor, group_size: int, atol: float = 1e-6) -> torch.Tensor:
+    """(B,) float 1/0: 0 on every row of a group whose scores are all equal, 1 elsewhere — the rows
+    ``advantage.filter_zero_std_groups`` keeps (the rows come in consecutive groups of ``group_size``)."""
+    equal = equal_reward_groups(scores, group_size, atol)  # (G,)
+    return (~equal).repeat_interleave(group_size).to(scores.dtype)

@@ -508,14 +508,18 @@ def gae(
 @dataclass(frozen=True)
 class PolicyLossOutput:
     """``losses`` (B, T), 0 on padding; diagnostics are detached 0-d tensors over valid tokens:
-    ``clipfrac`` (share of tokens where the clipped term is active), ``approxkl`` (0.5·mean of
-    (logprobs − old_logprobs)², the k2 estimate of KL(π_old ‖ π_θ)), ``ratio_mean``, ``ratio_max``."""
+    ``clipfrac_low`` (share of tokens with A < 0 and ρ < 1 − ε_low, where the clip removes the gradient),
+    ``clipfrac_high`` (A > 0 and ρ > 1 + ε_high), ``clipfrac`` (their sum: the share where the clipped term is
+    active), ``approxkl`` (0.5·mean of (logprobs − old_logprobs)², the k2 estimate of KL(π_old ‖ π_θ)),
+    ``ratio_mean``, ``ratio_max``."""
 
     losses: torch.Tensor
     clipfrac: torch.Tensor
     approxkl: torch.Tensor
     ratio_mean: torch.Tensor
     ratio_max: torch.Tensor
+    clipfrac_low: torch.Tensor
+    clipfrac_high: torch.Tensor
 
 
 def ppo_policy_loss(
@@ -523,30 +527,38 @@ def ppo_policy_loss(
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
-    clip_range: float,
+    clip_low: float,
+    clip_high: float | None = None,
 ) -> PolicyLossOutput:
-    """PPO's clipped surrogate, as a loss to minimise (Schulman et al. 2017, Eq. 7).
+    """PPO's clipped surrogate, as a loss to minimise (Schulman et al. 2017, Eq. 7), with an optional
+    asymmetric range (Yu et al. 2025, DAPO, Eq. 10 "clip-higher").
 
-    ``ρ_t = exp(log π_θ − log π_old)``, ``loss_t = max(−A_t·ρ_t, −A_t·clip(ρ_t, 1 − ε, 1 + ε))``.
-    Shapes: all (B, T). Reduction: mean over valid tokens, ``masked_mean(losses, mask)`` (for
-    gradient accumulation: ``masked_sum`` over the micro-batch / valid tokens of the whole batch).
+    ``ρ_t = exp(log π_θ − log π_old)``, ``loss_t = max(−A_t·ρ_t, −A_t·clip(ρ_t, 1 − ε_low, 1 + ε_high))``;
+    ``clip_high=None`` is ε_high = ε_low, PPO's symmetric range. A larger ε_high lets unlikely tokens with
+    positive advantage grow further before the clip stops them, which DAPO found keeps entropy up.
+    Shapes: all (B, T). Reduction: none — PPO takes the mean over valid tokens, ``masked_mean(losses, mask)``
+    (for gradient accumulation: ``masked_sum`` over the micro-batch / valid tokens of the whole batch); the
+    critic-free estimators aggregate with :func:`rlhfkit.policy_losses.aggregate_loss`.
     """
     _check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
+    clip_high = clip_low if clip_high is None else clip_high
     valid = mask.bool()
-    zero = torch.zeros((), dtype=logprobs.dtype)
+    zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
     # Zero the log-ratio on padding before exp: garbage there would give inf·0 = nan gradients.
     log_ratio = torch.where(valid, logprobs - old_logprobs.detach(), zero)
     ratio = torch.exp(log_ratio)
     advantages = advantages.detach()
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     losses = torch.where(valid, torch.maximum(unclipped, clipped), zero)
     with torch.no_grad():
-        clipfrac = masked_mean((clipped > unclipped).to(logprobs.dtype), valid)
+        # the clipped term is the larger (the pessimistic bound, with no gradient) exactly on these two sides
+        low = masked_mean(((advantages < 0) & (ratio < 1.0 - clip_low)).to(logprobs.dtype), valid)
+        high = masked_mean(((advantages > 0) & (ratio > 1.0 + clip_high)).to(logprobs.dtype), valid)
         approxkl = 0.5 * masked_mean(log_ratio**2, valid)
         ratio_mean = masked_mean(ratio, valid)
-        ratio_max = torch.where(valid, ratio, torch.zeros((), dtype=ratio.dtype)).max()
-    return PolicyLossOutput(losses, clipfrac, approxkl, ratio_mean, ratio_max)
+        ratio_max = torch.where(valid, ratio, zero).max()
+    return PolicyLossOutput(losses, low + high, approxkl, ratio_mean, ratio_max, low, high)
 
 
 @dataclass(frozen=True)

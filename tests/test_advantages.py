@@ -11,6 +11,7 @@ from rlhfkit.advantages import (
     equal_reward_group_fraction,
     get_advantage_estimator,
     grpo_advantages,
+    informative_rows,
     reinforce_pp_advantages,
     rloo_advantages,
 )
@@ -65,6 +66,13 @@ def test_a_group_with_equal_rewards_has_zero_advantage_for_every_group_estimator
     rewards32, mask32 = outcome([0.7] * 3, [1, 1, 1])
     assert grpo_advantages(rewards32.float(), mask32, 3).abs().max() == 0
     assert float(equal_reward_group_fraction(torch.tensor([0.7, 0.7, 0.7, 2.0, -1.0, 0.5]), 3)) == 0.5
+
+
+def test_informative_rows_zero_exactly_the_rows_of_all_equal_groups():
+    # groups of 2: (1, 1) equal; (1, 1 + 5e-7) equal within 1e-6; (0, 1) not; (-2, -2) equal
+    scores = torch.tensor([1.0, 1.0, 1.0, 1.0 + 5e-7, 0.0, 1.0, -2.0, -2.0], dtype=torch.float64)
+    assert informative_rows(scores, 2).tolist() == [0, 0, 0, 0, 1, 1, 0, 0]
+    assert informative_rows(scores, 4).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
 
 
 def test_rloo_matches_leave_one_out_loop_and_its_pair_limit():

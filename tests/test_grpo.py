@@ -29,6 +29,16 @@ def has_letter(prompts, completions, letter=None, **columns):
 
 def length(prompts, completions, **columns):
     return [len(c) / 10 for c in completions]
+
+
+def spread(prompts, completions, letter=None, **columns):
+    """Varies with the text on rows with a letter; 0 on the others, whose groups are then all equal."""
+    letter = letter or [None] * len(completions)
+    return [0.0 if l is None else (sum(map(ord, c)) % 97) / 97 for c, l in zip(completions, letter)]
+
+
+def constant(prompts, completions, **columns):
+    return [1.0] * len(completions)
 '''
 
 
@@ -136,12 +146,78 @@ def test_micro_batches_give_the_update_of_the_whole_minibatch(tmp_path, aggregat
     assert max(float((whole[k] - initial[k]).abs().max()) for k in whole) > 1e-3  # the update is not empty
 
 
+class GradLoop(FakeLoop):
+    """FakeLoop without an optimizer that keeps each update's gradients."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__(model, lr=0.0)
+        self.grads: list[dict[str, torch.Tensor]] = []
+
+    def optimizer_step(self) -> None:
+        self.grads.append({n: p.grad.detach().clone() for n, p in self.model.named_parameters()
+                           if p.grad is not None})
+        super().optimizer_step()
+
+
+def filtering_trainer(root: Path, function: str, *overrides: str) -> tuple[PPOTrainer, GradLoop, list]:
+    cfg = grpo_config(root, "kl.penalty=loss", "kl.init_coef=0.1", "ppo.minibatch_size=16", "ppo.epochs=1",
+                      "advantage.filter_zero_std_groups=true",
+                      f'rewards=[{{function: "{reward_module(root)}:{function}"}}]', *overrides)
+    models = build_online_models(cfg)
+    loop = GradLoop(models.actor_critic)
+    encoded, prompts = load_prompts(cfg.data.train_file, cfg, models.tokenizer)
+    rows = ppo.read_prompt_rows(cfg.data.train_file, cfg)
+    trainer = PPOTrainer(cfg, models, loop, make_kl_controller(cfg.kl), SamplingRNG(0), prompts, None,
+                         ([r.fields for r in rows], []))
+    return trainer, loop, encoded
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean"])
+def test_filtered_groups_update_like_the_batch_without_them(tmp_path, aggregation):
+    """advantage.filter_zero_std_groups: the gradient (policy loss + KL term, divided by the kept count) and the
+    loss equal those of the rollout with the all-equal groups physically removed; kept, they change it."""
+    trainer, loop, encoded = filtering_trainer(tmp_path, "spread", f"advantage.loss_aggregation={aggregation}")
+    metrics = trainer.step(encoded[:4], 1)
+    rollout = trainer.last_rollout
+    scores = rollout.scores.tolist()
+    equal = [max(scores[4 * g : 4 * g + 4]) == min(scores[4 * g : 4 * g + 4]) for g in range(4)]
+    assert equal[3] and not all(equal)  # the letterless prompt's group (all 0) is dropped, some group is kept
+    assert rollout.keep.tolist() == [0.0 if equal[i // 4] else 1.0 for i in range(16)]
+    assert metrics["objective/dropped_rows"] == 4 * sum(equal)
+
+    def update(part):
+        loop.grads.clear()
+        return trainer.update(part), loop.grads[0]
+
+    kept = [i for i in range(16) if not equal[i // 4]]
+    (stats, filtered), (removed_stats, removed) = update(rollout), update(rollout.index_select(kept).replace(keep=None))
+    assert filtered.keys() == removed.keys()
+    for name in filtered:
+        torch.testing.assert_close(filtered[name], removed[name], atol=1e-7, rtol=1e-5)
+    for key in ("ppo/policy/loss", "ppo/policy/kl_loss", "ppo/policy/clipfrac"):
+        assert stats[key] == pytest.approx(removed_stats[key], abs=1e-7), key
+    _, unfiltered = update(rollout.replace(keep=None))  # the dropped rows do weigh without the filter
+    assert max(float((unfiltered[n] - removed[n]).abs().max()) for n in removed) > 1e-5
+
+
+def test_a_step_whose_groups_are_all_dropped_takes_no_update(tmp_path):
+    trainer, loop, encoded = filtering_trainer(tmp_path, "constant")
+    before = {k: v.clone() for k, v in trainer.models.actor_critic.state_dict().items()}
+    metrics = trainer.step(encoded[:4], 1)
+    assert metrics["objective/dropped_rows"] == 16 and loop.updates == 0 and loop.grads == []
+    assert all(torch.equal(v, trainer.models.actor_critic.state_dict()[k]) for k, v in before.items())
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (("advantage.estimator=rloo", "rollout.n=1"), "rollout.n must be >= 1, and >= 2 for advantage.estimator=rloo"),
     (("advantage.estimator=grpo", "rollout.n=2", "ppo.minibatch_size=9"), "ppo.minibatch_size (9)"),
     (("rollout.n=2",), "are for the critic-free estimators"),
     (("advantage.estimator=ppo",), "expected one of 'gae', 'grpo', 'dr_grpo', 'rloo', 'reinforce_pp'"),
     (("rewards=[{function: a:b}]",), "either as reward_model.path or as a source in rewards"),
+    (("advantage.estimator=reinforce_pp", "advantage.filter_zero_std_groups=true"),
+     "advantage.filter_zero_std_groups is for the group estimators (grpo, dr_grpo, rloo), whose all-equal groups "
+     "carry no signal; advantage.estimator=reinforce_pp has no groups to filter"),
+    (("advantage.filter_zero_std_groups=true",), "advantage.estimator=gae has no groups to filter"),
 ])
 def test_bad_settings_are_one_sentence_naming_the_key(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -335,9 +335,10 @@ def test_ppo_policy_loss_clipping_hand_worked():
     logprobs = (old_logprobs + torch.tensor([[*map(math.log, ratios), float("inf")]])).requires_grad_()
     advantages = torch.tensor([[1.0, -1.0, 1.0, -1.0, 1.0, 5.0]])
     mask = torch.tensor([[1, 1, 1, 1, 1, 0]])
-    out = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range=0.2)
+    out = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_low=0.2)  # clip_high = clip_low
     assert out.losses.tolist()[0] == pytest.approx([-1.2, 0.8, -0.5, 1.5, -1.1, 0.0])
     assert out.clipfrac.item() == pytest.approx(2 / 5)
+    assert (out.clipfrac_low.item(), out.clipfrac_high.item()) == pytest.approx((1 / 5, 1 / 5))  # low: A<0, ρ=0.5; high: A>0, ρ=1.5
     assert out.approxkl.item() == pytest.approx(0.5 * sum(math.log(r) ** 2 for r in ratios) / 5)
     assert out.ratio_mean.item() == pytest.approx(sum(ratios) / 5)
     assert out.ratio_max.item() == pytest.approx(1.5)

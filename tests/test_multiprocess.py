@@ -19,12 +19,14 @@ try:
     from stage_helpers import colour_rows, model_dir, write_jsonl
     from test_dpo_common import make_data
     from test_dpo_common import model_dir as dpo_model_dir
+    from test_grpo import letter_prompts
 except ImportError:  # tests/ imported as a package
     from tests.multiprocess_helpers import cpu_processes
     from tests.ppo_fixtures import save_policy_folder, save_prompts, save_reward_folder
     from tests.stage_helpers import colour_rows, model_dir, write_jsonl
     from tests.test_dpo_common import make_data
     from tests.test_dpo_common import model_dir as dpo_model_dir
+    from tests.test_grpo import letter_prompts
 
 pytestmark = pytest.mark.slow
 
@@ -125,28 +127,62 @@ def test_setup_and_result_lines_print_once_with_two_processes(tmp_path):
     assert done.stdout.count("sft: completed") == 1, done.stdout
 
 
+def run_rows(out: Path, args: list[str], processes: int, per_device: int,
+             minibatch: int) -> dict[int, dict[str, torch.Tensor]]:
+    """The online trainer in ``processes`` processes through tests/multiprocess_ppo_rows.py (rows that do not
+    depend on the process count), one minibatch of ``minibatch`` rows per process; the weights each ended with."""
+    rows_cli = Path(__file__).with_name("multiprocess_ppo_rows.py")
+    command, env = cpu_processes([str(rows_cli), str(out / "weights"), *args, f"train.output_dir={out}",
+                                  f"train.per_device_batch_size={per_device}", f"ppo.minibatch_size={minibatch}"],
+                                 processes, launcher="accelerate")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return {i: torch.load(out / "weights" / f"rank{i}.pt", weights_only=True) for i in range(processes)}
+
+
 def test_ppo_objective_is_independent_of_the_process_count(tmp_path):
     """The same rows (sampled one prompt at a time, see tests/multiprocess_ppo_rows.py), of ragged lengths, in
     one process or split over two: the same updates. Needs the token mean and the advantage whitening taken
     over every process's rows — per process, the processes' token counts and scales would weight the rows."""
-    rows_cli = Path(__file__).with_name("multiprocess_ppo_rows.py")
     args = ["ppo", f"model.path={save_policy_folder(tmp_path)}", f"reward_model.path={save_reward_folder(tmp_path)}",
             f"data.train_file={save_prompts(tmp_path, 16)}", "train.max_steps=2", "ppo.epochs=2",
             "rollout.max_new_tokens=12", "data.max_prompt_length=32", "data.max_length=64", "train.lr=1e-2",
             "value_model.lr=1e-2", "rollout.print_samples=0", "ppo.missing_eos_penalty=null", *QUIET]
-
-    def launch(name: str, processes: int, per_device: int) -> dict[int, dict[str, torch.Tensor]]:
-        out = tmp_path / name
-        command, env = cpu_processes([str(rows_cli), str(out / "weights"), *args, f"train.output_dir={out}",
-                                      f"train.per_device_batch_size={per_device}",
-                                      f"ppo.minibatch_size={per_device}"], processes, launcher="accelerate")
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stderr[-4000:]
-        return {i: torch.load(out / "weights" / f"rank{i}.pt", weights_only=True) for i in range(processes)}
-
-    one, two = launch("one", 1, 8), launch("two", 2, 4)
+    one, two = run_rows(tmp_path / "one", args, 1, 8, 8), run_rows(tmp_path / "two", args, 2, 4, 4)
     assert_identical(two[0], two[1])
     # float rounding only: the processes' gradient sums are added in another order, and Adam (lr 1e-2) turns
     # near-zero gradients' rounding into visible steps — measured 1.6e-5 here; the per-process objective
     # this test guards against left the weights 0.059 apart
     assert max_difference(two[0], one[0]) < 1e-4
+
+
+SPREAD = '''
+def spread(prompts, completions, letter=None, **columns):
+    """Varies with the text on rows with a letter; 0 on the others, whose groups are then all equal."""
+    letter = letter or [None] * len(completions)
+    return [0.0 if l is None else (sum(map(ord, c)) % 97) / 97 for c, l in zip(completions, letter)]
+'''
+
+
+@pytest.mark.parametrize(("aggregation", "filtered"), [("token_mean", "false"), ("sequence_mean", "true")])
+def test_grpo_objective_is_independent_of_the_process_count(tmp_path, aggregation, filtered):
+    """GRPO's update shares PPO's global divisor: groups of 2 ragged responses (each prompt's own length,
+    see tests/multiprocess_ppo_rows.py), the KL as a loss term, one process or two — the same weights. Divided
+    by each process's own token count, the processes' rows would weigh by how many tokens each happened to hold.
+    Every process holds as many responses, so sequence_mean is checked with advantage.filter_zero_std_groups,
+    which leaves the processes different numbers of them (the letterless prompts' groups are dropped)."""
+    (tmp_path / "spread_reward.py").write_text(SPREAD)
+    args = ["grpo", f"model.path={save_policy_folder(tmp_path)}", f"data.train_file={letter_prompts(tmp_path, 16)}",
+            f'rewards=[{{function: "{tmp_path / "spread_reward.py"}:spread"}}]', "rollout.n=2",
+            "train.max_steps=2", "ppo.epochs=2", "rollout.max_new_tokens=12", "data.max_prompt_length=32",
+            "data.max_length=64", "train.lr=1e-2", "rollout.print_samples=0", "kl.penalty=loss",
+            "kl.init_coef=0.1", "advantage.clip_range_high=0.28", f"advantage.loss_aggregation={aggregation}",
+            f"advantage.filter_zero_std_groups={filtered}", *QUIET]
+    one, two = run_rows(tmp_path / "one", args, 1, 8, 16), run_rows(tmp_path / "two", args, 2, 4, 8)
+    assert_identical(two[0], two[1])
+    assert max_difference(two[0], one[0]) < 1e-4  # PPO's tolerance (float rounding through Adam)
+    from safetensors.torch import load_file
+
+    initial = load_file(next(save_policy_folder(tmp_path).glob("*.safetensors")))
+    trained = {k.removeprefix("policy."): v for k, v in one[0].items() if k.startswith("policy.")}
+    assert max(float((trained[k] - initial[k]).abs().max()) for k in initial) > 1e-3  # it did train

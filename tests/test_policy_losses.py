@@ -1,4 +1,4 @@
-"""rlhfkit.policy_losses against Python loops and PPO's symmetric loss."""
+"""rlhfkit.policy_losses and the asymmetric clip range of PPO's clipped surrogate, against Python loops."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhfkit.losses import ppo_policy_loss
-from rlhfkit.policy_losses import aggregate_loss, asymmetric_clip_loss, k3_kl_loss, loss_normaliser
+from rlhfkit.policy_losses import aggregate_loss, k3_kl_loss, loss_normaliser
 
 
 def batch(seed=0, rows=4, width=5):
@@ -22,7 +22,7 @@ def batch(seed=0, rows=4, width=5):
 def test_asymmetric_clip_matches_a_loop_and_counts_each_side():
     logprobs, old, adv, mask, lengths = batch()
     low, high = 0.2, 0.28
-    out = asymmetric_clip_loss(logprobs, old, adv, mask, low, high)
+    out = ppo_policy_loss(logprobs, old, adv, mask, low, high)
     n_low = n_high = total = 0
     for i, n in enumerate(lengths):
         for t in range(n):
@@ -38,12 +38,20 @@ def test_asymmetric_clip_matches_a_loop_and_counts_each_side():
     assert n_low > 0 and n_high > 0  # the example exercises both sides
 
 
-def test_symmetric_range_is_ppos_clipped_surrogate():
-    logprobs, old, adv, mask, _ = batch(seed=3)
-    ours = asymmetric_clip_loss(logprobs, old, adv, mask, 0.2, 0.2)
-    ppo = ppo_policy_loss(logprobs, old, adv, mask, 0.2)
-    assert torch.allclose(ours.losses, ppo.losses)
-    assert ours.clipfrac_low + ours.clipfrac_high == pytest.approx(ppo.clipfrac.item())
+def test_symmetric_range_is_ppos_clipped_surrogate_and_clipfrac_counts_the_active_clip():
+    logprobs, old, adv, mask, lengths = batch(seed=3)
+    ours = ppo_policy_loss(logprobs, old, adv, mask, 0.2, 0.2)
+    ppo = ppo_policy_loss(logprobs, old, adv, mask, 0.2)  # clip_high=None: PPO's symmetric range
+    assert torch.equal(ours.losses, ppo.losses)
+    # clipfrac = low + high = the share of tokens where the clipped term is the larger (PPO's definition)
+    active = total = 0
+    for i, n in enumerate(lengths):
+        for t in range(n):
+            r, a = math.exp(logprobs[i, t] - old[i, t]), adv[i, t].item()
+            active += -a * min(max(r, 0.8), 1.2) > -a * r
+            total += 1
+    assert ppo.clipfrac.item() == pytest.approx(active / total) and active > 0
+    assert (ppo.clipfrac_low + ppo.clipfrac_high).item() == pytest.approx(ppo.clipfrac.item())
 
 
 def test_k3_kl_loss_is_grpos_equation_4_and_its_gradient():
@@ -74,3 +82,18 @@ def test_aggregations_match_loops_and_split_exactly_over_micro_batches():
     assert token != pytest.approx(sequence)  # the two weightings differ on unequal lengths
     with pytest.raises(ValueError, match="valid: token_mean, sequence_mean"):
         aggregate_loss(losses, mask, "seq_mean")
+
+
+def test_a_row_masked_out_entirely_counts_as_absent():
+    """A dropped row (all-zero mask, advantage.filter_zero_std_groups) adds nothing and is not counted: the same
+    as the batch without it, under both aggregations."""
+    losses = torch.arange(20, dtype=torch.float64).view(4, 5) + 1
+    _, _, _, mask, _ = batch()
+    dropped = mask.clone()
+    dropped[2] = 0
+    kept = [0, 1, 3]
+    for mode in ("token_mean", "sequence_mean"):
+        with_dropped = aggregate_loss(losses, dropped, mode) / loss_normaliser(dropped, mode)
+        without = aggregate_loss(losses[kept], mask[kept], mode) / loss_normaliser(mask[kept], mode)
+        assert with_dropped.item() == pytest.approx(without.item())
+    assert loss_normaliser(dropped, "sequence_mean") == 3 and loss_normaliser(dropped, "token_mean") == 8

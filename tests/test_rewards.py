@@ -91,7 +91,7 @@ def test_function_names_and_source_configs_are_checked(tmp_path):
                           ("no_such_module_xyz:f", "importing no_such_module_xyz failed")):
         with pytest.raises(ConfigError, match=message):
             load_reward_function(spec)
-    with pytest.raises(ConfigError, match="exactly one of function and reward_model"):
+    with pytest.raises(ConfigError, match="exactly one of function, reward_model and judge"):
         RewardSourceConfig(function="a:b", reward_model="runs/reward").validate()
     with pytest.raises(ConfigError, match="share a name"):
         RewardSources([("x", 1.0, "function", len), ("x", 1.0, "function", len)], None)

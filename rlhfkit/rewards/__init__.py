@@ -1,6 +1,8 @@
-"""Reward sources for online RL: a weighted list of reward models and Python functions, one score per response.
+"""Reward sources for online RL: a weighted list of reward models, Python functions and LM judges, one score per
+response.
 
-See :mod:`rlhfkit.rewards.sources` (the interface) and :mod:`rlhfkit.rewards.verifiable` (exact-answer rewards).
+See :mod:`rlhfkit.rewards.sources` (the interface), :mod:`rlhfkit.rewards.verifiable` (exact-answer rewards) and
+:mod:`rlhfkit.rewards.judge` (an LM judge's probability of "Yes").
 """
 
 from rlhfkit.rewards.sources import (

@@ -6,6 +6,7 @@ A recipe lists them under ``rewards``::
       - {name: correct, function: rlhfkit.rewards.verifiable:exact_answer, weight: 1.0}
       - {name: rm, reward_model: runs/reward, weight: 0.5}
       - {name: mine, function: my_rewards.py:brevity}
+      - {name: judge, judge: "lm:runs/sft/final", weight: 0.5}
 
 - ``reward_model``: a reward-model folder (``rlhfkit reward`` output), read exactly as PPO's reward model
   (:class:`~rlhfkit.rollout.score.RewardModelScorer`: its normalised score; another tokenizer is fine, the
@@ -16,6 +17,8 @@ A recipe lists them under ``rewards``::
   list of ``{"role", "content"}`` dicts), ``completions`` the responses' text (without EOS), and every other
   column of the prompt rows (e.g. ``answer``) as a keyword argument holding one value per row (None where a row
   lacks it). Accept ``**kwargs`` for columns you do not use.
+- ``judge``: ``lm:DIR``, a local causal LM (the ``rlhfkit label --judge lm:DIR`` judge) asked whether each
+  response is good; its probability of "Yes", in [0, 1] (:mod:`rlhfkit.rewards.judge` says why that score).
 
 **None means "no opinion"**: that source adds nothing to that response's score (e.g. a correctness reward on a
 prompt without a checkable answer). The score is ``Σ_s weight_s · r_s`` over the sources with an opinion; a
@@ -45,7 +48,7 @@ from rlhfkit.rollout.score import assistant_contents, response_texts
 
 @dataclass
 class RewardSourceConfig:
-    """One source of the reward: exactly one of ``function`` and ``reward_model``."""
+    """One source of the reward: exactly one of ``function``, ``reward_model`` and ``judge``."""
 
     name: str = ""
     """Its metric name (``reward/<name>/mean``); empty = the function's name, or ``reward_model``."""
@@ -53,13 +56,24 @@ class RewardSourceConfig:
     """``module:function`` or ``path.py:function``: ``fn(prompts, completions, **columns) -> list[float | None]``."""
     reward_model: str = ""
     """A reward-model folder; its normalised score (read as ``reward_model.retokenize/template`` say)."""
+    judge: str = ""
+    """``lm:DIR``: a causal-LM folder asked "Is this response helpful, honest and harmless?"; the score is its
+    probability of "Yes" (:mod:`rlhfkit.rewards.judge`)."""
     weight: float = 1.0
     """The source's weight in the summed score."""
 
     def validate(self) -> None:
-        if bool(self.function) == bool(self.reward_model):
-            raise ConfigError(f"rewards: each source needs exactly one of function and reward_model "
-                              f"(got function={self.function!r}, reward_model={self.reward_model!r})")
+        if sum(map(bool, (self.function, self.reward_model, self.judge))) != 1:
+            raise ConfigError(f"rewards: each source needs exactly one of function, reward_model and judge "
+                              f"(got function={self.function!r}, reward_model={self.reward_model!r}, "
+                              f"judge={self.judge!r})")
+        if self.judge:
+            from rlhfkit.rewards.judge import lm_folder
+
+            try:
+                lm_folder(self.judge)
+            except ValueError as err:
+                raise ConfigError(f"rewards: {err}") from None
         if not math.isfinite(self.weight):
             raise ConfigError(f"rewards: the weight of {self.display_name} must be a finite number")
 
@@ -67,7 +81,9 @@ class RewardSourceConfig:
     def display_name(self) -> str:
         if self.name:
             return self.name
-        return self.function.rsplit(":", 1)[-1] if self.function else "reward_model"
+        if self.function:
+            return self.function.rsplit(":", 1)[-1]
+        return "judge" if self.judge else "reward_model"
 
 
 class RewardFunctionError(UserError):
@@ -140,8 +156,8 @@ def checked_scores(spec: str, values: Any, prompts: Sequence[Any]) -> list[float
 
 class RewardSources:
     """The weighted sources as a scorer. ``sources``: ``(name, weight, kind, callable)`` with kind
-    ``"function"`` (``fn(prompts, completions, **columns)``) or ``"scorer"`` (``scorer(prompts, rollout)``
-    → (B,) tensor, e.g. a reward model). ``tokenizer``/``template``/``eos_token_id``: the policy's, to turn
+    ``"function"`` (``fn(prompts, completions, **columns)``), ``"judge"`` (called as a function; holds a model)
+    or ``"scorer"`` (``scorer(prompts, rollout)`` → (B,) tensor, e.g. a reward model). ``tokenizer``/``template``/``eos_token_id``: the policy's, to turn
     responses into text."""
 
     def __init__(self, sources: Sequence[tuple[str, float, str, Any]], tokenizer, *, template: str | None = None,

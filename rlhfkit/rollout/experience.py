@@ -24,7 +24,7 @@ import torch
 _SHAPES = {
     "query_ids": "BP", "query_mask": "BP", "response_ids": "BT", "response_mask": "BT",
     "logprobs": "BT", "ref_logprobs": "BT", "values": "BT", "scores": "B", "kl": "BT",
-    "rewards": "BT", "advantages": "BT", "returns": "BT",
+    "rewards": "BT", "advantages": "BT", "returns": "BT", "keep": "B",
 }
 
 
@@ -48,6 +48,7 @@ class Rollout:
     rewards: torch.Tensor | None = None  # (B, T) float: −β·kl per token, + score on the last response token
     advantages: torch.Tensor | None = None  # (B, T) float: GAE(γ, λ) advantages A_t (whitened by the trainer)
     returns: torch.Tensor | None = None  # (B, T) float: value targets, advantages + values (before whitening)
+    keep: torch.Tensor | None = None  # (B,) float 1/0: the update learns from the row (0: dropped by a filter)
 
     # ---- sizes -----------------------------------------------------------------------------------------
 
@@ -103,9 +104,9 @@ class Rollout:
             if not tensor.is_floating_point():
                 problems.append(f"{name} must be floating point, got {tensor.dtype}")
                 continue
-            if name == "scores":
+            if _SHAPES[name] == "B":  # scores, keep: one number per row
                 if not torch.isfinite(tensor).all():
-                    nonfinite.append("scores has non-finite entries")
+                    nonfinite.append(f"{name} has non-finite entries")
                 continue
             if not torch.isfinite(tensor[valid]).all():
                 nonfinite.append(f"{name} has non-finite entries inside the response mask")

@@ -20,16 +20,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlhfkit.advantages import equal_reward_group_fraction, get_advantage_estimator
+from rlhfkit.advantages import equal_reward_group_fraction, get_advantage_estimator, informative_rows
 from rlhfkit.data.templates import adopt_template
-from rlhfkit.losses import per_token_rewards
+from rlhfkit.losses import per_token_rewards, ppo_policy_loss
 from rlhfkit.models.dropout import disable_dropout
 from rlhfkit.models.forward import unwrap_model
 from rlhfkit.models.load import is_adapter_folder, load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import apply_lora, save_policy
 from rlhfkit.models.policy import response_logprobs, response_logprobs_and_entropy
 from rlhfkit.models.reward import load_reward_model
-from rlhfkit.policy_losses import aggregate_loss, asymmetric_clip_loss, k3_kl_loss
+from rlhfkit.policy_losses import aggregate_loss, k3_kl_loss
+from rlhfkit.rewards.judge import LMJudgeReward
 from rlhfkit.rewards.sources import RewardSources, load_reward_function
 from rlhfkit.rollout.experience import Rollout
 from rlhfkit.rollout.score import RewardModelScorer, Scorer
@@ -78,7 +79,7 @@ class OnlineModels(PPOModels):
         super().to(device)
         for _name, _weight, kind, source in getattr(self.scorer, "sources", []):
             model = getattr(source, "model", None)
-            if kind == "scorer" and isinstance(model, nn.Module):
+            if kind in ("scorer", "judge") and isinstance(model, nn.Module):
                 model.to(device)
         return self
 
@@ -89,12 +90,17 @@ def needs_reference(cfg: PPOConfig) -> bool:
 
 
 def reward_sources(cfg: PPOConfig, tokenizer, eos_ids: list[int]) -> RewardSources:
-    """The ``rewards`` list as one scorer (functions imported, reward models loaded and frozen)."""
+    """The ``rewards`` list as one scorer (functions imported, reward models and judges loaded and frozen)."""
     sources, specs = [], []
     for source in cfg.rewards:
         if source.function:
             sources.append((source.display_name, source.weight, "function", load_reward_function(source.function)))
             specs.append(source.function)
+        elif source.judge:  # rows per forward as for the other frozen models
+            judge = LMJudgeReward.from_spec(source.judge, dtype=cfg.model.dtype,
+                                            batch_size=cfg.ppo.micro_batch_size or cfg.ppo.minibatch_size)
+            sources.append((source.display_name, source.weight, "judge", judge))
+            specs.append(source.judge)
         else:
             model, reward_tok = load_reward_model(source.reward_model, cfg.model.dtype,
                                                   attn_implementation=cfg.model.attn_implementation)
@@ -163,17 +169,23 @@ def advantages_and_rewards(rollout: Rollout, cfg: PPOConfig, beta: float) -> tup
     return estimator(shaped.rewards, mask, cfg.rollout.n, cfg.ppo.gamma), shaped
 
 
+def kept_rows(rollout: Rollout, cfg: PPOConfig) -> torch.Tensor | None:
+    """(B,) 1/0, the rows the update learns from with ``advantage.filter_zero_std_groups`` (None without it):
+    0 on the rows of a group whose scores are all equal (DAPO §3.2)."""
+    return informative_rows(rollout.scores, cfg.rollout.n) if cfg.advantage.filter_zero_std_groups else None
+
+
 def policy_loss_sum(logprobs: torch.Tensor, part: Rollout, cfg: PPOConfig, beta: float
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One micro-batch's aggregated (un-normalised) loss — clipped surrogate, plus β·k3 with
     ``kl.penalty: loss`` — and its diagnostics (detached 0-d, means over its valid tokens)."""
-    a, mask = cfg.advantage, part.response_mask
+    a, mask = cfg.advantage, loss_mask(part)
     low = a.clip_range_low if a.clip_range_low is not None else cfg.ppo.clip_range
     high = a.clip_range_high if a.clip_range_high is not None else cfg.ppo.clip_range
-    out = asymmetric_clip_loss(logprobs, part.logprobs, part.advantages, mask, low, high)
+    out = ppo_policy_loss(logprobs, part.logprobs, part.advantages, mask, low, high)
     losses = out.losses
     stats = {"ppo/policy/clipfrac_low": out.clipfrac_low, "ppo/policy/clipfrac_high": out.clipfrac_high,
-             "ppo/policy/clipfrac": out.clipfrac_low + out.clipfrac_high, "ppo/policy/approxkl": out.approxkl,
+             "ppo/policy/clipfrac": out.clipfrac, "ppo/policy/approxkl": out.approxkl,
              "ppo/ratio/mean": out.ratio_mean}
     if cfg.kl.penalty == "loss" and beta > 0:
         kl = k3_kl_loss(logprobs, part.ref_logprobs, mask)
@@ -181,6 +193,14 @@ def policy_loss_sum(logprobs: torch.Tensor, part: Rollout, cfg: PPOConfig, beta:
         stats["ppo/policy/kl_loss"] = (kl.detach() * mask).sum() / mask.sum().clamp(min=1)
     stats["ppo/policy/loss"] = (out.losses.detach() * mask).sum() / mask.sum().clamp(min=1)
     return aggregate_loss(losses, mask, a.loss_aggregation), {**stats, "ppo/ratio/max": out.ratio_max}
+
+
+def loss_mask(part: Rollout) -> torch.Tensor:
+    """(B, T): the response tokens the update learns from — every one, except a dropped row's (``keep`` 0,
+    ``advantage.filter_zero_std_groups``). The forward pass still reads the whole response mask."""
+    if part.keep is None:
+        return part.response_mask
+    return part.response_mask * (part.keep > 0).unsqueeze(1).to(part.response_mask.dtype)
 
 
 def critic_free_metrics(rollout: Rollout, n: int) -> dict[str, Any]:

@@ -142,12 +142,16 @@ class PPOTrainer:
         """Steps 5–10 for the critic-free estimators: advantages from the rewards of each prompt's group (or the
         batch), then the same epochs, KL controller and report as PPO."""
         advantages, shaped = critic_free.advantages_and_rewards(rollout, self.cfg, beta)
-        rollout = rollout.replace(kl=shaped.kl, rewards=shaped.rewards, advantages=advantages).validate()
+        keep = critic_free.kept_rows(rollout, self.cfg)  # advantage.filter_zero_std_groups: 0 = dropped
+        rollout = rollout.replace(kl=shaped.kl, rewards=shaped.rewards, advantages=advantages, keep=keep).validate()
         update_stats = self.ppo_epochs(rollout, number)
         self.last_rollout = rollout
         local = {**rollout_metrics(rollout, extras, beta), **critic_free.critic_free_metrics(rollout, self.cfg.rollout.n),
                  **update_stats}
         metrics = self.across_processes(local)
+        if keep is not None:  # the step's total over every process (the same number on each)
+            dropped = self.sum_over_processes(torch.tensor([float((keep == 0).sum())], dtype=torch.float64))
+            metrics["objective/dropped_rows"] = float(dropped[0])
         self.kl_controller.update(metrics.get("objective/kl", 0.0), len(rollout) * self.loop.num_processes)
         self.report(number, rollout, prompts, metrics)
         return metrics
@@ -218,18 +222,21 @@ class PPOTrainer:
         """``ppo.epochs`` passes over ``rollout`` in shuffled minibatches; the mean (max for ratio) statistics.
         ``number`` (the step, from 1) numbers the updates, which picks the PPO-ptx demonstrations."""
         sums: dict[str, float] = defaultdict(float)
-        ratio_max, updates = 0.0, 0
+        ratio_max, updates, position = 0.0, 0, 0
         per_step = self.cfg.ppo.epochs * -(-len(rollout) // self.cfg.ppo.minibatch_size)
         for _epoch in range(self.cfg.ppo.epochs):
             for minibatch in rollout.minibatches(self.cfg.ppo.minibatch_size, generator=self.rng.shuffle):
-                stats = self.update(minibatch, (number - 1) * per_step + updates)
+                stats = self.update(minibatch, (number - 1) * per_step + position)
+                position += 1
+                if stats is None:  # no row of the global minibatch kept: no update (advantage.filter_…)
+                    continue
                 ratio_max = max(ratio_max, stats.pop("ppo/ratio/max"))
                 for key, value in stats.items():
                     sums[key] += value
                 updates += 1
-        return {**{k: v / updates for k, v in sums.items()}, "ppo/ratio/max": ratio_max}
+        return {**{k: v / max(updates, 1) for k, v in sums.items()}, "ppo/ratio/max": ratio_max}
 
-    def update(self, minibatch: Rollout, number: int = 0) -> dict[str, float]:
+    def update(self, minibatch: Rollout, number: int = 0) -> dict[str, float] | None:
         """One optimizer step: token-mean of ``policy loss + vf_coef · value loss`` over the minibatch,
         accumulated over micro-batches of ``ppo.micro_batch_size`` rows (each weighted by its tokens);
         with PPO-ptx, plus ``ptx.coef ·`` the NLL of update ``number``'s demonstrations."""
@@ -237,10 +244,7 @@ class PPOTrainer:
         if self.cfg.advantage.critic_free:
             return self.critic_free_update(minibatch, number)
         local_tokens = float(minibatch.response_mask.sum())
-        # The objective is the token mean over the global minibatch (every process's rows), whatever the
-        # process count: each process divides its token sum by the global count, times the process count
-        # because DDP averages the processes' gradients.
-        n_tokens = float(self.sum_over_processes(torch.tensor([local_tokens]))[0]) / loop.num_processes
+        n_tokens = self.global_divisor(local_tokens)  # the token mean over every process's minibatch
         size = p.micro_batch_size or len(minibatch)
         parts = [minibatch.index_select(range(i, min(i + size, len(minibatch))))
                  for i in range(0, len(minibatch), size)]
@@ -250,7 +254,8 @@ class PPOTrainer:
             with loop.no_sync(i < len(parts) - 1 or self.ptx is not None):
                 logprobs, _, values = loop.model(part.query_ids, part.query_mask, part.response_ids, mask,
                                                  temperature)
-                policy = ppo_policy_loss(logprobs, part.logprobs, part.advantages, mask, p.clip_range)
+                policy = ppo_policy_loss(logprobs, part.logprobs, part.advantages, mask, p.clip_range,
+                                         p.clip_range)  # PPO's symmetric range
                 value = ppo_value_loss(values, part.values, part.returns, mask, p.value_clip_range)
                 loss = (masked_sum(policy.losses, mask) + p.vf_coef * masked_sum(value.losses, mask)) / n_tokens
                 loop.backward(loss)
@@ -258,6 +263,8 @@ class PPOTrainer:
             for key, tensor in (("ppo/policy/loss", masked_mean(policy.losses, mask)),
                                 ("ppo/val/loss", masked_mean(value.losses, mask)),
                                 ("ppo/policy/clipfrac", policy.clipfrac), ("ppo/policy/approxkl", policy.approxkl),
+                                ("ppo/policy/clipfrac_low", policy.clipfrac_low),
+                                ("ppo/policy/clipfrac_high", policy.clipfrac_high),
                                 ("ppo/val/clipfrac", value.clipfrac), ("ppo/ratio/mean", policy.ratio_mean)):
                 stats[key] += share * float(tensor.detach())
             stats["ppo/ratio/max"] = max(stats["ppo/ratio/max"], float(policy.ratio_max))
@@ -266,24 +273,30 @@ class PPOTrainer:
         loop.optimizer_step()
         return stats
 
-    def critic_free_update(self, minibatch: Rollout, number: int = 0) -> dict[str, float]:
+    def critic_free_update(self, minibatch: Rollout, number: int = 0) -> dict[str, float] | None:
         """One optimizer step of a critic-free estimator: the clipped surrogate (+ β·k3 with ``kl.penalty: loss``)
-        aggregated as ``advantage.loss_aggregation`` says, exactly over its micro-batches."""
+        aggregated as ``advantage.loss_aggregation`` says, exactly over its micro-batches. None, and no step
+        (on every process alike), when ``advantage.filter_zero_std_groups`` dropped every row of the global
+        minibatch: an optimizer step on no data would still move the weights (Adam's momentum, weight decay)."""
         from rlhfkit.policy_losses import loss_normaliser
 
         loop, cfg = self.loop, self.cfg
-        normaliser = loss_normaliser(minibatch.response_mask, cfg.advantage.loss_aggregation)
+        mask = critic_free.loss_mask(minibatch)  # without a dropped row's tokens
+        # tokens (token_mean) or responses (sequence_mean) of every process's minibatch, as PPO's token mean
+        normaliser = self.global_divisor(loss_normaliser(mask, cfg.advantage.loss_aggregation))
+        if normaliser == 0:
+            return None
         size = cfg.ppo.micro_batch_size or len(minibatch)
         parts = [minibatch.index_select(range(i, min(i + size, len(minibatch))))
                  for i in range(0, len(minibatch), size)]
         stats: dict[str, float] = defaultdict(float)
-        n_tokens = float(minibatch.response_mask.sum())
+        n_tokens = max(float(mask.sum()), 1.0)  # this process's statistics: over its kept tokens
         for i, part in enumerate(parts):
             with loop.no_sync(i < len(parts) - 1 or self.ptx is not None):
                 logprobs, _, _ = loop.model(*part_ids(part), cfg.rollout.temperature)
                 loss, part_stats = critic_free.policy_loss_sum(logprobs, part, cfg, self.kl_controller.value)
                 loop.backward(loss / normaliser)
-            share = float(part.response_mask.sum()) / n_tokens
+            share = float(critic_free.loss_mask(part).sum()) / n_tokens
             stats["ppo/ratio/max"] = max(stats["ppo/ratio/max"], float(part_stats.pop("ppo/ratio/max")))
             for key, tensor in part_stats.items():
                 stats[key] += share * float(tensor)
@@ -301,6 +314,14 @@ class PPOTrainer:
         # 0 · values: every parameter takes part in this backward, as DDP's gradient synchronisation expects
         self.loop.backward(self.cfg.ptx.coef * nll + (0.0 * values.sum() if values is not None else 0.0))
         return float(nll.detach())
+
+    def global_divisor(self, local: float) -> float:
+        """What each process divides its loss sum by so that the update is the mean over the *global* minibatch:
+        ``local`` (this process's token or response count) summed over the processes, ÷ the process count
+        because DDP averages the processes' gradients. Divided by its own count instead, each process would
+        weight its rows by how many tokens it happened to hold, and 2 processes would not train like 1."""
+        total = float(self.sum_over_processes(torch.tensor([local], dtype=torch.float64))[0])
+        return total / self.loop.num_processes
 
     def sum_over_processes(self, values: torch.Tensor) -> torch.Tensor:
         """Element-wise sum of a small tensor over the processes (float64 on the way); identity with one."""
