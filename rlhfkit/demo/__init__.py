@@ -2,6 +2,7 @@
 
     rlhfkit demo                                  # the default preset (≤ 15 minutes on 2 CPU cores)
     rlhfkit demo --preset quick --out runs/quick  # tiny budgets everywhere (< 3 minutes)
+    rlhfkit demo --preset rlvr                    # GRPO + an exact-answer reward on SmolLM2-135M (rlvr.py)
     rlhfkit demo seed=1 ppo.train.max_steps=200   # any key of configs/demo.yaml, as key=value
 
 Ten stages, each with a header, progress bars and its time (docs/demo.md):
@@ -35,7 +36,8 @@ from rlhfkit.demo.config import STAGE_DEFAULTS, DemoConfig
 __all__ = ["DemoConfig", "STAGE_DEFAULTS", "PRESETS", "configure", "load_demo_config", "main", "preset_path",
            "run_demo"]
 
-PRESETS = {"default": "demo.yaml", "quick": "demo_quick.yaml", "instructgpt": "demo_instructgpt.yaml"}
+PRESETS = {"default": "demo.yaml", "quick": "demo_quick.yaml", "instructgpt": "demo_instructgpt.yaml",
+           "rlvr": "demo_rlvr.yaml"}
 TOTAL_STAGES = 10
 
 
@@ -66,8 +68,9 @@ def load_demo_config(preset: str = "default", config: str | None = None, overrid
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                        help="default (≤ 15 min on 2 cores), quick (< 3 min, tiny budgets) or instructgpt (the "
-                             "default plus a 9x larger SFT-only model to beat; ~30 min more)")
+                        help="default (≤ 15 min on 2 cores), quick (< 3 min, tiny budgets), instructgpt (the "
+                             "default plus a 9x larger SFT-only model to beat; ~30 min more) or rlvr (GRPO "
+                             "with an exact-answer reward on the real SmolLM2-135M-Instruct)")
     parser.add_argument("--config", "-c", help="a demo recipe instead of the preset's (see configs/demo.yaml)")
     parser.add_argument("--out", help="the run folder (default: the recipe's out, runs/demo)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -75,10 +78,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.preset == "rlvr":
+        return _main_rlvr(args)
     cfg = load_demo_config(args.preset, args.config, args.overrides, args.out)
     report = run_demo(cfg, preset=args.config or args.preset)
     print(f"demo: report in {Path(cfg.out) / 'report.html'} (also report.md, report.json)")
     print_table(report)
+    return 0
+
+
+def _main_rlvr(args: argparse.Namespace) -> int:
+    """``--preset rlvr``: GRPO with an exact-answer reward on SmolLM2 (:mod:`rlhfkit.demo.rlvr`)."""
+    from rlhfkit.config import load_config
+    from rlhfkit.demo.rlvr import RLVRDemoConfig, run_rlvr
+
+    path = args.config if args.config is not None else preset_path("rlvr")
+    cfg = load_config(RLVRDemoConfig, path, list(args.overrides) + ([f"out={args.out}"] if args.out else []))
+    report = run_rlvr(cfg, preset=args.config or "rlvr")
+    acc = report["accuracy"]
+    print(f"demo: report in {Path(cfg.out) / 'report.md'} (also report.json)")
+    print(f"accuracy on {acc['problems']} held-out problems: {100 * acc['before']:.1f} % -> "
+          f"{100 * acc['after']:.1f} %, gain {100 * acc['gain']:+.1f} pts "
+          f"[{100 * acc['gain_ci_low']:+.1f}, {100 * acc['gain_ci_high']:+.1f}] (95 %), "
+          f"{report['total_seconds'] / 60:.1f} min")
     return 0
 
 
