@@ -45,7 +45,7 @@ from rlhfkit.engine.runtime import set_threads
 from rlhfkit.engine.stage_config import data_sources, source_name
 from rlhfkit.losses import gae, per_token_rewards, ppo_policy_loss, ppo_value_loss
 from rlhfkit.models.load import load_tokenizer
-from rlhfkit.ops import explained_variance, masked_mean, masked_sum
+from rlhfkit.ops import explained_variance, masked_mean, masked_sum, whiten_over_processes
 from rlhfkit.rewards.sources import RewardSources, source_metrics
 from rlhfkit.rollout.experience import NonFiniteRollout, Rollout
 from rlhfkit.rollout.generate import generate
@@ -141,7 +141,7 @@ class PPOTrainer:
                          number: int) -> dict[str, float]:
         """Steps 5–10 for the critic-free estimators: advantages from the rewards of each prompt's group (or the
         batch), then the same epochs, KL controller and report as PPO."""
-        advantages, shaped = critic_free.advantages_and_rewards(rollout, self.cfg, beta)
+        advantages, shaped = critic_free.advantages_and_rewards(rollout, self.cfg, beta, self.sum_over_processes)
         keep = critic_free.kept_rows(rollout, self.cfg)  # advantage.filter_zero_std_groups: 0 = dropped
         rollout = rollout.replace(kl=shaped.kl, rewards=shaped.rewards, advantages=advantages, keep=keep).validate()
         update_stats = self.ppo_epochs(rollout, number)
@@ -373,28 +373,6 @@ class PPOTrainer:
         return {"eval/score": float(extras["rm_scores"].mean()), "eval/kl": float(kl.mean()),
                 "eval/length_mean": float(rollout.response_lengths.float().mean()),
                 "eval/eos_rate": float(extras["ended_with_eos"].float().mean())}
-
-
-def whiten_over_processes(x: torch.Tensor, mask: torch.Tensor, sum_over_processes=lambda t: t,
-                          eps: float = 1e-8) -> torch.Tensor:
-    """``(x − μ) / sqrt(σ² + eps)`` with μ and the unbiased σ² of the valid entries of *every process's* rows.
-
-    (B, T) -> (B, T), zero off ``mask``. ``sum_over_processes`` adds a small tensor over the processes
-    (identity with one process, where this is ``ops.masked_whiten``); two passes, the mean first, in
-    float64. Whitening per process instead would give each process its own scale, and the objective would
-    depend on how the batch was split across processes.
-    """
-    valid = mask.bool()
-    zero = torch.zeros((), dtype=torch.float64, device=x.device)
-    x64 = torch.where(valid, x.double(), zero)
-    count, total = (float(v) for v in sum_over_processes(torch.stack([valid.sum().double(), x64.sum()])))
-    if count == 0:
-        raise ValueError("whitening got a mask with no valid entries on any process")
-    mean = total / count
-    squares = float(sum_over_processes(torch.where(valid, (x64 - mean) ** 2, zero).sum().reshape(1))[0])
-    variance = squares / (count - 1 if count >= 2 else 1)
-    whitened = (x - mean) / (variance + eps) ** 0.5
-    return torch.where(valid, whitened, torch.zeros((), dtype=whitened.dtype, device=x.device))
 
 
 def part_ids(part: Rollout) -> tuple[torch.Tensor, ...]:
