@@ -34,6 +34,13 @@ def _check_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return mask.bool()
 
 
+def check_same_shape(**tensors: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming every tensor's shape unless they are all the same (paired inputs)."""
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"shapes must match: {shapes}")
+
+
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Sum of ``x`` over the entries where ``mask`` is 1.
 
