@@ -49,7 +49,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from rlhfkit.config import load_config
-    from rlhfkit.trainers import ppo
+    from rlhfkit.trainers import ppo, ppo_rollout
     from rlhfkit.trainers.ppo_config import PPOConfig
 
     work = Path(tempfile.mkdtemp(prefix="ppo-bench-"))
@@ -73,7 +73,7 @@ def main() -> None:
         overrides.append("train.mixed_precision=bf16")
     cfg = load_config(PPOConfig, None, overrides)
     generate_s, collect_s, step_s = [], [], []
-    ppo.generate = timed(generate_s, ppo.generate)
+    ppo_rollout.generate = timed(generate_s, ppo_rollout.generate)  # collect_chunk's sampler
     ppo.PPOTrainer.collect = timed(collect_s, ppo.PPOTrainer.collect)
     step = ppo.PPOTrainer.step
     if args.profile:

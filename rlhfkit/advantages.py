@@ -1,7 +1,8 @@
 """Critic-free advantage estimators, as pure functions of per-token rewards (GAE, which needs a critic, is
 :func:`rlhfkit.losses.gae`).
 
-Every estimator here has the signature ``fn(rewards, mask, group_size, gamma=1.0) -> advantages``:
+Every estimator here has the signature ``fn(rewards, mask, group_size, gamma=1.0, *, sum_over_processes=identity)
+-> advantages``:
 
 - ``rewards`` (B, T): per-token rewards of B right-padded responses — the score at the last response token,
   plus ``−β·kl_t`` at every token when the KL penalty is a reward (:func:`rlhfkit.losses.per_token_rewards`);
@@ -9,6 +10,9 @@ Every estimator here has the signature ``fn(rewards, mask, group_size, gamma=1.0
 - ``mask`` (B, T): 1 on response tokens (right-padded); every row has at least one.
 - ``group_size`` n: the rows come in B/n consecutive groups of n responses to the same prompt
   (rows ``g·n … g·n + n − 1`` answer prompt g). The group estimators need it; REINFORCE++ ignores it.
+- ``sum_over_processes``: adds a small tensor over the training processes (an all-reduce; identity with one).
+  Only a statistic of the whole batch needs it (REINFORCE++'s whitening); a group's n rows sit on one process,
+  so the group estimators ignore it.
 - ``advantages`` (B, T): the same value at every token of a response for the group estimators (an outcome
   reward has one return per response), per-token for REINFORCE++; 0 on padding. Detached: targets only.
 
@@ -22,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from rlhfkit.ops import masked_whiten
+from rlhfkit.ops import identity, whiten_over_processes
 
 
 def _checked(rewards: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -48,7 +52,8 @@ def _broadcast(per_sequence: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def grpo_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int, gamma: float = 1.0, *,
-                    scale_by_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
+                    scale_by_std: bool = True, eps: float = 1e-6, sum_over_processes: Callable = identity
+                    ) -> torch.Tensor:
     """GRPO's outcome advantage (Shao et al. 2024, DeepSeekMath §4.1.2, Eq. 3 with outcome supervision).
 
     ``Â_i = (R_i − mean(R_group)) / (std(R_group) + eps)`` at every token of response i, R_i its return and
@@ -69,14 +74,14 @@ def grpo_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int, 
     return _broadcast(centred.reshape(-1), valid)
 
 
-def dr_grpo_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int,
-                       gamma: float = 1.0) -> torch.Tensor:
+def dr_grpo_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int, gamma: float = 1.0, *,
+                       sum_over_processes: Callable = identity) -> torch.Tensor:
     """Dr. GRPO: :func:`grpo_advantages` with ``scale_by_std=False`` — ``Â_i = R_i − mean(R_group)``."""
     return grpo_advantages(rewards, mask, group_size, gamma, scale_by_std=False)
 
 
-def rloo_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int,
-                    gamma: float = 1.0) -> torch.Tensor:
+def rloo_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int, gamma: float = 1.0, *,
+                    sum_over_processes: Callable = identity) -> torch.Tensor:
     """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024, "Back to Basics", Eq. 5).
 
     ``Â_i = R_i − 1/(n − 1) · Σ_{j ≠ i} R_j`` — each response's baseline is the mean return of the *other*
@@ -94,14 +99,16 @@ def rloo_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int,
     return _broadcast(torch.where(equal, torch.zeros((), dtype=returns.dtype), returns - others).reshape(-1), valid)
 
 
-def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int = 1,
-                            gamma: float = 1.0) -> torch.Tensor:
+def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int = 1, gamma: float = 1.0, *,
+                            sum_over_processes: Callable = identity) -> torch.Tensor:
     """REINFORCE++ (Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning LLMs", §3).
 
     The per-token rewards carry the KL penalty (``r_t = −β·kl_t``, plus the score at the last token), the
     return-to-go is ``G_t = Σ_{s ≥ t} γ^{s−t} r_s``, and the advantages are G whitened over every response
     token of the batch (global batch normalisation, no critic and no per-prompt baseline):
-    ``Â_t = (G_t − mean(G)) / std(G)``. ``group_size`` is unused. (B, T) -> (B, T).
+    ``Â_t = (G_t − mean(G)) / std(G)``. The batch is every process's rows (``sum_over_processes``), as PPO
+    whitens its advantages: per process, each process's returns would get their own scale and 2 processes
+    would not train like 1. ``group_size`` is unused. (B, T) -> (B, T).
     """
     valid = _checked(rewards, mask, 1)
     rewards = torch.where(valid, rewards.detach(), torch.zeros((), dtype=rewards.dtype))
@@ -110,7 +117,7 @@ def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_siz
     for t in reversed(range(rewards.shape[1])):  # padding has reward 0, so it adds nothing to G
         running = rewards[:, t] + gamma * running
         returns[:, t] = running
-    return masked_whiten(returns, valid)
+    return whiten_over_processes(returns, valid, sum_over_processes)
 
 
 AdvantageEstimator = Callable[..., torch.Tensor]

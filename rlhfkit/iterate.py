@@ -326,9 +326,11 @@ def label_with_judge(run: Run) -> dict[str, Any]:
     """``labels.judge`` (gold, ai, reward:DIR) labels every open pair through the app's HTTP API."""
     from rlhfkit.judges import make_judge
     from rlhfkit.judges.simulated import JudgeInApp, label_through_app
+    from rlhfkit.judges.spec import ITERATE_JUDGES
 
     spec = run.cfg.labels.judge
-    choices = label_through_app(run.db_url, [JudgeInApp(make_judge(spec, world=run.world), "judge")])
+    judge = make_judge(spec, world=run.world, valid=ITERATE_JUDGES)
+    choices = label_through_app(run.db_url, [JudgeInApp(judge, "judge")])
     return {"source": "judge", "judge": spec, "submitted_now": sum(choices.values()), "choices_now": dict(choices)}
 
 

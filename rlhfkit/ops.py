@@ -17,6 +17,7 @@ Conventions used throughout rlhfkit:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -31,6 +32,13 @@ def _check_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if x.shape != mask.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} does not match data shape {tuple(x.shape)}")
     return mask.bool()
+
+
+def check_same_shape(**tensors: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming every tensor's shape unless they are all the same (paired inputs)."""
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"shapes must match: {shapes}")
 
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -96,6 +104,34 @@ def masked_whiten(
     whitened = (x - mean) * torch.rsqrt(variance + eps)
     if not shift_mean:
         whitened = whitened + mean
+    return torch.where(valid, whitened, torch.zeros((), dtype=whitened.dtype, device=x.device))
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    """The all-reduce of one process: nothing to add."""
+    return x
+
+
+def whiten_over_processes(x: torch.Tensor, mask: torch.Tensor,
+                          sum_over_processes: Callable[[torch.Tensor], torch.Tensor] = identity,
+                          eps: float = 1e-8) -> torch.Tensor:
+    """``(x − μ) / sqrt(σ² + eps)`` with μ and the unbiased σ² of the valid entries of *every process's* rows.
+
+    (B, T) -> (B, T), zero off ``mask``. ``sum_over_processes`` adds a small tensor over the processes
+    (:func:`identity` with one process, where this is :func:`masked_whiten`); two passes, the mean first, in
+    float64. Whitening per process instead would give each process its own scale, and the objective would
+    depend on how the batch was split across processes.
+    """
+    valid = mask.bool()
+    zero = torch.zeros((), dtype=torch.float64, device=x.device)
+    x64 = torch.where(valid, x.double(), zero)
+    count, total = (float(v) for v in sum_over_processes(torch.stack([valid.sum().double(), x64.sum()])))
+    if count == 0:
+        raise ValueError("whitening got a mask with no valid entries on any process")
+    mean = total / count
+    squares = float(sum_over_processes(torch.where(valid, (x64 - mean) ** 2, zero).sum().reshape(1))[0])
+    variance = squares / (count - 1 if count >= 2 else 1)
+    whitened = (x - mean) / (variance + eps) ** 0.5
     return torch.where(valid, whitened, torch.zeros((), dtype=whitened.dtype, device=x.device))
 
 

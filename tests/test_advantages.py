@@ -111,6 +111,43 @@ def test_reinforce_pp_is_whitened_discounted_return_to_go():
     assert adv[1, 1:].abs().sum() == 0
 
 
+def two_processes(fn, parts):
+    """``fn(*part, sum_over_processes=…)`` on each part in its own thread, joined by an all-reduce that adds
+    the two threads' tensors — two training processes, each holding its part of the batch."""
+    import threading
+
+    barrier, slots, results = threading.Barrier(2), {}, {}
+
+    def run(rank):
+        def all_reduce(t):
+            slots[rank] = t
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()
+            return total
+        results[rank] = fn(*parts[rank], sum_over_processes=all_reduce)
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results[0], results[1]
+
+
+def test_reinforce_pp_whitens_over_every_processs_rows():
+    """Split over two processes, REINFORCE++ gives each row the advantage it has in the whole batch: the
+    returns' mean and std are the batch's, not each process's (with its own, the split would change them)."""
+    torch.manual_seed(3)
+    lengths = [3, 1, 4, 2, 5, 2]
+    rewards, mask = outcome(torch.randn(6).tolist(), lengths)
+    whole = reinforce_pp_advantages(rewards, mask, 1, 0.9)
+    first, second = two_processes(lambda r, m, **kw: reinforce_pp_advantages(r, m, 1, 0.9, **kw),
+                                  ((rewards[:2], mask[:2]), (rewards[2:], mask[2:])))
+    torch.testing.assert_close(torch.cat([first, second]), whole, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(reinforce_pp_advantages(rewards[:2], mask[:2], 1, 0.9), first)  # per process
+
+
 def test_unknown_estimator_lists_the_valid_ones_and_bad_groups_are_refused():
     with pytest.raises(ValueError, match="valid names: dr_grpo, grpo, reinforce_pp, rloo"):
         get_advantage_estimator("gpro")

@@ -130,3 +130,37 @@ def test_user_errors_are_one_sentence_with_exit_status_2(root, capsys):
     stranger = save_tiny(build_tiny_model("llama", "micro", other_tok, seed=0), other_tok, root / "stranger")
     code, _, err = run(["--policy", policy, "--baseline", stranger, "--limit", 1], capsys)
     assert code == 2 and "tokenizers differ" in err
+
+
+def test_lm_judge_compares_each_pair_as_label_does(root, capsys):
+    """``--judge lm:DIR``: every pair's verdict and margin are the LM judge's pairwise reading (both orders), the
+    one ``rlhfkit label`` uses — recomputed here from the saved pairs with the judge's own ``margins``."""
+    from rlhfkit.judges.base import outcome
+    from rlhfkit.judges.lm_judge import LMJudge
+
+    judge_dir = saved_policy(root, 2)  # a third micro model, built from its config, as the judge
+    prompts = root / "lm_prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in
+                                 ["tell me a story about a cat", "write a haiku about the sea"]) + "\n")
+    out, pairs = root / "lm.json", root / "lm_pairs.jsonl"
+    code, stdout, _ = run(["--policy", saved_policy(root, 0), "--baseline", saved_policy(root, 1),
+                           "--judge", f"lm:{judge_dir}", "--prompts", prompts, "--samples", 3, "--out", out,
+                           "--save-samples", pairs, "--no-kl", *FAST], capsys)
+    assert code == 0
+    m = json.loads(out.read_text())["metrics"]
+    assert m["judge/name"] == f"lm:{judge_dir}" and m["counts/pairs"] == 6
+    assert m["judge/score_a"] is None and m["judge/score_b"] is None  # pairwise: no score of each side
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    assert all(r["a"] != r["b"] for r in rows)  # two random policies: every pair is asked
+    judge = LMJudge.from_folder(judge_dir, batch_size=1)  # unbatched: padding must not matter
+    triples = list(zip(*[(r["prompt"], r["a"], r["b"]) for r in rows]))
+    found = judge.margins(*triples)
+    margins = [pair.margin for pair in found]
+    verdicts = judge.compare_batch(*triples)  # what rlhfkit label would write for these pairs
+    assert verdicts == [outcome(x, 0.0) for x in margins] and "a" in verdicts and "b" in verdicts
+    assert m["judge/pairs/win_fraction"] == pytest.approx(verdicts.count("a") / 6)
+    assert m["judge/pairs/loss_fraction"] == pytest.approx(verdicts.count("b") / 6)
+    assert m["judge/score_delta"] == pytest.approx(sum(margins) / 6, abs=1e-4)
+    assert m["judge/position_bias"] == pytest.approx(sum(p.position_bias for p in found) / 6, abs=1e-4)
+    assert m["judge/score_delta_ci_low"] <= m["judge/score_delta"] <= m["judge/score_delta_ci_high"]
+    assert f"lm:{judge_dir} margin" in stdout

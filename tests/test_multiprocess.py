@@ -164,22 +164,27 @@ def spread(prompts, completions, letter=None, **columns):
 '''
 
 
-@pytest.mark.parametrize(("aggregation", "filtered"), [("token_mean", "false"), ("sequence_mean", "true")])
-def test_grpo_objective_is_independent_of_the_process_count(tmp_path, aggregation, filtered):
+@pytest.mark.parametrize(("estimator", "aggregation", "filtered", "penalty"),
+                         [("grpo", "token_mean", "false", "loss"), ("grpo", "sequence_mean", "true", "loss"),
+                          ("reinforce_pp", "token_mean", "false", "reward")])
+def test_grpo_objective_is_independent_of_the_process_count(tmp_path, estimator, aggregation, filtered, penalty):
     """GRPO's update shares PPO's global divisor: groups of 2 ragged responses (each prompt's own length,
     see tests/multiprocess_ppo_rows.py), the KL as a loss term, one process or two — the same weights. Divided
     by each process's own token count, the processes' rows would weigh by how many tokens each happened to hold.
     Every process holds as many responses, so sequence_mean is checked with advantage.filter_zero_std_groups,
-    which leaves the processes different numbers of them (the letterless prompts' groups are dropped)."""
+    which leaves the processes different numbers of them (the letterless prompts' groups are dropped).
+    REINFORCE++ whitens its returns over the batch, which must be every process's rows, as PPO's advantages
+    (per process, each process's returns would get their own scale); its KL is in the rewards, as Hu 2025 has it."""
     (tmp_path / "spread_reward.py").write_text(SPREAD)
     args = ["grpo", f"model.path={save_policy_folder(tmp_path)}", f"data.train_file={letter_prompts(tmp_path, 16)}",
             f'rewards=[{{function: "{tmp_path / "spread_reward.py"}:spread"}}]', "rollout.n=2",
             "train.max_steps=2", "ppo.epochs=2", "rollout.max_new_tokens=12", "data.max_prompt_length=32",
-            "data.max_length=64", "train.lr=1e-2", "rollout.print_samples=0", "kl.penalty=loss",
-            "kl.init_coef=0.1", "advantage.clip_range_high=0.28", f"advantage.loss_aggregation={aggregation}",
-            f"advantage.filter_zero_std_groups={filtered}", *QUIET]
+            "data.max_length=64", "train.lr=1e-2", "rollout.print_samples=0", f"kl.penalty={penalty}",
+            "kl.init_coef=0.1", "advantage.clip_range_high=0.28", f"advantage.estimator={estimator}",
+            f"advantage.loss_aggregation={aggregation}", f"advantage.filter_zero_std_groups={filtered}", *QUIET]
     one, two = run_rows(tmp_path / "one", args, 1, 8, 16), run_rows(tmp_path / "two", args, 2, 4, 8)
     assert_identical(two[0], two[1])
+    print(f"{estimator}: 1 vs 2 processes, max |Δweight| {max_difference(two[0], one[0]):.3g}")
     assert max_difference(two[0], one[0]) < 1e-4  # PPO's tolerance (float rounding through Adam)
     from safetensors.torch import load_file
 

@@ -252,8 +252,7 @@ def test_attention_kernel_reaches_all_four_models_and_rollouts_match_a_default_f
 
 
 def test_whitening_over_processes_is_masked_whiten_in_one_process_and_pools_the_processes_rows():
-    from rlhfkit.ops import masked_whiten
-    from rlhfkit.trainers.ppo import whiten_over_processes
+    from rlhfkit.ops import masked_whiten, whiten_over_processes
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(6, 5, generator=generator) * 3 + 2

@@ -70,7 +70,7 @@ def test_yes_probability_is_the_logistic_without_overflow():
 
 
 @pytest.mark.parametrize(("fields", "message"), [
-    ({"judge": "gold"}, "rewards: judge 'gold' is not a reward source; write lm:DIR"),
+    ({"judge": "gold"}, "rewards: unknown judge 'gold'; valid: lm:DIR"),
     ({"judge": "lm:"}, "rewards: judge lm:DIR needs the causal-LM folder after 'lm:'"),
     ({"judge": "lm:x", "function": "a:b"}, "exactly one of function, reward_model and judge"),
 ])

@@ -95,7 +95,7 @@ def test_one_rare_token_spiking_the_maximum_in_one_step_is_not_an_explosion():
 
 def test_clip_fraction_high_and_collapsed():
     high = history(**{"ppo__policy__clipfrac": lambda s: 0.5})
-    assert kinds(high) == ["clipfrac_high"]
+    assert kinds(high) == ["clipfrac_too_high"]
     collapsed = history(**{"ppo__policy__clipfrac": lambda s: 0.0, "ppo__policy__approxkl": lambda s: 0.0})
     (warning,) = diagnose(collapsed)
     assert warning.kind == "clipfrac_collapse" and "train.lr" in warning.fix
@@ -137,7 +137,7 @@ def test_several_problems_at_once_and_str():
     rows = history(**{"objective__kl": lambda s: -1.0, "ppo__ratio__max": lambda s: 50.0,
                       "ppo__policy__clipfrac": lambda s: 0.6})
     warnings = diagnose(rows)
-    assert [w.kind for w in warnings] == ["negative_kl", "ratio_explosion", "clipfrac_high"]
+    assert [w.kind for w in warnings] == ["negative_kl", "ratio_explosion", "clipfrac_too_high"]
     assert str(warnings[1]).startswith("step 12: ppo/ratio/max is 50") and " — try: " in str(warnings[1])
 
 

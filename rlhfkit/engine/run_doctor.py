@@ -21,7 +21,7 @@ kind                   fires when                                   usual cause
                        the window, or once with ppo/ratio/mean >
                        ratio_mean_max
                                                                      do not match the sampling policy
-``clipfrac_high``      ppo/policy/clipfrac > clipfrac_high           updates too large for the trust region
+``clipfrac_too_high``  ppo/policy/clipfrac > clipfrac_max            updates too large for the trust region
 ``clipfrac_collapse``  clipfrac and approxkl ≈ 0 over the window     the policy does not move
 ``entropy_collapse``   entropy per token < entropy_floor × its start  the policy turned (near) deterministic
 ``length_drift``       response length ×/÷ length_factor from start,  the reward model prefers length, or
@@ -57,8 +57,8 @@ class Thresholds:
     kl_tolerance: float = 0.05  # nats per sequence below 0 that the window's mean KL may reach
     ratio_max: float = 10.0  # ppo/ratio/max, a maximum over every token-update of a step (see the docstring)
     ratio_mean_max: float = 1.5  # ppo/ratio/mean: the clip acts at 1 ± 0.2, healthy steps stay within a few %
-    clipfrac_high: float = 0.3
-    clipfrac_low: float = 1e-4
+    clipfrac_max: float = 0.3  # ppo/policy/clipfrac above it: clipfrac_too_high
+    clipfrac_min: float = 1e-4  # ppo/policy/clipfrac below it (with approxkl ≈ 0): clipfrac_collapse
     approxkl_low: float = 1e-6
     entropy_floor: float = 0.2  # fraction of the starting entropy per token
     length_factor: float = 2.0  # mean length multiplied or divided by this from the start
@@ -124,13 +124,13 @@ def _check_clipfrac(history, t: Thresholds) -> list[DoctorWarning]:
     recent_clip, recent_kl = _recent(clip, t.window), _recent(approxkl, t.window)
     if recent_clip is None:
         return []
-    if min(recent_clip) > t.clipfrac_high:
+    if min(recent_clip) > t.clipfrac_max:
         return [DoctorWarning(
-            "clipfrac_high", clip[-1][0],
-            f"ppo/policy/clipfrac is {_mean(recent_clip):.2f} over the last {t.window} steps (> {t.clipfrac_high}): "
+            "clipfrac_too_high", clip[-1][0],
+            f"ppo/policy/clipfrac is {_mean(recent_clip):.2f} over the last {t.window} steps (> {t.clipfrac_max}): "
             "most updates leave the trust region",
             "lower train.lr, use fewer ppo.epochs or larger ppo.minibatch_size")]
-    if max(recent_clip) < t.clipfrac_low and (recent_kl is None or max(recent_kl) < t.approxkl_low):
+    if max(recent_clip) < t.clipfrac_min and (recent_kl is None or max(recent_kl) < t.approxkl_low):
         return [DoctorWarning(
             "clipfrac_collapse", clip[-1][0],
             f"ppo/policy/clipfrac ≈ 0 and approxkl ≈ 0 for {t.window} steps: the policy is not moving",

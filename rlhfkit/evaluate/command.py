@@ -2,12 +2,15 @@
 
     rlhfkit eval --policy runs/ppo --baseline runs/sft --judge gold --out report.json
     rlhfkit eval --policy A --baseline B --judge reward:runs/rm --prompts my_prompts.jsonl
+    rlhfkit eval --policy A --baseline B --judge lm:models/judge --prompts my_prompts.jsonl
 
 Without ``--prompts`` the built-in world's fixed eval prompts are used (100 per family; ``--limit N``
 keeps the first N of each family, for quick checks only) and the world's protocol is reported with the
 gold judge's figures whatever ``--judge`` is (the world knows the truth; ``--judge`` adds the ``judge/*``
 figures of that judge). With ``--prompts FILE`` (``{"prompt"}`` rows) the evaluation works outside the
-world: a reward-model judge's figures only — behaviour rates need the world. Policies may be model
+world: a reward-model or LM judge's figures only — behaviour rates need the world. ``lm:DIR`` compares
+each pair as ``rlhfkit label`` does (both orders, :mod:`rlhfkit.judges.lm_judge`): its ``judge/score_delta``
+is the mean margin of A over B, with no score of each side. Policies may be model
 folders or PEFT adapter folders. Figures and keys: docs/evaluation.md.
 """
 
@@ -32,7 +35,7 @@ NO_WORLD_NOTE = ("behaviour rates (harmful compliance, over-refusal, confabulati
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", required=True, help="policy A: a model folder or a PEFT adapter folder")
     parser.add_argument("--baseline", required=True, help="baseline B (usually the SFT reference)")
-    parser.add_argument("--judge", default="gold", help="gold | ai | reward:DIR (default: gold)")
+    parser.add_argument("--judge", default="gold", help="gold | ai | reward:DIR | lm:DIR (default: gold)")
     parser.add_argument("--prompts", help='JSON Lines file of {"prompt"} rows (default: the world\'s eval prompts)')
     parser.add_argument("--samples", type=int, default=2, help="samples per prompt and policy (default: 2)")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="response length limit (default: 48)")
@@ -74,7 +77,7 @@ def _user_prompts(args: argparse.Namespace, judge) -> list:
             if not knows(row.prompt):
                 raise UserError(f"{row.origin}: {str(row.prompt)[:60]!r} is not a prompt of the built-in world "
                                 f"(seed {args.world_seed}); the {judge.name} judge reads only world prompts — "
-                                "use --judge reward:DIR for your own prompts.")
+                                "use --judge reward:DIR or lm:DIR for your own prompts.")
     return [row.prompt for row in rows]
 
 
@@ -218,8 +221,10 @@ def format_table(metrics: dict, settings: dict, notes: list[str]) -> str:
                              m["gold/utility_delta_ci_low"], m["gold/utility_delta_ci_high"]))
         lines.append(_ab_row("gold goal term", m["gold/goal_a"], m["gold/goal_b"], m["gold/goal_delta"]))
     if "gold/utility_delta" not in m or m.get("judge/name") != "gold":
-        lines.append(_ab_row(f"{m['judge/name']} score", m["judge/score_a"], m["judge/score_b"],
-                             m["judge/score_delta"], m["judge/score_delta_ci_low"], m["judge/score_delta_ci_high"]))
+        pairwise = m.get("judge/score_a") is None  # the LM judge: a margin of A over B, no score of each
+        lines.append(_ab_row(f"{m['judge/name']} {'margin' if pairwise else 'score'}", m.get("judge/score_a"),
+                             m.get("judge/score_b"), m["judge/score_delta"], m["judge/score_delta_ci_low"],
+                             m["judge/score_delta_ci_high"]))
     lines.append("")
     if "win_rate/ties_half" in m:
         lines += [_line("win rate, ties half (gold)",

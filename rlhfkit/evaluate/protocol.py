@@ -44,35 +44,37 @@ def judge_comparison(judge: object, prompts: Sequence[Any], responses_a: Sequenc
                      confidence: float = 0.95) -> dict:
     """Judge-agnostic figures of A against B (``judge/*``, ``pairs/identical_fraction``, lengths, counts).
 
-    A pair is a tie when the texts are identical (after collapsing whitespace) or the scores differ by at
-    most the judge's ``tie_margin``. ``judge/win_rate/ties_half = (wins + ½ ties) / pairs``;
+    Each pair gets a verdict and a difference d (A − B): from a pointwise judge its scores, d = s_A − s_B and a
+    tie when they differ by at most the judge's ``tie_margin``; from a pairwise judge (one with ``margins``,
+    the LM judge) its margin m(a, b) over both orders, d = m and a tie when |m| ≤ ``tie_margin`` — the verdict
+    ``rlhfkit label`` would write. Identical texts (after collapsing whitespace) are a tie with d = 0 for a
+    pairwise judge, asked nothing. ``judge/win_rate/ties_half = (wins + ½ ties) / pairs``;
     ``judge/win_rate/decisive = wins / (wins + losses)`` (None when no pair is decisive).
     """
     _check_shapes(prompts, responses_a, responses_b)
-    scores_a = score_nested(judge, prompts, responses_a)
-    scores_b = score_nested(judge, prompts, responses_b)
+    pairwise = callable(getattr(judge, "margins", None))
+    read = _pairwise_reading if pairwise else _pointwise_reading
+    differences, extra = read(judge, prompts, responses_a, responses_b)
     margin = tie_margin_of(judge)
     wins = losses = ties = identical = 0
-    for sa, sb, ta, tb in zip(scores_a, scores_b, responses_a, responses_b):
-        for score_a, score_b, text_a, text_b in zip(sa, sb, ta, tb):
+    for ds, ta, tb in zip(differences, responses_a, responses_b):
+        for d, text_a, text_b in zip(ds, ta, tb):
             same = _same_text(text_a, text_b)
             identical += same
-            verdict = "tie" if same else outcome(score_a, score_b, margin)
+            verdict = "tie" if same else outcome(d, 0.0, margin)
             wins += verdict == "a"
             losses += verdict == "b"
             ties += verdict == "tie"
     n = wins + losses + ties
-    diffs = [sum(a - b for a, b in zip(sa, sb)) for sa, sb in zip(scores_a, scores_b)]
-    counts = [len(sa) for sa in scores_a]
+    diffs = [sum(ds) for ds in differences]
+    counts = [len(ds) for ds in differences]
     low, high = paired_bootstrap_ci(diffs, counts, n_bootstrap, seed, confidence)
-    mean_a = sum(map(sum, scores_a)) / n
-    mean_b = sum(map(sum, scores_b)) / n
     words = {side: sum(len(t.split()) for ts in texts for t in ts) / n
              for side, texts in (("a", responses_a), ("b", responses_b))}
     return {
         "counts/prompts": len(prompts), "counts/pairs": n,
         "judge/name": str(getattr(judge, "name", type(judge).__name__)),
-        "judge/score_a": mean_a, "judge/score_b": mean_b, "judge/score_delta": sum(diffs) / n,
+        **extra, "judge/score_delta": sum(diffs) / n,
         "judge/score_delta_ci_low": low, "judge/score_delta_ci_high": high,
         "judge/win_rate/ties_half": (wins + 0.5 * ties) / n,
         "judge/win_rate/decisive": wins / (wins + losses) if wins + losses else None,
@@ -81,6 +83,33 @@ def judge_comparison(judge: object, prompts: Sequence[Any], responses_a: Sequenc
         "pairs/identical_fraction": identical / n,
         "length/a/mean_words": words["a"], "length/b/mean_words": words["b"],
     }
+
+
+def _pointwise_reading(judge: object, prompts: Sequence[Any], responses_a: Sequence[Sequence[str]],
+                       responses_b: Sequence[Sequence[str]]) -> tuple[list[list[float]], dict]:
+    """``(s_A − s_B per pair, by prompt; {judge/score_a, judge/score_b}: the mean scores)``."""
+    scores_a = score_nested(judge, prompts, responses_a)
+    scores_b = score_nested(judge, prompts, responses_b)
+    n = sum(map(len, scores_a))
+    differences = [[a - b for a, b in zip(sa, sb)] for sa, sb in zip(scores_a, scores_b)]
+    return differences, {"judge/score_a": sum(map(sum, scores_a)) / n, "judge/score_b": sum(map(sum, scores_b)) / n}
+
+
+def _pairwise_reading(judge: Any, prompts: Sequence[Any], responses_a: Sequence[Sequence[str]],
+                      responses_b: Sequence[Sequence[str]]) -> tuple[list[list[float]], dict]:
+    """``(m(a, b) per pair, by prompt; {judge/score_a, judge/score_b: None, judge/position_bias})``: the
+    judge's margins in one batched call over the pairs whose texts differ (0 for identical ones). A
+    pairwise judge gives no score of one response, so the mean scores are None; ``judge/position_bias`` is the
+    mean of the asked pairs' position bias (how much the judge favours the first slot, cancelled in m)."""
+    asked = [(i, j) for i, (ta, tb) in enumerate(zip(responses_a, responses_b))
+             for j, (a, b) in enumerate(zip(ta, tb)) if not _same_text(a, b)]
+    found = judge.margins([prompts[i] for i, _ in asked], [responses_a[i][j] for i, j in asked],
+                          [responses_b[i][j] for i, j in asked]) if asked else []
+    differences = [[0.0] * len(ta) for ta in responses_a]
+    for (i, j), pair in zip(asked, found):
+        differences[i][j] = float(pair.margin)
+    bias = sum(pair.position_bias for pair in found) / len(found) if found else None
+    return differences, {"judge/score_a": None, "judge/score_b": None, "judge/position_bias": bias}
 
 
 def compare_samples(judge: object, samples_a: PolicySamples, samples_b: PolicySamples, *, gold: object = None,

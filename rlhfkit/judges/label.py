@@ -43,8 +43,8 @@ from rlhfkit.data.formats import DataValidationError
 from rlhfkit.data.sources import SourceError, Unreadable, open_source
 from rlhfkit.data.validate import RowChecker, check_prompt, check_text, json_type
 from rlhfkit.errors import UserError
+from rlhfkit.judges.spec import LABEL_JUDGES, parse_judge_spec
 
-LABEL_JUDGES = ("gold", "ai", "simulated", "reward:DIR", "lm:DIR")
 PAIR_KEYS = frozenset({"prompt", "responses", "a", "b"})
 
 
@@ -152,28 +152,16 @@ def check_world_prompts(judge: Any, pairs: Sequence[PairRow], source: str) -> No
 
 def make_label_judge(spec: str, *, world_seed: int = 0, batch_size: int = 32, tau: float | None = None,
                      annotator_seed: int = 1):
-    """The judge named ``spec`` (:data:`LABEL_JUDGES`); ``lm:DIR`` and ``simulated`` here, the rest through
+    """The judge named ``spec`` (:data:`LABEL_JUDGES`); ``simulated`` here, the rest through
     :func:`rlhfkit.judges.make_judge`."""
-    if spec.startswith("lm:"):
-        folder = spec[len("lm:") :]
-        if not folder:
-            raise UserError("--judge lm:DIR needs the causal-LM folder after 'lm:'.")
-        from rlhfkit.judges.lm_judge import LMJudge
+    from rlhfkit.judges import make_judge
 
-        return LMJudge.from_folder(folder, batch_size=batch_size)
-    if spec == "simulated":
+    if parse_judge_spec(spec, LABEL_JUDGES).kind == "simulated":
         from rlhfkit.judges.simulated import DEFAULT_TAU, SimulatedAnnotatorJudge
 
         return SimulatedAnnotatorJudge(world_seed=world_seed, tau=DEFAULT_TAU if tau is None else tau,
                                        seed=annotator_seed)
-    from rlhfkit.judges import make_judge
-
-    try:
-        return make_judge(spec, world_seed=world_seed, batch_size=batch_size)
-    except UserError as exc:
-        if "unknown judge" in str(exc):
-            raise UserError(f"unknown judge {spec!r}; valid: {', '.join(LABEL_JUDGES)}.") from None
-        raise
+    return make_judge(spec, world_seed=world_seed, batch_size=batch_size, valid=LABEL_JUDGES)
 
 
 def _same_text(a: str, b: str) -> bool:

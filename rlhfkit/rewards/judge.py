@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rlhfkit.judges.lm_judge import LMJudge
+from rlhfkit.judges.spec import REWARD_JUDGES, parse_judge_spec
 
 
 class LMJudgeReward:
@@ -44,8 +45,9 @@ class LMJudgeReward:
 
     @classmethod
     def from_spec(cls, spec: str, *, dtype: Any = None, batch_size: int = 16) -> LMJudgeReward:
-        """Load the judge named ``spec`` (``lm:DIR``, as ``--judge`` writes it)."""
-        return cls(LMJudge.from_folder(lm_folder(spec), dtype=dtype, batch_size=batch_size, name=spec))
+        """Load the judge named ``spec`` (``lm:DIR``, as ``--judge`` writes it; :data:`REWARD_JUDGES`)."""
+        folder = parse_judge_spec(spec, REWARD_JUDGES).folder
+        return cls(LMJudge.from_folder(folder, dtype=dtype, batch_size=batch_size, name=spec))
 
     @property
     def model(self):
@@ -62,14 +64,3 @@ def yes_probability(logodds: float) -> float:
         return 1.0 / (1.0 + math.exp(-logodds))
     e = math.exp(logodds)
     return e / (1.0 + e)
-
-
-def lm_folder(spec: str) -> str:
-    """The folder of an ``lm:DIR`` judge name; ValueError, one sentence, when ``spec`` is not one."""
-    if not spec.startswith("lm:"):
-        raise ValueError(f"judge {spec!r} is not a reward source; write lm:DIR (a causal-LM folder asked whether "
-                         "each response is good)")
-    folder = spec[len("lm:") :]
-    if not folder:
-        raise ValueError("judge lm:DIR needs the causal-LM folder after 'lm:'")
-    return folder

@@ -68,10 +68,10 @@ class RewardSourceConfig:
                               f"(got function={self.function!r}, reward_model={self.reward_model!r}, "
                               f"judge={self.judge!r})")
         if self.judge:
-            from rlhfkit.rewards.judge import lm_folder
+            from rlhfkit.judges.spec import REWARD_JUDGES, parse_judge_spec
 
             try:
-                lm_folder(self.judge)
+                parse_judge_spec(self.judge, REWARD_JUDGES)
             except ValueError as err:
                 raise ConfigError(f"rewards: {err}") from None
         if not math.isfinite(self.weight):

@@ -13,6 +13,7 @@ Differences from PPO, each from its paper (``docs/implementation-details.md``, "
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from rlhfkit.models.load import is_adapter_folder, load_causal_lm, load_tokenize
 from rlhfkit.models.lora import apply_lora, save_policy
 from rlhfkit.models.policy import response_logprobs, response_logprobs_and_entropy
 from rlhfkit.models.reward import load_reward_model
+from rlhfkit.ops import identity
 from rlhfkit.policy_losses import aggregate_loss, k3_kl_loss
 from rlhfkit.rewards.judge import LMJudgeReward
 from rlhfkit.rewards.sources import RewardSources, load_reward_function
@@ -158,15 +160,19 @@ class _generation_config_holder:  # noqa: N801 — stands in for a model: eos_to
                 self.generation_config = None
 
 
-def advantages_and_rewards(rollout: Rollout, cfg: PPOConfig, beta: float) -> tuple[torch.Tensor, Any]:
+def advantages_and_rewards(rollout: Rollout, cfg: PPOConfig, beta: float,
+                           sum_over_processes: Callable[[torch.Tensor], torch.Tensor] = identity
+                           ) -> tuple[torch.Tensor, Any]:
     """``(advantages (B, T), PerTokenRewards)`` of a rollout whose rows come in groups of ``rollout.n``: the
-    per-token rewards carry −β·KL only with ``kl.penalty: reward``."""
+    per-token rewards carry −β·KL only with ``kl.penalty: reward``. ``sum_over_processes`` (the trainer's
+    all-reduce) lets a batch-wide statistic, REINFORCE++'s whitening, span every process's rows."""
     mask = rollout.response_mask
     ref = rollout.ref_logprobs if rollout.ref_logprobs is not None else rollout.logprobs
     in_reward = beta if cfg.kl.penalty == "reward" else 0.0
     shaped = per_token_rewards(rollout.scores, rollout.logprobs, ref, mask, in_reward, cfg.kl.estimator)
     estimator = get_advantage_estimator(cfg.advantage.estimator)
-    return estimator(shaped.rewards, mask, cfg.rollout.n, cfg.ppo.gamma), shaped
+    return estimator(shaped.rewards, mask, cfg.rollout.n, cfg.ppo.gamma,
+                     sum_over_processes=sum_over_processes), shaped
 
 
 def kept_rows(rollout: Rollout, cfg: PPOConfig) -> torch.Tensor | None:

@@ -16,7 +16,7 @@ rejected; for KTO: each labelled completion, then a mismatched completion for th
    reference the pair is one row ``prompt + chosen + rejected`` (``shared_prompt``): the prompt is computed
    once, each response attends to it and to itself only, so the log-probs are those of two separate rows
    at the cost of P + C + R tokens instead of 2P + C + R;
-3. the loss picked by name (``rlhfkit.losses``; ``preference_objective.py``) per example; the loop
+3. the loss picked by name (``rlhfkit.preference_losses``; ``preference_objective.py``) per example; the loop
    averages it over the global batch (exact under accumulation), clips, guards and steps.
 
 Config: ``dpo_config.py``; data and collation: ``preference_data.py``. Metrics (``docs/metrics.md (DPO)``):

@@ -1,6 +1,6 @@
 """``rlhfkit dpo`` settings: the typed config of the preference trainer and its cross-field rules.
 
-One trainer, one loss picked by name: the pair losses of ``rlhfkit.losses.PREFERENCE_LOSSES`` (dpo, ipo,
+One trainer, one loss picked by name: the pair losses of ``rlhfkit.preference_losses.PREFERENCE_LOSSES`` (dpo, ipo,
 cdpo, rpo, orpo, simpo) and KTO on unpaired rows (``UNPAIRED_LOSSES``). Recipes: ``configs/dpo.yaml``,
 ``dpo_lora.yaml``, ``kto.yaml``, ``orpo.yaml``, ``simpo.yaml``.
 """
@@ -13,7 +13,7 @@ from typing import Literal
 from rlhfkit.config import ConfigError, Recipe
 from rlhfkit.engine.stage_config import DataConfig, LoraConfig, ModelConfig, check_trained_dtype
 from rlhfkit.engine.train_config import TrainConfig
-from rlhfkit.losses import PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES, UNPAIRED_LOSSES
+from rlhfkit.preference_losses import PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES, UNPAIRED_LOSSES
 
 # Config keys that may differ when a run resumes: they change speed, memory or what is reported, never the
 # trajectory of the weights beyond float rounding (a precomputed and an on-the-fly reference agree to ~1e-6).

@@ -15,6 +15,9 @@ One step of :meth:`PPOTrainer.step`, as the algorithm reads:
  9. KL controller    β ← update(β, measured KL)
 10. report           metrics, a few samples with their score and KL, the run doctor's warnings
 
+Stages 2–4 (the rollout's collection) and the rollout's metrics are in :mod:`rlhfkit.trainers.ppo_rollout`;
+this module holds the update that learns from the rollout and the run around it.
+
 With ``advantage.estimator`` grpo, dr_grpo, rloo or reinforce_pp the same step runs critic-free: each prompt
 answered ``rollout.n`` times, no value model, steps 5–8 from :mod:`rlhfkit.trainers.critic_free`.
 
@@ -45,16 +48,15 @@ from rlhfkit.engine.runtime import set_threads
 from rlhfkit.engine.stage_config import data_sources, source_name
 from rlhfkit.losses import gae, per_token_rewards, ppo_policy_loss, ppo_value_loss
 from rlhfkit.models.load import load_tokenizer
-from rlhfkit.ops import explained_variance, masked_mean, masked_sum
-from rlhfkit.rewards.sources import RewardSources, source_metrics
+from rlhfkit.ops import masked_mean, masked_sum, whiten_over_processes
 from rlhfkit.rollout.experience import NonFiniteRollout, Rollout
-from rlhfkit.rollout.generate import generate
-from rlhfkit.rollout.score import Scorer, ends_with_eos, response_texts
+from rlhfkit.rollout.score import Scorer, response_texts
 from rlhfkit.trainers import critic_free
 from rlhfkit.trainers.kl_control import AdaptiveKLController, FixedKLController
 from rlhfkit.trainers.ppo_config import SAFE_TO_CHANGE_ON_RESUME, KLConfig, PPOConfig
 from rlhfkit.trainers.ppo_models import PPOModels, param_groups, save_trained
 from rlhfkit.trainers.ppo_ptx import demonstration_nll, load_ptx
+from rlhfkit.trainers.ppo_rollout import RolloutCollector, part_ids, rollout_metrics
 
 KL_CONTROLLERS = {
     "fixed": lambda kl: FixedKLController(kl.init_coef),
@@ -99,6 +101,7 @@ class PPOTrainer:
         self.warned_at: dict[str, int] = {}
         self.last_rollout: Rollout | None = None  # the latest step's rollout, every field filled (for inspection)
         self.ptx = load_ptx(cfg, models.tokenizer)  # PPO-ptx demonstrations, or None
+        self.collector = RolloutCollector(cfg, models, loop)  # stages 2–4
 
     def step(self, batch: list, number: int) -> dict[str, float]:
         """One PPO iteration on this process's ``batch`` of encoded prompts; returns the step's metrics."""
@@ -141,7 +144,7 @@ class PPOTrainer:
                          number: int) -> dict[str, float]:
         """Steps 5–10 for the critic-free estimators: advantages from the rewards of each prompt's group (or the
         batch), then the same epochs, KL controller and report as PPO."""
-        advantages, shaped = critic_free.advantages_and_rewards(rollout, self.cfg, beta)
+        advantages, shaped = critic_free.advantages_and_rewards(rollout, self.cfg, beta, self.sum_over_processes)
         keep = critic_free.kept_rows(rollout, self.cfg)  # advantage.filter_zero_std_groups: 0 = dropped
         rollout = rollout.replace(kl=shaped.kl, rewards=shaped.rewards, advantages=advantages, keep=keep).validate()
         update_stats = self.ppo_epochs(rollout, number)
@@ -156,67 +159,10 @@ class PPOTrainer:
         self.report(number, rollout, prompts, metrics)
         return metrics
 
-    @torch.no_grad()
     def collect(self, batch: list, prompts: list, generator: torch.Generator,
                 fields: list | None = None) -> tuple[Rollout, dict]:
-        """Generate → score → forward once, ``rollout.chunk_size`` prompts at a time; one :class:`Rollout`.
-
-        In the run's precision: with ``train.mixed_precision=bf16`` sampling and every forward run under the
-        same autocast as the updates (the loop's prepared module has it built in)."""
-        size = self.cfg.rollout.chunk_size or len(batch)
-        parts, extras = [], defaultdict(list)
-        for start in range(0, len(batch), size):
-            with self.loop.accelerator.autocast():
-                rows = batch[start : start + size]
-                rollout, chunk_extras = self.collect_chunk(
-                    rows, prompts[start : start + size], generator,
-                    [fields[e.index] for e in rows] if fields else None)
-            parts.append(rollout)
-            for key, value in chunk_extras.items():
-                extras[key].append(value)
-        return Rollout.cat(parts).validate(), {k: torch.cat(v) for k, v in extras.items()}
-
-    def collect_chunk(self, batch: list, prompts: list, generator: torch.Generator,
-                      fields: list | None = None) -> tuple[Rollout, dict]:
-        """One chunk: sample; log-probs, entropies and values (from the sampling pass, or one forward through
-        the loop's module); reference log-probs and scores of the frozen models, in length-sorted groups."""
-        cfg, models, actor_critic = self.cfg, self.models, self.models.actor_critic
-        temperature = cfg.rollout.temperature
-        from_sampling = cfg.rollout.old_logprobs == "sampling"
-        critic = not cfg.advantage.critic_free
-        readout = actor_critic.value_readout if critic and from_sampling and actor_critic.value_model is None else None
-        generation = generate(  # left-padded prompts, right-padded responses
-            actor_critic.language_model, [e.prompt_ids for e in batch], max_new_tokens=cfg.rollout.max_new_tokens,
-            temperature=temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-            eos_token_id=models.eos_token_ids, pad_token_id=models.tokenizer.pad_token_id, generator=generator,
-            return_logprobs=from_sampling, readout=readout)
-        ids = (generation.prompt_ids, generation.prompt_mask, generation.response_ids, generation.response_mask)
-        rollout = Rollout(*ids, logprobs=generation.logprobs)
-        group = cfg.ppo.micro_batch_size or cfg.ppo.minibatch_size  # rows per forward of the frozen models
-        if not from_sampling:
-            # through the loop's (prepared) module: the same numerics as the updates, so the ratio starts at 1
-            logprobs, entropy, values = self.loop.model(*ids, temperature, with_entropy=True)
-        else:
-            logprobs, entropy = generation.logprobs, generation.entropy
-            values = generation.readouts if readout is not None else in_length_groups(
-                rollout, group, lambda _rows, part: actor_critic.values(*part_ids(part))) if critic else None
-        ref_logprobs = None if getattr(models, "no_reference", False) else in_length_groups(
-            rollout, group, lambda _rows, part: models.reference_logprobs(*part_ids(part), temperature))
-        rollout = rollout.replace(logprobs=logprobs, values=values, ref_logprobs=ref_logprobs)
-        # one scorer call per chunk: scorers batch internally, and a scorer may count its calls as steps
-        per_source = {}
-        if isinstance(models.scorer, RewardSources):  # weighted sources; row columns reach reward functions
-            score, per_source = models.scorer.score(prompts, rollout, fields)
-            per_source = {f"reward/{name}": values for name, values in per_source.items()}
-        else:
-            score = models.scorer(prompts, rollout)
-        score = score.to(self.loop.device).float()  # (B,)
-        ended = ends_with_eos(rollout, models.eos_token_ids)
-        penalty = cfg.ppo.missing_eos_penalty  # Huang et al. 2024: a response with no EOS gets a fixed score
-        scores = score if penalty is None else torch.where(ended, score, torch.full_like(score, penalty))
-        entropy = masked_sum(entropy, rollout.response_mask, dim=1)  # (B,) nats per sequence
-        return rollout.replace(scores=scores), {"rm_scores": score, "ended_with_eos": ended, "entropy": entropy,
-                                                **per_source}
+        """Stages 2–4, generate → score → forward once: :meth:`RolloutCollector.collect` (``ppo_rollout.py``)."""
+        return self.collector.collect(batch, prompts, generator, fields)
 
     def ppo_epochs(self, rollout: Rollout, number: int = 1) -> dict[str, float]:
         """``ppo.epochs`` passes over ``rollout`` in shuffled minibatches; the mean (max for ratio) statistics.
@@ -373,78 +319,6 @@ class PPOTrainer:
         return {"eval/score": float(extras["rm_scores"].mean()), "eval/kl": float(kl.mean()),
                 "eval/length_mean": float(rollout.response_lengths.float().mean()),
                 "eval/eos_rate": float(extras["ended_with_eos"].float().mean())}
-
-
-def whiten_over_processes(x: torch.Tensor, mask: torch.Tensor, sum_over_processes=lambda t: t,
-                          eps: float = 1e-8) -> torch.Tensor:
-    """``(x − μ) / sqrt(σ² + eps)`` with μ and the unbiased σ² of the valid entries of *every process's* rows.
-
-    (B, T) -> (B, T), zero off ``mask``. ``sum_over_processes`` adds a small tensor over the processes
-    (identity with one process, where this is ``ops.masked_whiten``); two passes, the mean first, in
-    float64. Whitening per process instead would give each process its own scale, and the objective would
-    depend on how the batch was split across processes.
-    """
-    valid = mask.bool()
-    zero = torch.zeros((), dtype=torch.float64, device=x.device)
-    x64 = torch.where(valid, x.double(), zero)
-    count, total = (float(v) for v in sum_over_processes(torch.stack([valid.sum().double(), x64.sum()])))
-    if count == 0:
-        raise ValueError("whitening got a mask with no valid entries on any process")
-    mean = total / count
-    squares = float(sum_over_processes(torch.where(valid, (x64 - mean) ** 2, zero).sum().reshape(1))[0])
-    variance = squares / (count - 1 if count >= 2 else 1)
-    whitened = (x - mean) / (variance + eps) ** 0.5
-    return torch.where(valid, whitened, torch.zeros((), dtype=whitened.dtype, device=x.device))
-
-
-def part_ids(part: Rollout) -> tuple[torch.Tensor, ...]:
-    return part.query_ids, part.query_mask, part.response_ids, part.response_mask
-
-
-def in_length_groups(rollout: Rollout, size: int, fn) -> torch.Tensor:
-    """``fn(rows, part)`` on the rows of ``rollout`` in length-sorted groups of ``size`` with their padding
-    trimmed (:meth:`Rollout.length_groups`; ``rows`` their indices), the (b,) or (b, T_part) results put back
-    in row order: (B,), or (B, T) zero-padded. For models whose numbers need not match the updates' bit for bit
-    (frozen ones; a value model's old values)."""
-    out = None
-    for rows, part in rollout.length_groups(size):
-        result = fn(rows, part)
-        if out is None:
-            shape = (len(rollout),) if result.dim() == 1 else tuple(rollout.response_ids.shape)
-            out = result.new_zeros(shape)
-        index = rows.to(result.device)
-        if result.dim() == 1:
-            out[index] = result
-        else:
-            out[index, : result.shape[1]] = result
-    return out
-
-
-def rollout_metrics(rollout: Rollout, extras: dict[str, torch.Tensor], beta: float) -> dict[str, Any]:
-    """The ``objective/``, ``ppo/val|returns/`` and ``response/`` metrics of one rollout (docs/metrics.md (PPO))."""
-    mask = rollout.response_mask
-    lengths = rollout.response_lengths.float()  # (B,)
-    metrics = {}
-    if rollout.ref_logprobs is not None:  # critic-free with β = 0 loads no reference: no KL to report
-        kl_k1 = masked_sum(rollout.logprobs - rollout.ref_logprobs, mask, dim=1)  # (B,) nats per sequence
-        metrics = {"objective/kl": kl_k1.mean(), "objective/kl_penalty": rollout.kl.sum(dim=1).mean()}
-    if rollout.values is not None:  # GAE's critic
-        metrics.update({"ppo/val/var_explained": explained_variance(rollout.values, rollout.returns, mask),
-                        "ppo/val/mean": masked_mean(rollout.values, mask),
-                        "ppo/returns/mean": masked_mean(rollout.returns, mask)})
-    per_source = {key[len("reward/"):]: value for key, value in extras.items() if key.startswith("reward/")}
-    return {
-        **metrics,
-        **source_metrics(per_source),
-        "objective/score": rollout.scores.mean(),
-        "objective/rm_score": extras["rm_scores"].mean(),
-        "objective/kl_coef": beta,
-        "objective/entropy": extras["entropy"].mean(),
-        "objective/entropy_per_token": extras["entropy"].sum() / lengths.sum(),
-        "objective/rlhf_reward": rollout.rewards.sum(dim=1).mean(),  # score − β·Σ_t kl_t
-        "response/length_mean": lengths.mean(),
-        "response/eos_rate": extras["ended_with_eos"].float().mean(),
-    }
 
 
 def read_prompt_rows(source: Any, cfg: PPOConfig, split: str = "train") -> list:

@@ -1,4 +1,4 @@
-"""The objective of the preference trainer: a loss from ``rlhfkit.losses`` picked by name, applied to the
+"""The objective of the preference trainer: a loss from ``rlhfkit.preference_losses`` picked by name, applied to the
 log-probs of one batch. Pure: log-probs in, per-example losses and metrics out (no model, no data).
 
 A batch from :class:`~rlhfkit.trainers.preference_data.PreferenceCollator` holds N rows; ``chosen_index`` and
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from rlhfkit.losses import (
+from rlhfkit.preference_losses import (
     UNPAIRED_LOSSES,
     KTOLossOutput,
     PreferenceLossOutput,
@@ -79,7 +79,7 @@ class PreferenceObjective:
 
 @dataclass(frozen=True)
 class KTOObjective:
-    """KTO (``rlhfkit.losses.kto_loss``) on a batch of unpaired examples with their mismatched KL rows."""
+    """KTO (``rlhfkit.preference_losses.kto_loss``) on a batch of unpaired examples with their mismatched KL rows."""
 
     beta: float
     options: dict[str, float] = field(default_factory=dict)

@@ -1,11 +1,25 @@
-"""KTO, ORPO and SimPO against the papers' formulas on Python floats, their limits and gradient signs."""
+"""rlhfkit.preference_losses against independent computations: DPO, IPO, cDPO and RPO on hand-worked pairs
+and limits; KTO, ORPO and SimPO against the papers' formulas on Python floats, their limits and gradient
+signs."""
 
+import inspect
 import math
 
 import pytest
 import torch
 
-from rlhfkit.losses import dpo_loss, kto_loss, kto_reference_point, orpo_loss, simpo_loss
+from rlhfkit.preference_losses import (
+    PREFERENCE_LOSSES,
+    cdpo_loss,
+    dpo_loss,
+    get_preference_loss,
+    ipo_loss,
+    kto_loss,
+    kto_reference_point,
+    orpo_loss,
+    rpo_loss,
+    simpo_loss,
+)
 
 
 def log_sigmoid(x: float) -> float:
@@ -141,3 +155,110 @@ def test_kto_gradient_raises_desirable_and_lowers_undesirable_likelihood():
     assert kl.grad is None  # z₀ is a constant of the loss
     with pytest.raises(ValueError, match="0-d"):
         kto_loss(policy, policy.detach(), torch.tensor([True, False]), torch.zeros(2), beta=0.1)
+
+
+def softplus(x):
+    """−log σ(x) = log(1 + e^{−x}), the reference for every logistic loss below."""
+    return math.log1p(math.exp(-x))
+
+
+# ----------------------------------------------------------------------------- DPO family
+
+# Two pairs: log-ratios chosen [1, 0], rejected [−1, 2], so h = [2, −2].
+POLICY_CHOSEN = torch.tensor([-10.0, -5.0])
+POLICY_REJECTED = torch.tensor([-12.0, -4.0])
+REF_CHOSEN = torch.tensor([-11.0, -5.0])
+REF_REJECTED = torch.tensor([-11.0, -6.0])
+PAIRS = (POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED)
+
+
+def test_dpo_hand_worked():
+    out = dpo_loss(*PAIRS, beta=0.1)
+    assert out.losses.tolist() == pytest.approx([softplus(0.2), softplus(-0.2)], rel=1e-6)
+    assert out.chosen_rewards.tolist() == pytest.approx([0.1, 0.0])
+    assert out.rejected_rewards.tolist() == pytest.approx([-0.1, 0.2])
+    assert out.reward_accuracies.tolist() == [1.0, 0.0]
+
+
+def test_ipo_hand_worked_on_averaged_logps():
+    out = ipo_loss(*PAIRS, beta=0.5)  # target margin 1/(2·0.5) = 1
+    assert out.losses.tolist() == pytest.approx([(2 - 1) ** 2, (-2 - 1) ** 2])
+
+
+def test_ipo_length_normalisation():
+    chosen_lengths, rejected_lengths = torch.tensor([2, 1]), torch.tensor([1, 4])
+    out = ipo_loss(*PAIRS, beta=0.5, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    # Averaged: chosen log-ratios [(−10+11)/2, 0] = [0.5, 0]; rejected [−1, (−4+6)/4] = [−1, 0.5];
+    # h = [1.5, −0.5]; loss = (h − 1)².
+    assert out.losses.tolist() == pytest.approx([0.25, 2.25])
+    assert out.chosen_rewards.tolist() == pytest.approx([0.25, 0.0])
+    with pytest.raises(ValueError, match="both"):
+        ipo_loss(*PAIRS, beta=0.5, chosen_lengths=chosen_lengths)
+
+
+def test_cdpo_hand_worked_and_zero_smoothing_is_dpo():
+    out = cdpo_loss(*PAIRS, beta=0.1, label_smoothing=0.25)
+    expected = [0.75 * softplus(0.2) + 0.25 * softplus(-0.2), 0.75 * softplus(-0.2) + 0.25 * softplus(0.2)]
+    assert out.losses.tolist() == pytest.approx(expected, rel=1e-6)
+    torch.testing.assert_close(
+        cdpo_loss(*PAIRS, beta=0.1, label_smoothing=0.0).losses, dpo_loss(*PAIRS, beta=0.1).losses
+    )
+    with pytest.raises(ValueError, match="label_smoothing"):
+        cdpo_loss(*PAIRS, beta=0.1, label_smoothing=0.5)
+
+
+def test_cdpo_minimum_at_finite_margin():
+    """d loss / d(βh) = 0 at βh = log((1 − ε)/ε) (Mitchell 2023)."""
+    eps, beta = 0.2, 0.5
+    margin = math.log((1 - eps) / eps) / beta
+    policy_chosen = torch.tensor([margin], dtype=torch.float64, requires_grad=True)
+    zero = torch.zeros(1, dtype=torch.float64)
+    cdpo_loss(policy_chosen, zero, zero, zero, beta=beta, label_smoothing=eps).losses.sum().backward()
+    assert policy_chosen.grad.item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_rpo_hand_worked_and_zero_alpha_is_dpo():
+    chosen_lengths = torch.tensor([5, 2])
+    out = rpo_loss(*PAIRS, beta=0.1, chosen_lengths=chosen_lengths, alpha=1.0)
+    nll = [10.0 / 5, 5.0 / 2]
+    assert out.losses.tolist() == pytest.approx([softplus(0.2) + nll[0], softplus(-0.2) + nll[1]], rel=1e-6)
+    assert out.extras["nll"].tolist() == pytest.approx(nll)
+    no_nll = rpo_loss(*PAIRS, beta=0.1, chosen_lengths=chosen_lengths, alpha=0.0)
+    torch.testing.assert_close(no_nll.losses, dpo_loss(*PAIRS, beta=0.1).losses)
+
+
+VARIANT_KWARGS = {
+    "dpo": {},
+    "cdpo": {"label_smoothing": 0.1},
+    "ipo": {},
+    "rpo": {"chosen_lengths": torch.tensor([3])},
+    "orpo": {"chosen_lengths": torch.tensor([3]), "rejected_lengths": torch.tensor([3])},
+    "simpo": {"chosen_lengths": torch.tensor([3]), "rejected_lengths": torch.tensor([3])},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PREFERENCE_LOSSES))
+def test_preference_loss_gradient_sign(name):
+    """Raising log π_θ(y_w) lowers the loss; raising log π_θ(y_l) raises it (at an even margin)."""
+    policy_chosen = torch.tensor([-4.0], requires_grad=True)
+    policy_rejected = torch.tensor([-4.0], requires_grad=True)
+    ref = torch.tensor([-4.0])
+    loss_fn = get_preference_loss(name)
+    inputs = {"policy_chosen_logps": policy_chosen, "policy_rejected_logps": policy_rejected,
+              "ref_chosen_logps": ref, "ref_rejected_logps": ref}
+    accepted = inspect.signature(loss_fn).parameters  # ORPO and SimPO take no reference
+    out = loss_fn(**{k: v for k, v in inputs.items() if k in accepted}, beta=0.1, **VARIANT_KWARGS[name])
+    out.losses.sum().backward()
+    assert policy_chosen.grad.item() < 0 < policy_rejected.grad.item()
+    assert not out.chosen_rewards.requires_grad and not out.rejected_rewards.requires_grad
+
+
+def test_get_preference_loss_unknown_name_lists_valid():
+    with pytest.raises(ValueError, match="cdpo, dpo, ipo, orpo, rpo, simpo"):
+        get_preference_loss("ppo")
+    assert get_preference_loss("ipo") is ipo_loss
+
+
+def test_preference_loss_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="shapes must match"):
+        dpo_loss(POLICY_CHOSEN, POLICY_REJECTED[:1], REF_CHOSEN, REF_REJECTED, beta=0.1)
