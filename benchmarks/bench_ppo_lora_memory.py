@@ -165,10 +165,11 @@ def child(args: argparse.Namespace) -> None:
     import rlhfkit.trainers.ppo as ppo_module
     from rlhfkit.config import load_config
     from rlhfkit.engine import loop as loop_module
+    from rlhfkit.trainers import critic_free
     from rlhfkit.trainers.ppo_config import PPOConfig
 
     record: dict = {"mode": args.mode, "imported_mb": current_rss_mb()}
-    build, finish = ppo_module.build_ppo_models, loop_module.TrainLoop.finish_step
+    build, finish = critic_free.build_online_models, loop_module.TrainLoop.finish_step
 
     def build_and_measure(cfg, scorer=None):
         models = build(cfg, scorer)
@@ -181,7 +182,8 @@ def child(args: argparse.Namespace) -> None:
         record.update(resident_breakdown_mb())  # the last step's: the weights and AdamW state are all resident
         finish(self, metrics)
 
-    ppo_module.build_ppo_models, loop_module.TrainLoop.finish_step = build_and_measure, finish_step
+    # ppo.train builds its models through critic_free.build_online_models (PPO's included)
+    critic_free.build_online_models, loop_module.TrainLoop.finish_step = build_and_measure, finish_step
     recipe, overrides = overrides_for(args)
     ppo_module.train(load_config(PPOConfig, str(recipe), overrides))
     rows = [json.loads(line) for line in (Path(args.out) / "metrics.jsonl").read_text().splitlines() if line]
