@@ -15,6 +15,8 @@ Layout of ``checkpoint-{step}/``::
 
     model/                     save_pretrained folder (HF model, or the PEFT adapter), else model.safetensors
     optimizer.pt  scheduler.pt torch state dicts
+    model_dcp/ optimizer_dcp/  instead of model/ and optimizer.pt under FSDP2: one shard file per process
+                               (torch.distributed.checkpoint; see sharded_checkpoint.py)
     rng_rank{r}.pt             global RNG states of process r
     stage_rank{r}.pt           the stage's extra state (KL controller, sampling RNG …) of process r
     trainer_state.json         step, epoch, data position, counters
@@ -309,6 +311,11 @@ def rotate_checkpoints(output_dir: str | Path, keep: int, protect: Path | None =
 
 
 OPTIMIZER = "optimizer.pt"
+OPTIMIZER_SHARDS = "optimizer_dcp"  # the optimizer's shards under FSDP2 (sharded_checkpoint.OPTIMIZER_DIR)
+
+
+def _is_optimizer_file(name: str) -> bool:
+    return name == OPTIMIZER or name.startswith(OPTIMIZER_SHARDS + "/")
 
 
 def has_optimizer_state(path: Path) -> bool:
@@ -333,11 +340,12 @@ def retire_checkpoints(output_dir: str | Path) -> list[Path]:
         _discard(path)
     manifest = read_manifest(latest)
     if manifest.get("optimizer", True) is not False:
-        files = {k: v for k, v in manifest["files"].items() if k != OPTIMIZER}
-        crcs = {k: v for k, v in (manifest.get("crc32") or {}).items() if k != OPTIMIZER}
+        files = {k: v for k, v in manifest["files"].items() if not _is_optimizer_file(k)}
+        crcs = {k: v for k, v in (manifest.get("crc32") or {}).items() if not _is_optimizer_file(k)}
         _write_manifest_file(latest, {**manifest, "files": files, "crc32": crcs, "optimizer": False})
         _fsync_path(latest)
     (latest / OPTIMIZER).unlink(missing_ok=True)
+    shutil.rmtree(latest / OPTIMIZER_SHARDS, ignore_errors=True)
     _fsync_path(latest)
     return removed
 
@@ -463,10 +471,12 @@ def load_model(model: torch.nn.Module, folder: Path, kind: str) -> None:
 
 def save_training_checkpoint(accelerator: Any, output_dir: Path, step: int, *, model: torch.nn.Module,
                              optimizer: Any, scheduler: Any, tokenizer: Any, trainer_state: dict,
-                             config: dict, rng: dict, stage: dict | None, keep: int) -> Path:
+                             config: dict, rng: dict, stage: dict | None, keep: int,
+                             sharded: bool = False) -> Path:
     """Write ``checkpoint-{step}`` atomically and rotate; every process calls it (barriers inside).
 
-    Every process writes its RNG (and stage) state; the main process writes the rest, commits and rotates.
+    Every process writes its RNG (and stage) state — and with ``sharded`` (FSDP2) its shards of the model and
+    optimizer (``sharded_checkpoint``); the main process writes the rest, commits and rotates.
     ``model`` is the unwrapped model.
     """
     tmp = Path(output_dir) / f"{TMP_PREFIX}{step}"
@@ -477,13 +487,20 @@ def save_training_checkpoint(accelerator: Any, output_dir: Path, step: int, *, m
     save_torch(rng, tmp / f"rng_rank{rank}.pt")
     if stage is not None:
         save_torch(stage, tmp / f"stage_rank{rank}.pt")
+    if sharded:
+        from rlhfkit.engine import sharded_checkpoint
+
+        sharded_checkpoint.save(model, optimizer, tmp)
     if not accelerator.is_main_process:
         _WRITTEN_CRC.clear()  # the main process writes the manifest (reading these files back)
     accelerator.wait_for_everyone()
     final = Path(output_dir) / f"{PREFIX}{step}"
     if accelerator.is_main_process:
-        kind = save_model(model, tmp / "model", tokenizer)
-        save_torch(optimizer.state_dict(), tmp / OPTIMIZER)
+        if sharded:
+            kind = "dcp"
+        else:
+            kind = save_model(model, tmp / "model", tokenizer)
+            save_torch(optimizer.state_dict(), tmp / OPTIMIZER)
         save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
         write_json(tmp / "trainer_state.json", {**trainer_state, "model_format": kind})
         write_json(tmp / "config.json", config)
@@ -499,9 +516,17 @@ def load_training_checkpoint(path: Path, rank: int, *, model: torch.nn.Module, o
     None when the checkpoint had fewer processes, the stage state — this rank's, else rank 0's — or None).
     A retired checkpoint (see :func:`retire_checkpoints`) leaves the optimizer as it is."""
     state = read_json(path / "trainer_state.json")
-    load_model(model, path / "model", state["model_format"])
-    if has_optimizer_state(path):
-        optimizer.load_state_dict(load_torch(path / OPTIMIZER))
+    if state["model_format"] == "dcp":  # written under FSDP2: re-sliced for this run's processes
+        from rlhfkit.engine import sharded_checkpoint
+
+        sharded_checkpoint.load(model, optimizer, path, has_optimizer_state(path))
+    elif _is_sharded(model):
+        raise CheckpointError(f"{path} was written without FSDP2 ({state['model_format']} format) and this run "
+                              "shards the model; resume it with the launch that wrote it (e.g. ddp.yaml)")
+    else:
+        load_model(model, path / "model", state["model_format"])
+        if has_optimizer_state(path):
+            optimizer.load_state_dict(load_torch(path / OPTIMIZER))
     scheduler.load_state_dict(load_torch(path / "scheduler.pt"))
     rng_file, stage_file = path / f"rng_rank{rank}.pt", path / f"stage_rank{rank}.pt"
     if not stage_file.exists():
@@ -509,6 +534,11 @@ def load_training_checkpoint(path: Path, rank: int, *, model: torch.nn.Module, o
     rng = load_torch(rng_file) if rng_file.exists() else None
     stage = load_torch(stage_file) if stage_file.exists() else None
     return state, rng, stage
+
+
+def _is_sharded(model: torch.nn.Module) -> bool:
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
 
 
 def write_json(path: Path, data: Any) -> None:
