@@ -5,11 +5,14 @@
 runs ``rlhfkit sft key=value …`` unchanged in every process; when a training loop ends, each process writes
 the weights it holds (the unwrapped model's state dict; under FSDP2 the gathered whole weights, and in
 ``OUT/shards_rank{index}.pt`` what it held of each parameter) to ``OUT/rank{process index}.pt``. Test-side only: it
-wraps ``TrainLoop.__exit__`` here, the library is untouched.
+wraps ``TrainLoop.__exit__`` here, the library is untouched. With ``MP_TEST_KILL_AFTER_STEP=N`` every process
+SIGKILLs itself right after finishing step N (for kill-and-resume tests).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -46,4 +49,15 @@ def shard_report(model: torch.nn.Module) -> dict[str, dict]:
 
 
 TrainLoop.__exit__ = exit_and_dump
+
+kill_after = os.environ.get("MP_TEST_KILL_AFTER_STEP")
+if kill_after:  # every process SIGKILLs itself once step N is finished (and checkpointed, when due)
+    original_finish = TrainLoop.finish_step
+
+    def finish_step_then_die(self, metrics=None):
+        original_finish(self, metrics)
+        if self.step == int(kill_after):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    TrainLoop.finish_step = finish_step_then_die
 sys.exit(main(sys.argv[2:]))

@@ -31,11 +31,18 @@ CLI = Path(__file__).with_name("multiprocess_cli.py")
 QUIET = ["train.progress_bar=false", "train.save_every=0"]
 
 
-def launch(out: Path, args: list[str], processes: int) -> subprocess.CompletedProcess:
+def launch(out: Path, args: list[str], processes: int, kill_after: int | None = None) -> subprocess.CompletedProcess:
+    """``rlhfkit ARGS`` with ``train.output_dir=out``: one plain process, or ``processes`` FSDP2 processes;
+    with ``kill_after`` every process SIGKILLs itself after that step (the launch then fails)."""
     command, env = cpu_processes([str(CLI), str(out / "weights"), *args, f"train.output_dir={out}"], processes,
                                  launcher="accelerate", config=FSDP_CONFIG)
+    if kill_after is not None:
+        env["MP_TEST_KILL_AFTER_STEP"] = str(kill_after)
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
+    if kill_after is None:
+        assert done.returncode == 0, done.stderr[-4000:]
+    else:
+        assert done.returncode != 0 and not (out / "weights").exists(), done.stderr[-4000:]
     return done
 
 
