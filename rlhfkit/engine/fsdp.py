@@ -20,6 +20,7 @@ Imports torch only; transformers is not needed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -89,7 +90,7 @@ def shard(model: torch.nn.Module, device: torch.device, num_processes: int, *,
     from torch.distributed.fsdp import fully_shard
 
     if reshard_after_forward is None:
-        reshard_after_forward = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() != "false"
+        reshard_after_forward = _reshard_after_forward()
     classes = layer_classes(model)
     layers = [m for m in model.modules() if type(m).__name__ in classes]
     if not layers:
@@ -103,7 +104,17 @@ def shard(model: torch.nn.Module, device: torch.device, num_processes: int, *,
     for layer in layers:
         fully_shard(layer, **options)
     fully_shard(model, **options)
+    # FSDP2 takes as root the first unit to run a forward; sampling runs a submodule of the root first (the
+    # policy inside PPO's ActorCritic), which would then count as a root of its own and break the next
+    # forward of the real one. Initialising the root now settles it (private API: torch 2.13).
+    model._get_fsdp_state()._lazy_init()
     return model
+
+
+def _reshard_after_forward() -> bool:
+    """``fsdp_reshard_after_forward`` of the accelerate config (default true): free each unit's gathered
+    weights after its forward (gathered again for the backward) — less memory, one more all-gather."""
+    return os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() != "false"
 
 
 def _placement(param: torch.nn.Parameter, num_processes: int):
@@ -157,3 +168,26 @@ def gathered_model(model: torch.nn.Module, skeleton: torch.nn.Module) -> torch.n
         if hasattr(module, "tie_weights") and module is skeleton:
             module.tie_weights()
     return skeleton
+
+
+@contextlib.contextmanager
+def gathered(model: torch.nn.Module):
+    """Hold every FSDP2 unit of ``model`` whole for a block: no collective inside it, so each process may run
+    forwards of its own number and length (sampling until its own rows end, a check on the main process
+    only). Every process must enter and leave it together. Costs the whole model's weights per process while
+    it lasts; a no-op for a model that is not sharded."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not units:
+        yield
+        return
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(_reshard_after_forward(), recurse=False)

@@ -37,6 +37,7 @@ from rlhfkit.config import load_config
 from rlhfkit.data import encode_prompt, format_encode_report, load_rows
 from rlhfkit.data.order import derive_seed
 from rlhfkit.data.templates import adopt_template
+from rlhfkit.engine import fsdp
 from rlhfkit.engine.determinism import seed_everything
 from rlhfkit.engine.loop import RunSummary, TrainLoop
 from rlhfkit.engine.metrics_log import say
@@ -158,11 +159,13 @@ class PPOTrainer:
         """Generate → score → forward once, ``rollout.chunk_size`` prompts at a time; one :class:`Rollout`.
 
         In the run's precision: with ``train.mixed_precision=bf16`` sampling and every forward run under the
-        same autocast as the updates (the loop's prepared module has it built in)."""
+        same autocast as the updates (the loop's prepared module has it built in). Under FSDP2 the policy and
+        value model are held whole meanwhile (``fsdp.gathered``): each process samples until its own rows end,
+        with no collective inside a forward."""
         size = self.cfg.rollout.chunk_size or len(batch)
         parts, extras = [], defaultdict(list)
         for start in range(0, len(batch), size):
-            with self.loop.accelerator.autocast():
+            with self.loop.accelerator.autocast(), fsdp.gathered(self.loop.model):
                 rows = batch[start : start + size]
                 rollout, chunk_extras = self.collect_chunk(
                     rows, prompts[start : start + size], generator,
@@ -497,6 +500,8 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None, 
     outputs = [out / "final"] + ([out / "value_model"] if actor_critic.value_model is not None else [])
     finished = summary.status == "completed" or (summary.status == "already_complete"
                                                   and not all(p.exists() for p in outputs))
+    if finished and loop.sharded:  # the weights gathered from the shards, on every process (a collective)
+        models.actor_critic = loop.final_model()
     if loop.is_main_process and finished:
         save = critic_free.save_policy_only if cfg.advantage.critic_free else save_trained
         saved = save(models, cfg, out)
@@ -512,14 +517,15 @@ def run_monitor(monitor: Any, loop: TrainLoop, models: PPOModels, step: Any, met
     from rlhfkit.engine.loop_support import preserved_rng
 
     reason = None
-    if loop.is_main_process:
-        with preserved_rng():
-            check = monitor(step.number, step.total, models.actor_critic.language_model, models.tokenizer)
-        if check is not None:
-            metrics.update(check.metrics())
-            if check.stop:
-                reason = (f"the reward-hacking monitor confirmed a divergence (best independent-judge "
-                          f"score at step {check.best_step})")
+    with fsdp.gathered(loop.model):  # the main process alone samples: no collective in its forwards
+        if loop.is_main_process:
+            with preserved_rng():
+                check = monitor(step.number, step.total, models.actor_critic.language_model, models.tokenizer)
+            if check is not None:
+                metrics.update(check.metrics())
+                if check.stop:
+                    reason = (f"the reward-hacking monitor confirmed a divergence (best independent-judge "
+                              f"score at step {check.best_step})")
     if loop.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
