@@ -119,3 +119,22 @@ def test_reward_is_sharded_and_matches_one_process(tmp_path):
     assert max(float(v.abs().max()) for k, v in one[0].items() if "score" in k) > 0  # the head exists, trained
     final = tmp_path / "two" / "final"
     assert (final / "config.json").is_file() and (final / "rlhfkit_normalization.json").is_file()
+
+
+def test_sft_lora_is_sharded_and_matches_one_process(tmp_path):
+    """LoRA under FSDP2: the frozen base and the adapters share units (FSDP2 shards frozen parameters too)."""
+    data = write_jsonl(tmp_path / "demos.jsonl", colour_rows(16))
+    args = ["sft", f"model.path={model_dir(tmp_path)}", f"data.train_file={data}", "data.max_length=48",
+            "data.max_prompt_length=24", "train.max_steps=3", "train.lr=1e-2", "lora.enabled=true", "lora.r=4",
+            *QUIET]
+    one, two = train_one_and_two(tmp_path, args, 4)
+    assert max_difference(two[0], two[1]) == 0
+    assert max_difference(two[0], one[0]) < 1e-5
+    lora = [k for k in one[0] if "lora_B" in k]
+    assert lora and max(float(one[0][k].abs().max()) for k in lora) > 1e-3  # the adapters trained (B starts at 0)
+    from safetensors.torch import load_file
+
+    merged = [load_file(tmp_path / run / "final" / "model.safetensors") for run in ("one", "two")]  # lora merged
+    assert max_difference(*merged) < 1e-5
+    initial = load_file(next(model_dir(tmp_path).glob("*.safetensors")))
+    assert max_difference({k: merged[1][k] for k in initial}, initial) > 1e-4
