@@ -12,9 +12,11 @@ import pytest
 import torch
 
 try:
+    from ppo_fixtures import save_policy_folder, save_prompts, save_reward_folder
     from stage_helpers import colour_rows, model_dir, write_jsonl
     from test_fsdp import QUIET, assert_sharded, launch, max_difference, weights
 except ImportError:  # tests/ imported as a package
+    from tests.ppo_fixtures import save_policy_folder, save_prompts, save_reward_folder
     from tests.stage_helpers import colour_rows, model_dir, write_jsonl
     from tests.test_fsdp import QUIET, assert_sharded, launch, max_difference, weights
 
@@ -71,3 +73,19 @@ def test_fsdp2_checkpoint_resumes_in_one_plain_process(tmp_path):
     dcp_to_torch_save(tmp_path / "resumed" / "checkpoint-2" / "model_dcp", tmp_path / "step2.pt")
     at_step2 = torch.load(tmp_path / "step2.pt", weights_only=True)
     assert max_difference({k: at_step2[k] for k in resumed[0]}, resumed[0]) > 1e-4
+
+
+def test_ppo_killed_and_resumed_under_fsdp2_ends_like_an_uninterrupted_run(tmp_path):
+    """PPO's stage state (sampling RNG, KL controller) rides in the sharded checkpoint like SFT's data position."""
+    args = ["ppo", f"model.path={save_policy_folder(tmp_path)}", f"reward_model.path={save_reward_folder(tmp_path)}",
+            f"data.train_file={save_prompts(tmp_path, 16)}", "train.per_device_batch_size=2", "train.max_steps=4",
+            "train.save_every=2", "ppo.minibatch_size=2", "rollout.max_new_tokens=6", "data.max_prompt_length=32",
+            "data.max_length=64", "train.lr=1e-2", "rollout.print_samples=0", "kl.controller=adaptive",
+            "train.progress_bar=false"]
+    launch(tmp_path / "straight", args, 2)
+    launch(tmp_path / "resumed", args, 2, kill_after=3)
+    assert_one_shard_per_process(tmp_path / "resumed" / "checkpoint-2")
+    done = launch(tmp_path / "resumed", args, 2)
+    assert "resuming from" in done.stderr
+    straight, resumed = weights(tmp_path / "straight", 2), weights(tmp_path / "resumed", 2)
+    assert max_difference(straight[0], resumed[0]) == 0
