@@ -58,10 +58,11 @@ def test_ppo_is_sharded_and_its_objective_matches_one_process(tmp_path):
     assert (tmp_path / "two" / "value_model" / "config.json").is_file()
 
 
-def test_grpo_under_fsdp2_matches_ddp_with_the_same_processes(tmp_path):
-    """Critic-free GRPO: each process samples its own groups (its own generator), so the comparison is with DDP
-    on the same 2 processes — the same rollouts — rather than with one process."""
-    args = ["grpo", f"model.path={save_policy_folder(tmp_path)}", f"data.train_file={letter_prompts(tmp_path)}",
+@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+def test_critic_free_under_fsdp2_matches_ddp_with_the_same_processes(tmp_path, estimator):
+    """Critic-free GRPO / RLOO: each process samples its own groups (its own generator), so the comparison is
+    with DDP on the same 2 processes — the same rollouts — rather than with one process."""
+    args = ["grpo", f"advantage.estimator={estimator}", f"model.path={save_policy_folder(tmp_path)}", f"data.train_file={letter_prompts(tmp_path)}",
             "train.per_device_batch_size=2", "train.max_steps=2", "ppo.minibatch_size=4", "rollout.max_new_tokens=6",
             "data.max_prompt_length=32", "data.max_length=64", "rollout.print_samples=0", "rollout.n=2",
             "train.lr=1e-2", "kl.penalty=loss", "kl.init_coef=0.1",
