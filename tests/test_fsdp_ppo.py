@@ -36,8 +36,12 @@ def launch_rows(out: Path, args: list[str], processes: int) -> dict[int, dict[st
     return weights(out, processes)
 
 
-def test_ppo_is_sharded_and_its_objective_matches_one_process(tmp_path):
-    args = ["ppo", f"model.path={save_policy_folder(tmp_path)}", f"reward_model.path={save_reward_folder(tmp_path)}",
+@pytest.mark.parametrize("sampling", ["gathered", "sharded"])
+def test_ppo_is_sharded_and_its_objective_matches_one_process(tmp_path, sampling):
+    """``sharded`` samples with the weights sharded; here each process's rows also stop at other lengths
+    (tests/multiprocess_ppo_rows.py: 4 … 12 new tokens by prompt), so the processes that end first must keep
+    forwarding in step with the others (``generate(synced=True)``) — or the run would hang."""
+    args = ["ppo", f"rollout.fsdp_sampling={sampling}", f"model.path={save_policy_folder(tmp_path)}", f"reward_model.path={save_reward_folder(tmp_path)}",
             f"data.train_file={save_prompts(tmp_path, 16)}", f"data.eval_file={save_prompts(tmp_path, 4, 'e.jsonl')}",
             "train.max_steps=2", "ppo.epochs=2", "rollout.max_new_tokens=12", "data.max_prompt_length=32",
             "data.max_length=64", "train.lr=1e-2", "value_model.lr=1e-2", "rollout.print_samples=0",
@@ -58,11 +62,12 @@ def test_ppo_is_sharded_and_its_objective_matches_one_process(tmp_path):
     assert (tmp_path / "two" / "value_model" / "config.json").is_file()
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
-def test_critic_free_under_fsdp2_matches_ddp_with_the_same_processes(tmp_path, estimator):
+@pytest.mark.parametrize(("estimator", "sampling"), [("grpo", "gathered"), ("rloo", "sharded")])
+def test_critic_free_under_fsdp2_matches_ddp_with_the_same_processes(tmp_path, estimator, sampling):
     """Critic-free GRPO / RLOO: each process samples its own groups (its own generator), so the comparison is
-    with DDP on the same 2 processes — the same rollouts — rather than with one process."""
-    args = ["grpo", f"advantage.estimator={estimator}", f"model.path={save_policy_folder(tmp_path)}", f"data.train_file={letter_prompts(tmp_path)}",
+    with DDP on the same 2 processes — the same rollouts, sharded sampling included — rather than with one
+    process."""
+    args = ["grpo", f"advantage.estimator={estimator}", f"rollout.fsdp_sampling={sampling}", f"model.path={save_policy_folder(tmp_path)}", f"data.train_file={letter_prompts(tmp_path)}",
             "train.per_device_batch_size=2", "train.max_steps=2", "ppo.minibatch_size=4", "rollout.max_new_tokens=6",
             "data.max_prompt_length=32", "data.max_length=64", "rollout.print_samples=0", "rollout.n=2",
             "train.lr=1e-2", "kl.penalty=loss", "kl.init_coef=0.1",

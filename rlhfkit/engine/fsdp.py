@@ -78,11 +78,12 @@ def meta_skeleton(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def shard(model: torch.nn.Module, device: torch.device, num_processes: int, *,
-          reshard_after_forward: bool | None = None) -> torch.nn.Module:
+          units: tuple[torch.nn.Module, ...] = (), reshard_after_forward: bool | None = None) -> torch.nn.Module:
     """Shard ``model`` in place over all ``num_processes`` processes (one mesh dimension) and return it.
 
-    Layers named by :func:`layer_classes` first, then the root. A unit gathers its parameters only around its
-    own forward: a stage must not call a submodule outside the model's forward (a head on captured hidden
+    Layers named by :func:`layer_classes` first, then ``units`` (submodules a stage calls on their own, e.g.
+    PPO's policy for sampling), then the root. A unit gathers its parameters only around its own forward: a
+    stage must not call a submodule that is no unit outside the model's forward (a head on captured hidden
     states) — capture that submodule's output inside the forward instead. Refuses a model with no such layer: one unit would gather the whole model in every forward, which saves
     no memory.
     """
@@ -101,8 +102,8 @@ def shard(model: torch.nn.Module, device: torch.device, num_processes: int, *,
     mesh = init_device_mesh(device.type, (num_processes,))
     options = {"mesh": mesh, "reshard_after_forward": reshard_after_forward,
                "shard_placement_fn": partial(_placement, num_processes=num_processes)}
-    for layer in layers:
-        fully_shard(layer, **options)
+    for unit in [*layers, *(u for u in units if u is not None and u is not model)]:
+        fully_shard(unit, **options)
     fully_shard(model, **options)
     # FSDP2 takes as root the first unit to run a forward; sampling runs a submodule of the root first (the
     # policy inside PPO's ActorCritic), which would then count as a root of its own and break the next

@@ -119,13 +119,16 @@ class TrainLoop:
     ``torch.no_grad`` without disturbing the training RNG. ``param_groups`` replaces the default AdamW
     groups (matrices decayed, biases and norms not). ``reports``: JSON files (name → data, e.g. the stage's
     ``data_report.json``) written into ``output_dir`` once the run is known to start or resume — after the
-    resume check, so a refused run leaves the previous run's files as they were.
+    resume check, so a refused run leaves the previous run's files as they were. ``fsdp_units``: submodules
+    the stage runs on their own (PPO samples with the policy alone), each an FSDP2 unit of its own under
+    FSDP2, so that calling it gathers its weights (``engine/fsdp.py``).
     """
 
     def __init__(self, config: TrainConfig, model: torch.nn.Module, *, run_config: Any = None,
                  stage_state: dict[str, Any] | None = None, eval_fn: Callable[[Any], dict] | None = None,
                  tokenizer: Any = None, param_groups: list[dict] | None = None,
-                 safe_to_change: tuple[str, ...] = (), reports: dict[str, Any] | None = None) -> None:
+                 safe_to_change: tuple[str, ...] = (), reports: dict[str, Any] | None = None,
+                 fsdp_units: tuple[torch.nn.Module, ...] = ()) -> None:
         self.config = config
         self.model = model
         self.run_config = run_config
@@ -135,6 +138,7 @@ class TrainLoop:
         self.param_groups = param_groups
         self.safe_to_change = tuple(safe_to_change)
         self.reports = dict(reports or {})
+        self.fsdp_units = tuple(fsdp_units)
         self.output_dir = Path(config.output_dir)
         self.step = 0  # completed steps
         self.epoch = 0  # epoch of the next step
@@ -463,7 +467,7 @@ class TrainLoop:
         names = {id(p): n for n, p in self.model.named_parameters()}
         group_names = [[names[id(p)] for p in g["params"]] for g in self.param_groups or []]
         self._skeleton = fsdp.meta_skeleton(self.model)
-        fsdp.shard(self.model, self.device, self.num_processes)
+        fsdp.shard(self.model, self.device, self.num_processes, units=self.fsdp_units)
         if self.param_groups is not None:
             params = dict(self.model.named_parameters())
             self.param_groups = [{**g, "params": [params[n] for n in ns]}

@@ -25,6 +25,7 @@ documented in ``docs/metrics.md (PPO)``, each detail's source in ``docs/implemen
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
-from rlhfkit.config import load_config
+from rlhfkit.config import ConfigError, load_config
 from rlhfkit.data import encode_prompt, format_encode_report, load_rows
 from rlhfkit.data.order import derive_seed
 from rlhfkit.data.templates import adopt_template
@@ -165,7 +166,7 @@ class PPOTrainer:
         size = self.cfg.rollout.chunk_size or len(batch)
         parts, extras = [], defaultdict(list)
         for start in range(0, len(batch), size):
-            with self.loop.accelerator.autocast(), fsdp.gathered(self.loop.model):
+            with self.loop.accelerator.autocast(), self.sampling_weights():
                 rows = batch[start : start + size]
                 rollout, chunk_extras = self.collect_chunk(
                     rows, prompts[start : start + size], generator,
@@ -174,6 +175,24 @@ class PPOTrainer:
             for key, value in chunk_extras.items():
                 extras[key].append(value)
         return Rollout.cat(parts).validate(), {k: torch.cat(v) for k, v in extras.items()}
+
+    @property
+    def synced_sampling(self) -> bool:
+        """Sampling with FSDP2-sharded weights (``rollout.fsdp_sampling=sharded``): every process decodes in step."""
+        cfg = self.cfg
+        if not (self.loop.sharded and cfg.rollout.fsdp_sampling == "sharded"):
+            return False
+        if not cfg.advantage.critic_free and cfg.rollout.old_logprobs == "sampling":
+            raise ConfigError("rollout.fsdp_sampling=sharded reads the values in the actor-critic's own forward only "
+                              "(the value model's weights are gathered there); set rollout.old_logprobs=forward or "
+                              "rollout.fsdp_sampling=gathered")
+        return True
+
+    def sampling_weights(self):
+        """Under FSDP2 with ``rollout.fsdp_sampling=gathered``: the trained models held whole for the rollout."""
+        if self.cfg.rollout.fsdp_sampling == "sharded":
+            return contextlib.nullcontext()
+        return fsdp.gathered(self.loop.model)
 
     def collect_chunk(self, batch: list, prompts: list, generator: torch.Generator,
                       fields: list | None = None) -> tuple[Rollout, dict]:
@@ -188,7 +207,7 @@ class PPOTrainer:
             actor_critic.language_model, [e.prompt_ids for e in batch], max_new_tokens=cfg.rollout.max_new_tokens,
             temperature=temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
             eos_token_id=models.eos_token_ids, pad_token_id=models.tokenizer.pad_token_id, generator=generator,
-            return_logprobs=from_sampling, readout=readout)
+            return_logprobs=from_sampling, readout=readout, synced=self.synced_sampling)
         ids = (generation.prompt_ids, generation.prompt_mask, generation.response_ids, generation.response_mask)
         rollout = Rollout(*ids, logprobs=generation.logprobs)
         group = cfg.ppo.micro_batch_size or cfg.ppo.minibatch_size  # rows per forward of the frozen models
@@ -482,7 +501,7 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None, 
     if monitor is not None:
         stage_state["hacking_monitor"] = monitor
     loop = TrainLoop(cfg.train, actor_critic, run_config=cfg, param_groups=groups,
-                     stage_state=stage_state,
+                     stage_state=stage_state, fsdp_units=(actor_critic.language_model,),  # it samples alone
                      eval_fn=(lambda _model: trainer.evaluate()) if eval_set else None,
                      safe_to_change=SAFE_TO_CHANGE_ON_RESUME)
     trainer = PPOTrainer(cfg, models, loop, kl_controller, rng, prompt_rows, eval_set, fields)
