@@ -180,7 +180,7 @@ class PPOTrainer:
     def synced_sampling(self) -> bool:
         """Sampling with FSDP2-sharded weights (``rollout.fsdp_sampling=sharded``): every process decodes in step."""
         cfg = self.cfg
-        if not (self.loop.sharded and cfg.rollout.fsdp_sampling == "sharded"):
+        if not (cfg.rollout.fsdp_sampling == "sharded" and self.loop.sharded):
             return False
         if not cfg.advantage.critic_free and cfg.rollout.old_logprobs == "sampling":
             raise ConfigError("rollout.fsdp_sampling=sharded reads the values in the actor-critic's own forward only "
