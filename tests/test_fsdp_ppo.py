@@ -78,7 +78,8 @@ def test_critic_free_under_fsdp2_matches_ddp_with_the_same_processes(tmp_path, e
 
     ddp = run_ddp(tmp_path / "ddp", [*args, f"train.output_dir={tmp_path / 'ddp'}"], 2)
     fsdp = weights(tmp_path / "fsdp", 2)
-    assert max_difference(fsdp[0], ddp[0]) < 1e-4
+    # measured 0: two processes' gradients add in one order under both (reduce-scatter and all-reduce)
+    assert max_difference(fsdp[0], ddp[0]) < 1e-6
     from safetensors.torch import load_file
 
     start = load_file(next(save_policy_folder(tmp_path).glob("*.safetensors")))
