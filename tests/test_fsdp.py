@@ -92,18 +92,23 @@ def test_sft_is_sharded_and_matches_one_process(tmp_path):
     assert max_difference({k: two[0][k] for k in final}, final) == 0
 
 
-@pytest.mark.parametrize("reference_mode", ["precompute", "on_the_fly"])
+@pytest.mark.parametrize("reference_mode", ["precompute", "on_the_fly", "lora_adapters_off"])
 def test_dpo_is_sharded_and_matches_one_process(tmp_path, reference_mode):
-    """The policy is sharded; π_ref is a table (precompute) or a frozen copy replicated on every process."""
+    """The policy is sharded; π_ref is a table (precompute), a frozen copy replicated on every process
+    (on_the_fly), or with LoRA the sharded policy itself with its adapters disabled."""
     make_data(tmp_path)
+    mode = ["reference_mode=on_the_fly", "lora.enabled=true", "lora.r=4"] if reference_mode.startswith("lora") \
+        else [f"reference_mode={reference_mode}"]
     args = ["dpo", f"model.path={dpo_model_dir(tmp_path)}", f"data.train_file={tmp_path / 'train.jsonl'}",
-            "data.max_length=64", "data.max_prompt_length=32", "train.max_steps=3", "train.lr=3e-3",
-            f"reference_mode={reference_mode}", *QUIET]
+            "data.max_length=64", "data.max_prompt_length=32", "train.max_steps=3", "train.lr=3e-3", *mode, *QUIET]
     one, two = train_one_and_two(tmp_path, args, 8)
     assert max_difference(two[0], two[1]) == 0
     assert max_difference(two[0], one[0]) < 1e-5
     from safetensors.torch import load_file
 
+    if reference_mode.startswith("lora"):  # the adapters trained (lora_B starts at 0)
+        assert max(float(v.abs().max()) for k, v in one[0].items() if "lora_B" in k) > 1e-3
+        return
     initial = load_file(next(dpo_model_dir(tmp_path).glob("*.safetensors")))
     assert max_difference({k: one[0][k] for k in initial}, initial) > 1e-3
 
