@@ -89,3 +89,22 @@ def test_ppo_killed_and_resumed_under_fsdp2_ends_like_an_uninterrupted_run(tmp_p
     assert "resuming from" in done.stderr
     straight, resumed = weights(tmp_path / "straight", 2), weights(tmp_path / "resumed", 2)
     assert max_difference(straight[0], resumed[0]) == 0
+
+
+def test_a_checkpoint_without_fsdp2_is_refused_under_fsdp2_in_one_sentence(tmp_path):
+    """A plain (one-process or DDP) checkpoint holds one optimizer state by index, not shards by name."""
+    import subprocess
+
+    from multiprocess_helpers import FSDP_CONFIG, cpu_processes
+    from test_fsdp import CLI
+
+    args = sft_args(tmp_path)
+    launch(tmp_path / "run", [*args, "train.per_device_batch_size=4"], 1, kill_after=3)
+    command, env = cpu_processes([str(CLI), str(tmp_path / "w"), *args, "train.per_device_batch_size=2",
+                                  f"train.output_dir={tmp_path / 'run'}"], 2, launcher="accelerate",
+                                 config=FSDP_CONFIG)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode != 0
+    assert "under FSDP2: it was written without FSDP2 (transformers format" in done.stderr
+    assert "ConfigError" not in done.stderr  # the CLI's one sentence (exit 2), not a traceback
+    assert (tmp_path / "run" / "checkpoint-2" / "model").is_dir()  # left as it was

@@ -520,10 +520,7 @@ def load_training_checkpoint(path: Path, rank: int, *, model: torch.nn.Module, o
         from rlhfkit.engine import sharded_checkpoint
 
         sharded_checkpoint.load(model, optimizer, path, has_optimizer_state(path))
-    elif _is_sharded(model):
-        raise CheckpointError(f"{path} was written without FSDP2 ({state['model_format']} format) and this run "
-                              "shards the model; resume it with the launch that wrote it (e.g. ddp.yaml)")
-    else:
+    else:  # (a sharded model never gets here: TrainLoop refuses that resume first)
         load_model(model, path / "model", state["model_format"])
         if has_optimizer_state(path):
             optimizer.load_state_dict(load_torch(path / OPTIMIZER))
@@ -534,11 +531,6 @@ def load_training_checkpoint(path: Path, rank: int, *, model: torch.nn.Module, o
     rng = load_torch(rng_file) if rng_file.exists() else None
     stage = load_torch(stage_file) if stage_file.exists() else None
     return state, rng, stage
-
-
-def _is_sharded(model: torch.nn.Module) -> bool:
-    fsdp = sys.modules.get("torch.distributed.fsdp")
-    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
 
 
 def write_json(path: Path, data: Any) -> None:

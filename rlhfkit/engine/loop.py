@@ -520,6 +520,10 @@ class TrainLoop:
                 f"cannot train past step {saved_state['step']}: the run ended there and {path.name} keeps no "
                 "optimizer state (train.keep_checkpoints_at_end=false); start a new output_dir from its final "
                 "model, or keep the checkpoints next time")
+        if self.sharded and saved_state.get("model_format") != "dcp":
+            raise ConfigError(f"cannot resume from {path} under FSDP2: it was written without FSDP2 "
+                              f"({saved_state.get('model_format')} format, one optimizer state, not shards); "
+                              "resume it with the launch that wrote it (one process, ddp.yaml or cpu_2proc.yaml)")
         rank = self.accelerator.process_index
         state, rng, stage = ckpt.load_training_checkpoint(path, rank, model=self.unwrapped_model,
                                                           optimizer=self.optimizer, scheduler=self.scheduler)
