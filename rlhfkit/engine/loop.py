@@ -61,6 +61,7 @@ from rlhfkit.engine.metrics_log import MetricsLog, Progress, plain_number, read_
 from rlhfkit.engine.run_doctor import check_loss
 from rlhfkit.engine.runtime import resolve_run_precision
 from rlhfkit.engine.train_config import TrainConfig
+from rlhfkit.engine.training_checkpoint import load_training_checkpoint, save_training_checkpoint
 from rlhfkit.errors import RunStopped
 
 
@@ -525,7 +526,7 @@ class TrainLoop:
                               f"({saved_state.get('model_format')} format, one optimizer state, not shards); "
                               "resume it with the launch that wrote it (one process, ddp.yaml or cpu_2proc.yaml)")
         rank = self.accelerator.process_index
-        state, rng, stage = ckpt.load_training_checkpoint(path, rank, model=self.unwrapped_model,
+        state, rng, stage = load_training_checkpoint(path, rank, model=self.unwrapped_model,
                                                           optimizer=self.optimizer, scheduler=self.scheduler)
         for name, obj in self.stage_state.items():
             if stage is None or name not in stage:
@@ -555,7 +556,7 @@ class TrainLoop:
                 raise NonFiniteError(f"step {self.step}: a parameter is non-finite; not writing a checkpoint")
         stage = snapshot["stage"] if snapshot else {k: o.state_dict() for k, o in self.stage_state.items()}
         self.metrics.sync()  # the log is durable up to the checkpoint
-        final = ckpt.save_training_checkpoint(
+        final = save_training_checkpoint(
             self.accelerator, self.output_dir, self.step, model=self.unwrapped_model,
             optimizer=self.optimizer, scheduler=self.scheduler, tokenizer=self.tokenizer,
             trainer_state=self._trainer_state(), config=config_record(self.config, self.run_config,

@@ -3,7 +3,7 @@
 
 Every process writes its own shards into the checkpoint's temporary folder (``model_dcp/__{rank}_0.distcp``,
 ``optimizer_dcp/__{rank}_0.distcp``; rank 0 adds each folder's ``.metadata``); nothing is gathered. The rest of
-the checkpoint is written as without FSDP (``checkpoint.save_training_checkpoint``): the main process lists
+the checkpoint is written as without FSDP (``training_checkpoint.save_training_checkpoint``): the main process lists
 every file — the other processes' shards included — with its size and CRC-32 in the manifest, last, then
 renames the folder. So a sharded checkpoint is as atomic as an unsharded one, and on several machines
 ``output_dir`` must be one filesystem that all of them see (a shared mount).
