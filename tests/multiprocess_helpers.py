@@ -16,6 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_CONFIG = REPO / "configs" / "accelerate" / "cpu_2proc.yaml"
+FSDP_CONFIG = REPO / "configs" / "accelerate" / "fsdp.yaml"
 
 
 def free_port() -> int:
@@ -25,9 +26,10 @@ def free_port() -> int:
 
 
 def cpu_processes(script: list[str], processes: int = 1, launcher: str = "torchrun",
-                  module: bool = False) -> tuple[list[str], dict[str, str]]:
+                  module: bool = False, config: Path = CPU_CONFIG) -> tuple[list[str], dict[str, str]]:
     """``(command, env)`` running ``script`` (a path and its arguments, or with ``module`` a module name and
-    its arguments) in ``processes`` CPU processes through ``launcher`` ("torchrun" or "accelerate")."""
+    its arguments) in ``processes`` CPU processes through ``launcher`` ("torchrun" or "accelerate", with the
+    accelerate ``config``: e.g. :data:`FSDP_CONFIG`)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     target = ["-m", *script] if module else list(script)
     if processes == 1:
@@ -36,7 +38,7 @@ def cpu_processes(script: list[str], processes: int = 1, launcher: str = "torchr
     if launcher == "torchrun":
         prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     elif launcher == "accelerate":
-        prefix = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_CONFIG),
+        prefix = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                   "--num_processes", str(processes), "--main_process_port", str(free_port())]
     else:
         raise ValueError(f"unknown launcher {launcher!r}; valid: torchrun, accelerate")

@@ -15,11 +15,15 @@ Layout of ``checkpoint-{step}/``::
 
     model/                     save_pretrained folder (HF model, or the PEFT adapter), else model.safetensors
     optimizer.pt  scheduler.pt torch state dicts
+    model_dcp/ optimizer_dcp/  instead of model/ and optimizer.pt under FSDP2: one shard file per process
+                               (torch.distributed.checkpoint; see sharded_checkpoint.py)
     rng_rank{r}.pt             global RNG states of process r
     stage_rank{r}.pt           the stage's extra state (KL controller, sampling RNG …) of process r
     trainer_state.json         step, epoch, data position, counters
     config.json                the run's config, compared on resume
     manifest.json              written last; marks the checkpoint complete
+
+Writing and loading a whole training checkpoint (every process's part) is in ``training_checkpoint.py``.
 
 At the end of a run, after the stage's ``final/`` folder is complete, :func:`retire_checkpoints` deletes
 the older checkpoints and the last one's ``optimizer.pt`` (unless ``train.keep_checkpoints_at_end``): the
@@ -309,6 +313,11 @@ def rotate_checkpoints(output_dir: str | Path, keep: int, protect: Path | None =
 
 
 OPTIMIZER = "optimizer.pt"
+OPTIMIZER_SHARDS = "optimizer_dcp"  # the optimizer's shards under FSDP2 (sharded_checkpoint.OPTIMIZER_DIR)
+
+
+def _is_optimizer_file(name: str) -> bool:
+    return name == OPTIMIZER or name.startswith(OPTIMIZER_SHARDS + "/")
 
 
 def has_optimizer_state(path: Path) -> bool:
@@ -333,11 +342,12 @@ def retire_checkpoints(output_dir: str | Path) -> list[Path]:
         _discard(path)
     manifest = read_manifest(latest)
     if manifest.get("optimizer", True) is not False:
-        files = {k: v for k, v in manifest["files"].items() if k != OPTIMIZER}
-        crcs = {k: v for k, v in (manifest.get("crc32") or {}).items() if k != OPTIMIZER}
+        files = {k: v for k, v in manifest["files"].items() if not _is_optimizer_file(k)}
+        crcs = {k: v for k, v in (manifest.get("crc32") or {}).items() if not _is_optimizer_file(k)}
         _write_manifest_file(latest, {**manifest, "files": files, "crc32": crcs, "optimizer": False})
         _fsync_path(latest)
     (latest / OPTIMIZER).unlink(missing_ok=True)
+    shutil.rmtree(latest / OPTIMIZER_SHARDS, ignore_errors=True)
     _fsync_path(latest)
     return removed
 
@@ -456,59 +466,6 @@ def load_model(model: torch.nn.Module, folder: Path, kind: str) -> None:
             saved = type(model).from_pretrained(folder)
         model.load_state_dict(saved.state_dict(), strict=True)
         del saved
-
-
-# ----------------------------------------------------------------------------- a training checkpoint
-
-
-def save_training_checkpoint(accelerator: Any, output_dir: Path, step: int, *, model: torch.nn.Module,
-                             optimizer: Any, scheduler: Any, tokenizer: Any, trainer_state: dict,
-                             config: dict, rng: dict, stage: dict | None, keep: int) -> Path:
-    """Write ``checkpoint-{step}`` atomically and rotate; every process calls it (barriers inside).
-
-    Every process writes its RNG (and stage) state; the main process writes the rest, commits and rotates.
-    ``model`` is the unwrapped model.
-    """
-    tmp = Path(output_dir) / f"{TMP_PREFIX}{step}"
-    if accelerator.is_main_process:
-        begin_checkpoint(output_dir, step)
-    accelerator.wait_for_everyone()
-    rank = accelerator.process_index
-    save_torch(rng, tmp / f"rng_rank{rank}.pt")
-    if stage is not None:
-        save_torch(stage, tmp / f"stage_rank{rank}.pt")
-    if not accelerator.is_main_process:
-        _WRITTEN_CRC.clear()  # the main process writes the manifest (reading these files back)
-    accelerator.wait_for_everyone()
-    final = Path(output_dir) / f"{PREFIX}{step}"
-    if accelerator.is_main_process:
-        kind = save_model(model, tmp / "model", tokenizer)
-        save_torch(optimizer.state_dict(), tmp / OPTIMIZER)
-        save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
-        write_json(tmp / "trainer_state.json", {**trainer_state, "model_format": kind})
-        write_json(tmp / "config.json", config)
-        final = commit_checkpoint(tmp, step, {"model_format": kind})
-        rotate_checkpoints(output_dir, keep, protect=final)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def load_training_checkpoint(path: Path, rank: int, *, model: torch.nn.Module, optimizer: Any,
-                             scheduler: Any) -> tuple[dict, dict | None, dict | None]:
-    """Load model, optimizer and scheduler from ``path``; return (trainer state, this rank's RNG state or
-    None when the checkpoint had fewer processes, the stage state — this rank's, else rank 0's — or None).
-    A retired checkpoint (see :func:`retire_checkpoints`) leaves the optimizer as it is."""
-    state = read_json(path / "trainer_state.json")
-    load_model(model, path / "model", state["model_format"])
-    if has_optimizer_state(path):
-        optimizer.load_state_dict(load_torch(path / OPTIMIZER))
-    scheduler.load_state_dict(load_torch(path / "scheduler.pt"))
-    rng_file, stage_file = path / f"rng_rank{rank}.pt", path / f"stage_rank{rank}.pt"
-    if not stage_file.exists():
-        stage_file = path / "stage_rank0.pt"
-    rng = load_torch(rng_file) if rng_file.exists() else None
-    stage = load_torch(stage_file) if stage_file.exists() else None
-    return state, rng, stage
 
 
 def write_json(path: Path, data: Any) -> None:

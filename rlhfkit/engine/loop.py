@@ -40,6 +40,7 @@ import torch
 from rlhfkit.config import ConfigError
 from rlhfkit.data.order import DataOrder, derive_seed, shard_step
 from rlhfkit.engine import checkpoint as ckpt
+from rlhfkit.engine import fsdp
 from rlhfkit.engine.determinism import capture_rng_state, restore_rng_state, seed_everything
 from rlhfkit.engine.loop_support import (
     OutputDirLock,
@@ -60,6 +61,7 @@ from rlhfkit.engine.metrics_log import MetricsLog, Progress, plain_number, read_
 from rlhfkit.engine.run_doctor import check_loss
 from rlhfkit.engine.runtime import resolve_run_precision
 from rlhfkit.engine.train_config import TrainConfig
+from rlhfkit.engine.training_checkpoint import load_training_checkpoint, save_training_checkpoint
 from rlhfkit.errors import RunStopped
 
 
@@ -118,13 +120,16 @@ class TrainLoop:
     ``torch.no_grad`` without disturbing the training RNG. ``param_groups`` replaces the default AdamW
     groups (matrices decayed, biases and norms not). ``reports``: JSON files (name → data, e.g. the stage's
     ``data_report.json``) written into ``output_dir`` once the run is known to start or resume — after the
-    resume check, so a refused run leaves the previous run's files as they were.
+    resume check, so a refused run leaves the previous run's files as they were. ``fsdp_units``: submodules
+    the stage runs on their own (PPO samples with the policy alone), each an FSDP2 unit of its own under
+    FSDP2, so that calling it gathers its weights (``engine/fsdp.py``).
     """
 
     def __init__(self, config: TrainConfig, model: torch.nn.Module, *, run_config: Any = None,
                  stage_state: dict[str, Any] | None = None, eval_fn: Callable[[Any], dict] | None = None,
                  tokenizer: Any = None, param_groups: list[dict] | None = None,
-                 safe_to_change: tuple[str, ...] = (), reports: dict[str, Any] | None = None) -> None:
+                 safe_to_change: tuple[str, ...] = (), reports: dict[str, Any] | None = None,
+                 fsdp_units: tuple[torch.nn.Module, ...] = ()) -> None:
         self.config = config
         self.model = model
         self.run_config = run_config
@@ -134,6 +139,7 @@ class TrainLoop:
         self.param_groups = param_groups
         self.safe_to_change = tuple(safe_to_change)
         self.reports = dict(reports or {})
+        self.fsdp_units = tuple(fsdp_units)
         self.output_dir = Path(config.output_dir)
         self.step = 0  # completed steps
         self.epoch = 0  # epoch of the next step
@@ -183,17 +189,32 @@ class TrainLoop:
 
     @property
     def unwrapped_model(self) -> torch.nn.Module:
-        """The model without DDP/FSDP wrappers (for ``generate`` and saving)."""
+        """The model without DDP wrappers (for ``generate``). Under FSDP2 the sharded model itself: its
+        forward and ``generate`` work on every process together; to save it, use :meth:`final_model`."""
         return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the model is sharded with FSDP2 (``engine/fsdp.py``)."""
+        return fsdp.is_sharded(self.model)
+
+    def final_model(self) -> torch.nn.Module:
+        """The trained model as a plain module on every process, to evaluate and save after training: the
+        unwrapped model, or under FSDP2 its weights gathered into a CPU copy (a collective: every process
+        must call it; each holds the whole model in host memory once)."""
+        if not self.sharded:
+            return self.unwrapped_model
+        return fsdp.gathered_model(self.model, self._skeleton)
 
     def save_model(self, folder: str | Path) -> Path:
         """Save the trained model (unwrapped; the adapter folder for PEFT) and the tokenizer as a standard
         Hugging Face folder, atomically, from the main process. A stage that merges LoRA first calls
         ``checkpoint.save_folder_atomically`` itself."""
         folder = Path(folder)
+        model = self.final_model()
         if self.is_main_process:
             ckpt.save_folder_atomically(folder, lambda tmp: ckpt.save_model(
-                self.unwrapped_model, tmp, self.tokenizer, for_resume=False))
+                model, tmp, self.tokenizer, for_resume=False))
         self.accelerator.wait_for_everyone()
         return folder
 
@@ -309,7 +330,13 @@ class TrainLoop:
     @contextlib.contextmanager
     def no_sync(self, enabled: bool = True):
         """Skip the gradient all-reduce for micro-batches before the last one (wrap forward and backward)."""
-        if enabled and self.num_processes > 1:
+        if enabled and self.num_processes > 1 and self.sharded:
+            self.model.set_requires_gradient_sync(False)  # FSDP2 keeps the unreduced gradients until the last
+            try:
+                yield
+            finally:
+                self.model.set_requires_gradient_sync(True)
+        elif enabled and self.num_processes > 1:
             with self.accelerator.no_sync(self.model):
                 yield
         else:
@@ -330,7 +357,10 @@ class TrainLoop:
         if self._current is None:
             raise RuntimeError("optimizer_step() outside a step")
         max_norm = self.config.max_grad_norm or math.inf
-        grad_norm = float(self.accelerator.clip_grad_norm_(self._trainable, max_norm))
+        if self.sharded:
+            grad_norm = fsdp.clip_grad_norm_(self._trainable, max_norm)
+        else:
+            grad_norm = float(self.accelerator.clip_grad_norm_(self._trainable, max_norm))
         lr = float(self.optimizer.param_groups[0]["lr"])
         loss_value, self._nonfinite_loss = self._nonfinite_loss, None
         bad = loss_value is not None or not math.isfinite(grad_norm)
@@ -419,13 +449,32 @@ class TrainLoop:
         if cfg.gradient_checkpointing:
             enable_activation_checkpointing(self.model)
         self.model.train()
+        if fsdp.requested():  # before the optimizer is built: it holds the sharded parameters
+            self._shard_model()
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
         if not self._trainable:
             raise ValueError("the model has no trainable parameters (requires_grad is False everywhere)")
         optimizer = build_optimizer(self.param_groups or default_param_groups(self._trainable), cfg)
         self.scheduler = build_scheduler(optimizer, cfg.lr_schedule, warmup, self.total_steps)
-        self.model, self.optimizer = acc.prepare(self.model, optimizer)
+        if self.sharded:  # accelerate gets no model to wrap (on CPU it would make it DDP: see engine/fsdp.py)
+            self.optimizer = optimizer
+        else:
+            self.model, self.optimizer = acc.prepare(self.model, optimizer)
         self._resume_or_start()
+
+    def _shard_model(self) -> None:
+        # fully_shard replaces every parameter by a sharded one: the stage's optimizer groups are found again
+        # by parameter name
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        group_names = [[names[id(p)] for p in g["params"]] for g in self.param_groups or []]
+        self._skeleton = fsdp.meta_skeleton(self.model)
+        fsdp.shard(self.model, self.device, self.num_processes, units=self.fsdp_units)
+        if self.param_groups is not None:
+            params = dict(self.model.named_parameters())
+            self.param_groups = [{**g, "params": [params[n] for n in ns]}
+                                 for g, ns in zip(self.param_groups, group_names)]
+        if self.config.mixed_precision == "bf16":  # what accelerate.prepare does to a model it wraps
+            self.model.forward = self.accelerator.autocast()(self.model.forward)
 
     def _resume_or_start(self) -> None:
         latest, skipped = ckpt.find_latest_checkpoint(self.output_dir, verify_content=True)
@@ -472,8 +521,12 @@ class TrainLoop:
                 f"cannot train past step {saved_state['step']}: the run ended there and {path.name} keeps no "
                 "optimizer state (train.keep_checkpoints_at_end=false); start a new output_dir from its final "
                 "model, or keep the checkpoints next time")
+        if self.sharded and saved_state.get("model_format") != "dcp":
+            raise ConfigError(f"cannot resume from {path} under FSDP2: it was written without FSDP2 "
+                              f"({saved_state.get('model_format')} format, one optimizer state, not shards); "
+                              "resume it with the launch that wrote it (one process, ddp.yaml or cpu_2proc.yaml)")
         rank = self.accelerator.process_index
-        state, rng, stage = ckpt.load_training_checkpoint(path, rank, model=self.unwrapped_model,
+        state, rng, stage = load_training_checkpoint(path, rank, model=self.unwrapped_model,
                                                           optimizer=self.optimizer, scheduler=self.scheduler)
         for name, obj in self.stage_state.items():
             if stage is None or name not in stage:
@@ -499,17 +552,17 @@ class TrainLoop:
     def _save_checkpoint(self, snapshot: dict | None = None) -> Path:
         """Write ``checkpoint-{step}``; ``snapshot`` replaces the RNG and stage state (out-of-memory save)."""
         for p in self._trainable:  # belt and braces: never persist a corrupted model
-            if not bool(torch.isfinite(p.detach()).all()):
+            if not bool(torch.isfinite(fsdp.local(p.detach())).all()):
                 raise NonFiniteError(f"step {self.step}: a parameter is non-finite; not writing a checkpoint")
         stage = snapshot["stage"] if snapshot else {k: o.state_dict() for k, o in self.stage_state.items()}
         self.metrics.sync()  # the log is durable up to the checkpoint
-        final = ckpt.save_training_checkpoint(
+        final = save_training_checkpoint(
             self.accelerator, self.output_dir, self.step, model=self.unwrapped_model,
             optimizer=self.optimizer, scheduler=self.scheduler, tokenizer=self.tokenizer,
             trainer_state=self._trainer_state(), config=config_record(self.config, self.run_config,
                                                                       self._data_record()),
             rng=snapshot["rng"] if snapshot else capture_rng_state(), stage=stage or None,
-            keep=self.config.save_total_limit)
+            keep=self.config.save_total_limit, sharded=self.sharded)
         self.last_checkpoint, self._save_pending = final, False
         return final
 

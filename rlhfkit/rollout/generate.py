@@ -353,6 +353,7 @@ class _Sampling:
     cache_keyword: str  # the forward's name for the KV cache: "cache" or (older transformers) "past_key_values"
     logits_to_keep: bool
     drop_finished: bool
+    synced: bool = False  # keep every process of the group forwarding until all have finished (FSDP2)
 
 
 class _Batch:
@@ -444,7 +445,10 @@ def _decode_batch(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s:
                 per_step[name][live.rows, t] = values.masked_fill(live.finished, 0.0)
             live.finished |= torch.isin(tokens, s.eos_ids)
             steps = t + 1
-            if steps == s.max_new_tokens or bool(live.finished.all()):
+            done = steps == s.max_new_tokens or bool(live.finished.all())
+            if s.synced and not _done_everywhere(done, device) and done:  # the flag: every step, every process
+                _forward_until_done_everywhere(model, s.pad_token_id, device)  # others still decode: keep pace
+            if done:
                 break
             kept = _rows_to_keep(live.finished) if s.drop_finished else None
             if kept is not None:
@@ -460,6 +464,26 @@ def _decode_batch(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s:
         response_ids=response_ids[:, :steps], response_mask=response_mask[:, :steps],
         ended_with_eos=ended_with_eos, **{name: values[:, :steps] for name, values in per_step.items()},
     )
+
+
+def _done_everywhere(done: bool, device: torch.device) -> bool:
+    """Whether every process of the default group is done (one all-reduce of a 0/1 flag)."""
+    import torch.distributed as dist
+
+    flag = torch.tensor([0 if done else 1], device=device)
+    dist.all_reduce(flag)
+    return int(flag) == 0
+
+
+def _forward_until_done_everywhere(model, pad_token_id: int, device: torch.device) -> None:
+    """``synced`` decoding for a process whose rows have all ended: one throwaway forward (a padding token, no
+    cache) for each decoding step the others still take. With sharded weights every forward is a collective
+    (each unit's all-gather), so the processes must run the same number of them whatever their rows do."""
+    token = torch.full((1, 1), pad_token_id, dtype=torch.long, device=device)
+    while True:
+        model(input_ids=token)
+        if _done_everywhere(True, device):
+            return
 
 
 def _capture_hidden(model, wanted: bool):
@@ -539,6 +563,7 @@ def generate(
     return_logprobs: bool = False,
     drop_finished: bool = True,
     readout: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    synced: bool = False,
 ) -> GenerationOutput:
     """Sample (or greedily decode) up to ``max_new_tokens`` tokens after each prompt; see the module docstring.
 
@@ -551,6 +576,10 @@ def generate(
     module docstring); False reproduces ``model.generate``'s logits bit for bit. ``return_logprobs`` also
     returns each step's entropy. ``readout`` maps the trunk's final hidden states (b, H) to (b,) values at
     every sampling step — the state each token was chosen in, e.g. PPO's value head: V(s_t) at no extra forward.
+    ``synced``: every process of the default process group calls ``generate`` together (the same number of
+    chunks), and each keeps forwarding — throwaway forwards once its own rows have ended — until all have
+    ended: for weights sharded with FSDP2, where every forward is a collective (``transformers``' name for
+    this is ``synced_gpus``). Each process's samples are what they would be without it.
     Returns a :class:`GenerationOutput` whose row i belongs to ``prompts[i]``.
     """
     _check_settings(prompts, max_new_tokens, temperature, top_p, top_k, batch_size, model)
@@ -570,6 +599,7 @@ def generate(
         mask_dtype=model.get_input_embeddings().weight.dtype,
         cache_dtype=torch.float32 if float32_sdpa else None, cache_keyword=_cache_keyword(model),
         logits_to_keep="logits_to_keep" in _forward_parameters(model), drop_finished=drop_finished,
+        synced=synced,
     )
     if batch_size is None or batch_size >= len(prompts):
         order = list(range(len(prompts)))

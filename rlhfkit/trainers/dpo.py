@@ -358,8 +358,10 @@ def train(cfg: DPOConfig, *, train_dataset: Any = None, eval_dataset: Any = None
     summary = loop.fit(dataset, PreferenceCollator(pad_id, tables["train"], shared),
                        DPOStep(objective, sources["train"]))
     # 4. the final policy, loadable by plain transformers / peft
-    if summary.status in ("completed", "already_complete") and state.is_main_process:
-        say(f"dpo: final policy saved in {save_final(loop.unwrapped_model, cfg, tokenizer)}")
+    finished = summary.status in ("completed", "already_complete")
+    trained = loop.final_model() if finished else None  # gathered from the shards under FSDP2 (a collective)
+    if finished and state.is_main_process:
+        say(f"dpo: final policy saved in {save_final(trained, cfg, tokenizer)}")
     loop.retire_checkpoints()  # only now that final/ is complete
     return summary
 

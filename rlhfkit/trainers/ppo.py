@@ -40,6 +40,7 @@ from rlhfkit.config import load_config
 from rlhfkit.data import encode_prompt, format_encode_report, load_rows
 from rlhfkit.data.order import derive_seed
 from rlhfkit.data.templates import adopt_template
+from rlhfkit.engine import fsdp
 from rlhfkit.engine.determinism import seed_everything
 from rlhfkit.engine.loop import RunSummary, TrainLoop
 from rlhfkit.engine.metrics_log import say
@@ -374,7 +375,7 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None, 
     if monitor is not None:
         stage_state["hacking_monitor"] = monitor
     loop = TrainLoop(cfg.train, actor_critic, run_config=cfg, param_groups=groups,
-                     stage_state=stage_state,
+                     stage_state=stage_state, fsdp_units=(actor_critic.language_model,),  # it samples alone
                      eval_fn=(lambda _model: trainer.evaluate()) if eval_set else None,
                      safe_to_change=SAFE_TO_CHANGE_ON_RESUME)
     trainer = PPOTrainer(cfg, models, loop, kl_controller, rng, prompt_rows, eval_set, fields)
@@ -392,6 +393,8 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None, 
     outputs = [out / "final"] + ([out / "value_model"] if actor_critic.value_model is not None else [])
     finished = summary.status == "completed" or (summary.status == "already_complete"
                                                   and not all(p.exists() for p in outputs))
+    if finished and loop.sharded:  # the weights gathered from the shards, on every process (a collective)
+        models.actor_critic = loop.final_model()
     if loop.is_main_process and finished:
         save = critic_free.save_policy_only if cfg.advantage.critic_free else save_trained
         saved = save(models, cfg, out)
@@ -407,14 +410,15 @@ def run_monitor(monitor: Any, loop: TrainLoop, models: PPOModels, step: Any, met
     from rlhfkit.engine.loop_support import preserved_rng
 
     reason = None
-    if loop.is_main_process:
-        with preserved_rng():
-            check = monitor(step.number, step.total, models.actor_critic.language_model, models.tokenizer)
-        if check is not None:
-            metrics.update(check.metrics())
-            if check.stop:
-                reason = (f"the reward-hacking monitor confirmed a divergence (best independent-judge "
-                          f"score at step {check.best_step})")
+    with fsdp.gathered(loop.model):  # the main process alone samples: no collective in its forwards
+        if loop.is_main_process:
+            with preserved_rng():
+                check = monitor(step.number, step.total, models.actor_critic.language_model, models.tokenizer)
+            if check is not None:
+                metrics.update(check.metrics())
+                if check.stop:
+                    reason = (f"the reward-hacking monitor confirmed a divergence (best independent-judge "
+                              f"score at step {check.best_step})")
     if loop.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 

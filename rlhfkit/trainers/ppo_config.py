@@ -92,6 +92,12 @@ class RolloutConfig:
     step holds ``train.per_device_batch_size · n`` rollouts."""
     print_samples: int = 2
     """Samples printed with their score and KL at each log step (``train.log_every``); 0 = none."""
+    fsdp_sampling: Literal["gathered", "sharded"] = "gathered"
+    """Under FSDP2 only (docs/scale-out.md): ``gathered`` holds the policy and value model whole on every process
+    for the rollout (fast: no collective per token; needs the whole policy in each device's memory);
+    ``sharded`` samples with the weights sharded, gathering each layer for every token, every process
+    forwarding until all have finished (for a policy too large to hold whole; with a critic it needs
+    ``old_logprobs=forward``)."""
 
 
 @dataclass

@@ -8,11 +8,14 @@ Every detail's source: ``docs/implementation-details.md`` (rows 2–4).
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from typing import Any
 
 import torch
 
+from rlhfkit.config import ConfigError
+from rlhfkit.engine import fsdp
 from rlhfkit.engine.loop import TrainLoop
 from rlhfkit.ops import explained_variance, masked_mean, masked_sum
 from rlhfkit.rewards.sources import RewardSources, source_metrics
@@ -36,11 +39,13 @@ class RolloutCollector:
         """Generate → score → forward once, ``rollout.chunk_size`` prompts at a time; one :class:`Rollout`.
 
         In the run's precision: with ``train.mixed_precision=bf16`` sampling and every forward run under the
-        same autocast as the updates (the loop's prepared module has it built in)."""
+        same autocast as the updates (the loop's prepared module has it built in). Under FSDP2 the policy and
+        value model are held whole meanwhile (``fsdp.gathered``): each process samples until its own rows end,
+        with no collective inside a forward."""
         size = self.cfg.rollout.chunk_size or len(batch)
         parts, extras = [], defaultdict(list)
         for start in range(0, len(batch), size):
-            with self.loop.accelerator.autocast():
+            with self.loop.accelerator.autocast(), self.sampling_weights():
                 rows = batch[start : start + size]
                 rollout, chunk_extras = self.collect_chunk(
                     rows, prompts[start : start + size], generator,
@@ -49,6 +54,24 @@ class RolloutCollector:
             for key, value in chunk_extras.items():
                 extras[key].append(value)
         return Rollout.cat(parts).validate(), {k: torch.cat(v) for k, v in extras.items()}
+
+    @property
+    def synced_sampling(self) -> bool:
+        """Sampling with FSDP2-sharded weights (``rollout.fsdp_sampling=sharded``): every process decodes in step."""
+        cfg = self.cfg
+        if not (cfg.rollout.fsdp_sampling == "sharded" and self.loop.sharded):
+            return False
+        if not cfg.advantage.critic_free and cfg.rollout.old_logprobs == "sampling":
+            raise ConfigError("rollout.fsdp_sampling=sharded reads the values in the actor-critic's own forward only "
+                              "(the value model's weights are gathered there); set rollout.old_logprobs=forward or "
+                              "rollout.fsdp_sampling=gathered")
+        return True
+
+    def sampling_weights(self):
+        """Under FSDP2 with ``rollout.fsdp_sampling=gathered``: the trained models held whole for the rollout."""
+        if self.cfg.rollout.fsdp_sampling == "sharded":
+            return contextlib.nullcontext()
+        return fsdp.gathered(self.loop.model)
 
     def collect_chunk(self, batch: list, prompts: list, generator: torch.Generator,
                       fields: list | None = None) -> tuple[Rollout, dict]:
@@ -63,7 +86,7 @@ class RolloutCollector:
             actor_critic.language_model, [e.prompt_ids for e in batch], max_new_tokens=cfg.rollout.max_new_tokens,
             temperature=temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
             eos_token_id=models.eos_token_ids, pad_token_id=models.tokenizer.pad_token_id, generator=generator,
-            return_logprobs=from_sampling, readout=readout)
+            return_logprobs=from_sampling, readout=readout, synced=self.synced_sampling)
         ids = (generation.prompt_ids, generation.prompt_mask, generation.response_ids, generation.response_mask)
         rollout = Rollout(*ids, logprobs=generation.logprobs)
         group = cfg.ppo.micro_batch_size or cfg.ppo.minibatch_size  # rows per forward of the frozen models

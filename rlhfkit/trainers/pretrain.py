@@ -311,7 +311,7 @@ def pretrain(texts: Sequence[str], tokenizer: Any, model, train_cfg: TrainConfig
     loop = TrainLoop(train_cfg, model, run_config=run, tokenizer=tokenizer,
                      eval_fn=evaluate if eval_rows is not None else None)
     loop.fit(rows, collate, lambda m, b: causal_lm_step(m, b, "pretrain/nll"), weight_fn=target_token_count)
-    trained = loop.unwrapped_model.eval()
+    trained = loop.final_model().eval()  # gathered from the shards under FSDP2 (every process calls it)
 
     def write(folder: Path) -> None:
         trained.save_pretrained(folder)

@@ -37,6 +37,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 from collections.abc import Sequence
@@ -160,25 +161,38 @@ def group_scores(model, batch: dict[str, Any]) -> torch.Tensor:
     One row per response (``collate_groups``): the head at each row's last real token. Shared-prompt rows:
     the head at each response's last token, the response having attended to the prompt and itself only.
     """
-    from rlhfkit.models.forward import (
-        forward_hidden_states,
-        last_token_index,
-        model_inputs,
-        shared_prompt_hidden_states,
-    )
+    from rlhfkit.models.forward import last_token_index, model_inputs, shared_prompt_inputs
     from rlhfkit.models.heads import scalar_head
 
     # Both layouts go through the whole model's forward, never the trunk alone: under DDP only a forward of the
     # wrapped module synchronises gradients (tests/test_multiprocess.py), and accelerate's autocast wraps it.
+    # The head's output at every position is taken inside that forward, never by calling the head again
+    # after it: under FSDP2 the head's weights are gathered only while the model's forward runs.
     if "segment_ids" not in batch:
         mask = batch["attention_mask"]
-        hidden = forward_hidden_states(model, model_inputs(model, batch["input_ids"], mask))  # (N, T, H)
-        last = hidden[torch.arange(mask.shape[0], device=mask.device), last_token_index(mask)]  # (N, H)
+        inputs = model_inputs(model, batch["input_ids"], mask)
+        rows, positions = torch.arange(mask.shape[0], device=mask.device), last_token_index(mask)  # (N,)
     else:
-        hidden = shared_prompt_hidden_states(model, batch)  # (G, T, H)
-        last = hidden[batch["response_row"], batch["response_end"] - 1]  # (N, H)
-    head = scalar_head(model)
-    return head(last.to(next(head.parameters()).dtype)).squeeze(-1).float()
+        inputs = shared_prompt_inputs(model, batch)
+        rows, positions = batch["response_row"], batch["response_end"] - 1  # (N,)
+    with capture_output(scalar_head(model)) as captured:
+        returned = model(**inputs).logits  # the model's own pooling, not used but for the line below
+    scores = captured["output"][rows, positions].squeeze(-1).float()  # (rows, T, 1) -> (N,)
+    # FSDP2 prepares the backward of its root unit (embeddings, final norm, head) from the tensors the forward
+    # returns: the loss must depend on one of them, or those weights would neither be gathered for the
+    # backward nor have their gradients reduced. Adding a zero multiple adds that dependence and nothing else.
+    return scores + 0.0 * returned.float().sum()
+
+
+@contextlib.contextmanager
+def capture_output(module: torch.nn.Module):
+    """Record ``module``'s output during a forward: ``with capture_output(m) as captured: model(…)``."""
+    captured: dict[str, torch.Tensor] = {}
+    handle = module.register_forward_hook(lambda _m, _args, output: captured.__setitem__("output", output))
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 def collate_comparisons(groups: Sequence[Any], pad_token_id: int, shared_prompt: bool) -> dict[str, Any]:
@@ -405,7 +419,7 @@ def train_reward(cfg: RewardConfig, *, train_dataset: Any = None, eval_dataset: 
         dataset.loop = loop
     summary = loop.fit(dataset, collate, lambda m, b: reward_step(m, b, cfg.margin, cfg.pair_weighting),
                        weight_fn=lambda b: weight_units(b, cfg.pair_weighting))
-    trained = loop.unwrapped_model.eval()
+    trained = loop.final_model().eval()  # gathered from the shards under FSDP2 (every process calls it)
     gain, bias, stats = normalize_scores(trained, references, cfg, pad_id)
     say(f"reward: reference scores (raw) mean {stats['raw_mean']:+.4f} std {stats['raw_std']:.4f} over "
         f"{int(stats['count'])} responses; normalised = {gain:.4g} · raw {bias:+.4g}")

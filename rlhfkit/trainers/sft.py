@@ -263,7 +263,7 @@ def train_sft(cfg: SFTConfig, *, train_dataset: Any = None, eval_dataset: Any = 
         dataset.loop = loop
     with neftune(model, cfg.neftune_alpha):
         summary = loop.fit(dataset, collate, sft_step, weight_fn=target_token_count)
-    trained = loop.unwrapped_model.eval()
+    trained = loop.final_model().eval()  # gathered from the shards under FSDP2 (every process calls it)
     final = Path(cfg.train.output_dir) / FINAL_DIR
     if loop.is_main_process:  # one writer: the ranks hold the same weights, and racing renames could clash
         save_folder_atomically(final, lambda folder: save_sft_model(trained, tokenizer, folder, cfg))
