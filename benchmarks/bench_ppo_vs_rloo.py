@@ -84,8 +84,8 @@ ARMS = {
 TRL_BY_PRECISION = {"fp32": "trl_fp32", "bf16": "trl_bf16"}
 
 
-def run_arm(arm: str, root: Path, args, iterations: int) -> dict:
-    python, worker, extra, _, _ = ARMS[arm]
+def run_arm(arm: str, root: Path, args, iterations: int, arms: dict = ARMS) -> dict:
+    python, worker, extra, _, _ = arms[arm]
     command = [str(ROOT / python), str(HERE / worker), "--root", str(root), "--iterations", str(iterations + 1),
                "--prompts", str(args.prompts), "--generations", str(args.generations),
                "--max-new-tokens", str(args.max_new_tokens), "--minibatch", str(args.minibatch),
@@ -99,7 +99,7 @@ def run_arm(arm: str, root: Path, args, iterations: int) -> dict:
     return {key: statistics.median(it[key] for it in timed) for key in timed[0]}
 
 
-def bench_size(size: str, arms: list[str], args) -> dict[str, list[dict]]:
+def bench_size(size: str, arms: list[str], args, table: dict = ARMS) -> dict[str, list[dict]]:
     from _rl_common import build_folders
 
     root = build_folders(Path(args.workdir) / size, size, n_prompts=(args.iterations + 1) * args.prompts,
@@ -108,16 +108,16 @@ def bench_size(size: str, arms: list[str], args) -> dict[str, list[dict]]:
     for repeat in range(args.repeats):
         order = arms if repeat % 2 == 0 else arms[::-1]
         for arm in order:
-            runs[arm].append(run_arm(arm, root, args, args.iterations))
+            runs[arm].append(run_arm(arm, root, args, args.iterations, table))
             r = runs[arm][-1]
             print(f"  [{size} repeat {repeat + 1}/{args.repeats}] {arm:14s} " + "  ".join(
                 f"{p} {r[p]:6.2f}s" for p in PHASES) + f"  (cpu {r['cpu_total']:6.2f}s)", flush=True)
     if args.trl_defaults:  # slow: once, for information
-        runs["trl_defaults"] = [run_arm("trl_defaults", root, args, max(1, args.iterations // 2))]
+        runs["trl_defaults"] = [run_arm("trl_defaults", root, args, max(1, args.iterations // 2), table)]
     return runs
 
 
-def table(results: dict[str, dict[str, list[dict]]]) -> str:
+def table(results: dict[str, dict[str, list[dict]]], arms: dict = ARMS) -> str:
     """Markdown: per arm the median seconds of each phase, and the iteration's speed-up over TRL in the same
     precision (of the medians; the median of per-repeat pairs; of CPU seconds) and over TRL's fastest arm."""
     head = ("| size | arm | generate (s) | experience (s) | update (s) | iteration (s) | vs TRL same precision: "
@@ -130,7 +130,7 @@ def table(results: dict[str, dict[str, list[dict]]]) -> str:
         fastest = min(trl_arms, key=lambda arm: medians[arm]["total"])
         for arm, arm_runs in runs.items():
             med = medians[arm]
-            base_arm = TRL_BY_PRECISION.get(ARMS[arm][3]) if not arm.startswith("trl_") else None
+            base_arm = TRL_BY_PRECISION.get(arms[arm][3]) if not arm.startswith("trl_") else None
             if base_arm in runs:
                 base = runs[base_arm]
                 pairs = [b["total"] / r["total"] for b, r in zip(base, arm_runs)]
@@ -139,9 +139,9 @@ def table(results: dict[str, dict[str, list[dict]]]) -> str:
             else:
                 same = ["–", "–", "–"]
             versus = f"{medians[fastest]['total'] / med['total']:.2f}"
-            lines.append(f"| {size} | {ARMS[arm][4]} | " + " | ".join(f"{med[p]:.2f}" for p in PHASES)
+            lines.append(f"| {size} | {arms[arm][4]} | " + " | ".join(f"{med[p]:.2f}" for p in PHASES)
                          + " | " + " | ".join([*same, versus]) + " |")
-        lines.append(f"\nTRL's fastest arm at {size}: {ARMS[fastest][4]}.\n")
+        lines.append(f"\nTRL's fastest arm at {size}: {arms[fastest][4]}.\n")
     return "\n".join(lines)
 
 
