@@ -426,8 +426,7 @@ def _decode_batch(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s:
                 for name, wanted in (("logprobs", s.return_logprobs), ("entropy", s.return_logprobs),
                                      ("readouts", s.readout is not None)) if wanted}
     with _capture_hidden(model, s.readout is not None) as captured:
-        logits = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
-                       **with_cache, **extra).logits[:, -1, :]  # (b, V)
+        logits = _prefill(model, prompt_ids, prompt_mask, positions, cache, with_cache, extra, captured)  # (b, V)
         steps = 0
         for t in range(s.max_new_tokens):
             tokens, token_logprobs, token_entropy = _next_tokens(
@@ -460,6 +459,41 @@ def _decode_batch(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s:
         response_ids=response_ids[:, :steps], response_mask=response_mask[:, :steps],
         ended_with_eos=ended_with_eos, **{name: values[:, :steps] for name, values in per_step.items()},
     )
+
+
+def distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(first, inverse)`` when some rows of the (B, P) ``ids``/``mask`` pair repeat, else None: ``first`` (U,)
+    the index of each distinct row's first occurrence (in order), ``inverse`` (B,) the distinct row of each row,
+    so ``ids[first][inverse] == ids``. GRPO-style rollouts hold each prompt ``n`` times in a row."""
+    seen: dict[tuple, int] = {}
+    first, inverse = [], []
+    for row, key in enumerate(map(tuple, torch.cat([ids, mask.to(ids.dtype)], dim=1).tolist())):
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(row)
+        inverse.append(seen[key])
+    if len(first) == len(inverse):
+        return None
+    device = ids.device
+    return torch.tensor(first, device=device), torch.tensor(inverse, device=device)
+
+
+def _prefill(model, prompt_ids, prompt_mask, positions, cache, with_cache: dict, extra: dict, captured: dict):
+    """The prompts' forward into ``cache``; the last position's logits (B, V). A prompt that occurs several
+    times (each prompt ``rollout.n`` times for GRPO) is run once and its keys/values copied to its other rows:
+    a row's prefill does not depend on the other rows, so the cache and logits are those of the full batch
+    (to float rounding — the kernels see fewer rows) at a fraction of the prompt's matrix products."""
+    repeated = distinct_rows(prompt_ids, prompt_mask)
+    if repeated is None:
+        return model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
+                     **with_cache, **extra).logits[:, -1, :]
+    first, inverse = repeated
+    logits = model(input_ids=prompt_ids[first], attention_mask=prompt_mask[first], position_ids=positions[first],
+                   **with_cache, **extra).logits[:, -1, :]  # (U, V)
+    cache.batch_select_indices(inverse)  # (U, …) → (B, …): each row gets its prompt's keys and values
+    if "hidden" in captured:
+        captured["hidden"] = captured["hidden"][inverse]
+    return logits[inverse]
 
 
 def _capture_hidden(model, wanted: bool):
