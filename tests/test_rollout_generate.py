@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from rlhfkit import ops
 from rlhfkit.models.tiny import ARCHS, tiny_config
 from rlhfkit.rollout import generate as generate_module
 from rlhfkit.rollout.generate import filter_logits, generate, left_pad, sample_categorical, sampling_logprobs
@@ -483,6 +484,6 @@ def test_repeated_prompts_are_prefilled_once_with_the_same_samples(monkeypatch, 
 def test_distinct_rows():
     ids = torch.tensor([[0, 5, 6], [0, 5, 6], [7, 5, 6], [0, 5, 6]])
     mask = torch.tensor([[0, 1, 1], [0, 1, 1], [1, 1, 1], [1, 1, 1]])  # row 3: same ids, 0 is a real token
-    first, inverse = generate_module.distinct_rows(ids, mask)
+    first, inverse = ops.distinct_rows(ids, mask)
     assert first.tolist() == [0, 2, 3] and inverse.tolist() == [0, 0, 1, 2]
-    assert generate_module.distinct_rows(ids[1:], mask[1:]) is None
+    assert ops.distinct_rows(ids[1:], mask[1:]) is None

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from rlhfkit.models.forward import forward_logits
-from rlhfkit.ops import entropy_from_logits, logprobs_from_logits
+from rlhfkit.models.forward import _forward_parameters, forward_logits, position_ids_from_mask, unwrap_model
+from rlhfkit.ops import distinct_rows, entropy_from_logits, logprobs_from_logits
 
 
 def response_span(response_mask: torch.Tensor) -> tuple[int, int]:
@@ -81,6 +81,46 @@ def response_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mask
     start, end = response_span(response_mask)
     span_logits = _span_logits(model, input_ids, attention_mask, start, end, temperature)
     return logprobs_and_entropy_from_span_logits(span_logits, input_ids, response_mask, start)
+
+
+@torch.no_grad()
+def query_response_logprobs(model, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor,
+                            response_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """(B, T) ``log π_T(response_t | query, response_<t)``, zero off ``response_mask``, without gradient (frozen
+    models: the reference). As :func:`response_logprobs` on query ⧺ response, but a query that occurs several
+    times (GRPO's ``rollout.n`` responses per prompt) is forwarded once: its keys and values go into a KV cache
+    copied to each of its rows, and the responses are then forwarded against that cache — the prompt's matrix
+    products once per distinct prompt instead of once per response; equal to the full forward to float
+    rounding. (B, P) left-padded queries, (B, T) right-padded responses; without repeated queries (or a model
+    without a KV cache) it is the full forward.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    repeated = distinct_rows(query_ids, query_mask)
+    parameters = _forward_parameters(model)
+    keyword = "cache" if "cache" in parameters else "past_key_values"
+    if repeated is None or keyword not in parameters or "position_ids" not in parameters:
+        ids, mask = torch.cat([query_ids, response_ids], 1), torch.cat([query_mask, response_mask], 1)
+        in_sequence = torch.cat([torch.zeros_like(query_mask), response_mask], 1)
+        return response_logprobs(model, ids, mask, in_sequence, temperature)[:, query_ids.shape[1]:]
+    from transformers.cache_utils import DynamicCache
+
+    first, inverse = repeated
+    cache = DynamicCache(config=unwrap_model(model).config)
+    last = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+    positions = position_ids_from_mask(query_mask)
+    query_logits = model(input_ids=query_ids[first], attention_mask=query_mask[first], position_ids=positions[first],
+                         use_cache=True, **{keyword: cache}, **last).logits[:, -1]  # (U, V): predicts token 0
+    cache.batch_select_indices(inverse)  # (U, …) → (B, …)
+    steps = torch.arange(response_ids.shape[1], device=response_ids.device)
+    logits = model(input_ids=response_ids, attention_mask=torch.cat([query_mask, response_mask], 1),
+                   position_ids=query_mask.sum(1, keepdim=True) + steps, use_cache=True,
+                   **{keyword: cache}).logits  # (B, T, V): position t predicts token t + 1
+    span_logits = torch.cat([query_logits[inverse, None], logits[:, :-1]], 1)  # (B, T, V)
+    if temperature != 1.0:
+        span_logits = span_logits / temperature
+    logprobs = logprobs_from_logits(span_logits, response_ids)
+    return torch.where(response_mask.bool(), logprobs, torch.zeros((), dtype=logprobs.dtype, device=logprobs.device))
 
 
 def values_for_actions(state_values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:

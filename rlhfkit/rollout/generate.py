@@ -58,7 +58,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from rlhfkit.ops import sample_categorical
+from rlhfkit.ops import distinct_rows, sample_categorical
 
 __all__ = ["GenerationOutput", "generate", "left_pad", "filter_logits", "sampling_logprobs", "sample_categorical"]
 
@@ -459,23 +459,6 @@ def _decode_batch(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s:
         response_ids=response_ids[:, :steps], response_mask=response_mask[:, :steps],
         ended_with_eos=ended_with_eos, **{name: values[:, :steps] for name, values in per_step.items()},
     )
-
-
-def distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(first, inverse)`` when some rows of the (B, P) ``ids``/``mask`` pair repeat, else None: ``first`` (U,)
-    the index of each distinct row's first occurrence (in order), ``inverse`` (B,) the distinct row of each row,
-    so ``ids[first][inverse] == ids``. GRPO-style rollouts hold each prompt ``n`` times in a row."""
-    seen: dict[tuple, int] = {}
-    first, inverse = [], []
-    for row, key in enumerate(map(tuple, torch.cat([ids, mask.to(ids.dtype)], dim=1).tolist())):
-        if key not in seen:
-            seen[key] = len(first)
-            first.append(row)
-        inverse.append(seen[key])
-    if len(first) == len(inverse):
-        return None
-    device = ids.device
-    return torch.tensor(first, device=device), torch.tensor(inverse, device=device)
 
 
 def _prefill(model, prompt_ids, prompt_mask, positions, cache, with_cache: dict, extra: dict, captured: dict):
