@@ -31,8 +31,10 @@ runs ~5× faster than a float32 one, so bf16 autocast is the fastest setting for
   ``rollout.old_logprobs=forward`` — one policy forward after sampling), and its faster settings:
   ``rollout.old_logprobs=sampling`` (log-probs from the sampling pass) with the separate value model
   (``ours_separate``) or a value head, whose values then also come from the sampling pass (``ours_head``), in
-  float32 and with ``train.mixed_precision=bf16`` (``…_bf16``: sampling and every forward under the updates'
-  bf16 autocast, attention and the KV cache in float32).
+  float32, and with ``train.mixed_precision=bf16`` (``…_bf16``: sampling and every forward under the updates'
+  bf16 autocast, attention and the KV cache in float32; ``old_logprobs=forward``, as sampling log-probs are
+  refused outside float32). On a CPU without bf16 arithmetic (AVX2 only) the bf16 arms are emulated and very
+  slow: run them with ``--arms`` only where bf16 is native.
 Each arm runs in its own subprocess (TRL under ``.venv-trl/bin/python``, rlhfkit under ``.venv/bin/python``),
 one warm-up iteration then ``--iterations`` timed ones; arms alternate within each repeat (the order reversed
 every other repeat), since this machine's speed drifts by ±15–20 %.
@@ -74,12 +76,13 @@ ARMS = {
                       "fp32", "rlhfkit PPO, fp32, separate value model, old_logprobs=sampling"),
     "ours_head": (".venv/bin/python", "_rl_ours.py", ["--value", "head", "--old-logprobs", "sampling"], "fp32",
                   "rlhfkit PPO, fp32, value head, old_logprobs=sampling"),
-    "ours_separate_bf16": (".venv/bin/python", "_rl_ours.py", ["--value", "separate", "--old-logprobs", "sampling",
+    # bf16: old_logprobs=forward, since the sampling pass's log-probs are refused outside float32
+    "ours_separate_bf16": (".venv/bin/python", "_rl_ours.py", ["--value", "separate", "--old-logprobs", "forward",
                                                                "--precision", "bf16"], "bf16",
-                           "rlhfkit PPO, bf16, separate value model, old_logprobs=sampling"),
-    "ours_head_bf16": (".venv/bin/python", "_rl_ours.py", ["--value", "head", "--old-logprobs", "sampling",
+                           "rlhfkit PPO, bf16, separate value model"),
+    "ours_head_bf16": (".venv/bin/python", "_rl_ours.py", ["--value", "head", "--old-logprobs", "forward",
                                                            "--precision", "bf16"], "bf16",
-                       "rlhfkit PPO, bf16, value head, old_logprobs=sampling"),
+                       "rlhfkit PPO, bf16, value head"),
 }
 TRL_BY_PRECISION = {"fp32": "trl_fp32", "bf16": "trl_bf16"}
 

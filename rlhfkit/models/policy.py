@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import torch
 
-from rlhfkit.models.forward import _forward_parameters, forward_logits, position_ids_from_mask, unwrap_model
+from rlhfkit.models.forward import (
+    _forward_parameters,
+    forward_logits,
+    query_response_forward,
+    supports_query_cache,
+)
 from rlhfkit.ops import distinct_rows, entropy_from_logits, logprobs_from_logits
 
 
@@ -97,25 +102,16 @@ def query_response_logprobs(model, query_ids: torch.Tensor, query_mask: torch.Te
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     repeated = distinct_rows(query_ids, query_mask)
-    parameters = _forward_parameters(model)
-    keyword = "cache" if "cache" in parameters else "past_key_values"
-    if repeated is None or keyword not in parameters or "position_ids" not in parameters:
+    if repeated is None or not supports_query_cache(model):
         ids, mask = torch.cat([query_ids, response_ids], 1), torch.cat([query_mask, response_mask], 1)
         in_sequence = torch.cat([torch.zeros_like(query_mask), response_mask], 1)
         return response_logprobs(model, ids, mask, in_sequence, temperature)[:, query_ids.shape[1]:]
-    from transformers.cache_utils import DynamicCache
-
     first, inverse = repeated
-    cache = DynamicCache(config=unwrap_model(model).config)
-    last = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
-    positions = position_ids_from_mask(query_mask)
-    query_logits = model(input_ids=query_ids[first], attention_mask=query_mask[first], position_ids=positions[first],
-                         use_cache=True, **{keyword: cache}, **last).logits[:, -1]  # (U, V): predicts token 0
-    cache.batch_select_indices(inverse)  # (U, …) → (B, …)
-    steps = torch.arange(response_ids.shape[1], device=response_ids.device)
-    logits = model(input_ids=response_ids, attention_mask=torch.cat([query_mask, response_mask], 1),
-                   position_ids=query_mask.sum(1, keepdim=True) + steps, use_cache=True,
-                   **{keyword: cache}).logits  # (B, T, V): position t predicts token t + 1
+    last = {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(model) else {}
+    query_out, response_out = query_response_forward(model, query_ids, query_mask, response_ids, response_mask,
+                                                     first, inverse, **last)
+    query_logits = query_out.logits[:, -1]  # (U, V): predicts response token 0
+    logits = response_out.logits  # (B, T, V): position t predicts token t + 1
     span_logits = torch.cat([query_logits[inverse, None], logits[:, :-1]], 1)  # (B, T, V)
     if temperature != 1.0:
         span_logits = span_logits / temperature
