@@ -133,8 +133,8 @@ def query_response_forward(model, query_ids: torch.Tensor, query_mask: torch.Ten
     to every row by ``inverse`` (:func:`rlhfkit.ops.distinct_rows`), then each row's response runs against its
     query's keys and values — the query's matrix products once per distinct query. Position ids from the masks,
     as :func:`model_inputs` gives the full sequence; (B, P) left-padded queries, (B, T) right-padded responses.
-    ``query_kwargs`` go to the first forward only (e.g. ``logits_to_keep=1``). For frozen models (no
-    gradient through the copied cache is intended)."""
+    ``query_kwargs`` go to the first forward only (e.g. ``logits_to_keep=1``). Differentiable: the copy is an
+    index, so each query's gradient sums its rows'."""
     from transformers.cache_utils import DynamicCache
 
     keyword = "cache" if "cache" in _forward_parameters(model) else "past_key_values"

@@ -18,6 +18,7 @@ from rlhfkit.models.forward import (
     forward_logits,
     query_response_forward,
     supports_query_cache,
+    unwrap_model,
 )
 from rlhfkit.ops import distinct_rows, entropy_from_logits, logprobs_from_logits
 
@@ -88,35 +89,60 @@ def response_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mask
     return logprobs_and_entropy_from_span_logits(span_logits, input_ids, response_mask, start)
 
 
-@torch.no_grad()
+def query_response_span_logits(model, query_ids: torch.Tensor, query_mask: torch.Tensor,
+                               response_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor | None:
+    """(B, T, V) logits where ``[:, t]`` predicts response token t (query ⧺ response), each distinct query
+    forwarded once (:func:`~rlhfkit.models.forward.query_response_forward`); None when no query repeats or the
+    model takes no KV cache (or checkpoints activations, which turns the cache off) — then use the full forward.
+    Differentiable: the gradient reaches the query's tokens through the copied keys and values."""
+    repeated = distinct_rows(query_ids, query_mask)
+    inner = unwrap_model(model)
+    checkpointing = getattr(inner, "is_activation_checkpointing", None)  # transformers ≥ 5.2x; before: gradient_
+    if checkpointing is None:
+        checkpointing = getattr(inner, "is_gradient_checkpointing", False)
+    if repeated is None or not supports_query_cache(model) or checkpointing:
+        return None
+    last = {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(model) else {}
+    query_out, response_out = query_response_forward(model, query_ids, query_mask, response_ids, response_mask,
+                                                     *repeated, **last)
+    query_logits = query_out.logits[:, -1]  # (U, V): predicts response token 0
+    logits = response_out.logits  # (B, T, V): position t predicts token t + 1
+    return torch.cat([query_logits[repeated[1], None], logits[:, :-1]], 1)  # (B, T, V)
+
+
+def _on_response(values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(response_mask.bool(), values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+
 def query_response_logprobs(model, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor,
-                            response_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """(B, T) ``log π_T(response_t | query, response_<t)``, zero off ``response_mask``, without gradient (frozen
-    models: the reference). As :func:`response_logprobs` on query ⧺ response, but a query that occurs several
-    times (GRPO's ``rollout.n`` responses per prompt) is forwarded once: its keys and values go into a KV cache
-    copied to each of its rows, and the responses are then forwarded against that cache — the prompt's matrix
-    products once per distinct prompt instead of once per response; equal to the full forward to float
-    rounding. (B, P) left-padded queries, (B, T) right-padded responses; without repeated queries (or a model
-    without a KV cache) it is the full forward.
+                            response_mask: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
+                            share: bool = True):
+    """(B, T) ``log π_T(response_t | query, response_<t)``, zero off ``response_mask`` — and with ``with_entropy``
+    the (B, T) entropies (no gradient) too. As :func:`response_logprobs` on query ⧺ response, but a query that
+    occurs several times (GRPO's ``rollout.n`` responses per prompt) is forwarded once: its keys and values go
+    into a KV cache copied to each of its rows, and the responses are then forwarded against that cache — the
+    prompt's matrix products once per distinct prompt instead of once per response; equal to the full forward
+    to float rounding. (B, P) left-padded queries, (B, T) right-padded responses; without repeated queries, or
+    with ``share=False``, it is the full forward.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    repeated = distinct_rows(query_ids, query_mask)
-    if repeated is None or not supports_query_cache(model):
+    span_logits = (query_response_span_logits(model, query_ids, query_mask, response_ids, response_mask)
+                   if share else None)
+    if span_logits is None:
         ids, mask = torch.cat([query_ids, response_ids], 1), torch.cat([query_mask, response_mask], 1)
         in_sequence = torch.cat([torch.zeros_like(query_mask), response_mask], 1)
-        return response_logprobs(model, ids, mask, in_sequence, temperature)[:, query_ids.shape[1]:]
-    first, inverse = repeated
-    last = {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(model) else {}
-    query_out, response_out = query_response_forward(model, query_ids, query_mask, response_ids, response_mask,
-                                                     first, inverse, **last)
-    query_logits = query_out.logits[:, -1]  # (U, V): predicts response token 0
-    logits = response_out.logits  # (B, T, V): position t predicts token t + 1
-    span_logits = torch.cat([query_logits[inverse, None], logits[:, :-1]], 1)  # (B, T, V)
+        width = query_ids.shape[1]
+        if with_entropy:
+            logprobs, entropy = response_logprobs_and_entropy(model, ids, mask, in_sequence, temperature)
+            return logprobs[:, width:], entropy[:, width:]
+        return response_logprobs(model, ids, mask, in_sequence, temperature)[:, width:]
     if temperature != 1.0:
         span_logits = span_logits / temperature
-    logprobs = logprobs_from_logits(span_logits, response_ids)
-    return torch.where(response_mask.bool(), logprobs, torch.zeros((), dtype=logprobs.dtype, device=logprobs.device))
+    logprobs = _on_response(logprobs_from_logits(span_logits, response_ids), response_mask)
+    if with_entropy:
+        return logprobs, _on_response(entropy_from_logits(span_logits.detach()), response_mask)
+    return logprobs
 
 
 def values_for_actions(state_values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:

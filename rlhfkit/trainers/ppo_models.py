@@ -121,11 +121,12 @@ class PPOModels:
         """(B, T) ``log π_ref(a_t | s_t)`` with the same logits ÷ temperature as the policy's log-probs; a prompt
         repeated in the batch (GRPO's group) is forwarded once (:func:`query_response_logprobs`)."""
         ids = (query_ids, query_mask, response_ids, response_mask)
-        if self.reference is not None:
-            return query_response_logprobs(self.reference, *ids, temperature)
-        policy = self.actor_critic.language_model
-        with adapters_disabled(policy):
-            return query_response_logprobs(policy, *ids, temperature)
+        with torch.no_grad():
+            if self.reference is not None:
+                return query_response_logprobs(self.reference, *ids, temperature)
+            policy = self.actor_critic.language_model
+            with adapters_disabled(policy):
+                return query_response_logprobs(policy, *ids, temperature)
 
     def to(self, device: torch.device) -> PPOModels:
         """Move the frozen models (the loop moves the trained ones)."""
