@@ -50,12 +50,13 @@ than fp32 here, so the bf16 arms say nothing about a GPU, where bf16 is the fast
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
 import tempfile
 
-from bench_ppo_vs_rloo import bench_size, table
+from bench_ppo_vs_rloo import bench_size, cpu_table, table
 
 _GRPO = ["--estimator", "grpo", "--beta", "0.04"]
 ARMS = {
@@ -100,7 +101,7 @@ def main() -> None:
           f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     results = {size: bench_size(size, args.arms, args, ARMS) for size in args.sizes}
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n\n```\n{command}\n```\n\n"
-          f"{table(results, ARMS)}")
+          f"{table(results, ARMS)}\n\n{cpu_table(results, ARMS)}\n\nraw: {json.dumps(results)}")
 
 
 if __name__ == "__main__":

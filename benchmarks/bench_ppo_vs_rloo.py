@@ -148,6 +148,25 @@ def table(results: dict[str, dict[str, list[dict]]], arms: dict = ARMS) -> str:
     return "\n".join(lines)
 
 
+def cpu_table(results: dict[str, dict[str, list[dict]]], arms: dict = ARMS) -> str:
+    """Markdown: per arm the median CPU seconds of each phase (one thread: the time the process ran, which a
+    busy machine does not inflate) and the median of the per-repeat ratios TRL CPU s ÷ arm CPU s, in the
+    same precision (each pair ran back to back)."""
+    lines = ["| size | arm | generate CPU s | experience CPU s | update CPU s | iteration CPU s | "
+             "vs TRL same precision: median of per-repeat CPU ratios (min–max) |", "|" + "---|" * 7]
+    for size, runs in results.items():
+        for arm, arm_runs in runs.items():
+            med = {p: statistics.median(r[f"cpu_{p}"] for r in arm_runs) for p in PHASES}
+            base_arm = TRL_BY_PRECISION.get(arms[arm][3]) if not arm.startswith("trl_") else None
+            ratio = "–"
+            if base_arm in runs:
+                pairs = [b["cpu_total"] / r["cpu_total"] for b, r in zip(runs[base_arm], arm_runs)]
+                ratio = f"**{statistics.median(pairs):.2f}×** ({min(pairs):.2f}–{max(pairs):.2f})"
+            lines.append(f"| {size} | {arms[arm][4]} | " + " | ".join(f"{med[p]:.2f}" for p in PHASES)
+                         + f" | {ratio} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["4m"], choices=["4m", "30m"])
@@ -175,7 +194,8 @@ def main() -> None:
           f"optimizer steps per iteration; {args.threads} thread(s); {args.repeats} alternating repeats × "
           f"{args.iterations} timed iterations; load average before: {os.getloadavg()[0]:.2f}", flush=True)
     results = {size: bench_size(size, args.arms, args) for size in args.sizes}
-    print(f"\nload average after: {os.getloadavg()[0]:.2f}\n\n```\n{command}\n```\n\n{table(results)}")
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}\n\n```\n{command}\n```\n\n{table(results)}\n\n"
+          f"{cpu_table(results)}\n\nraw: {json.dumps(results)}")
 
 
 if __name__ == "__main__":
