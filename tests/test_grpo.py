@@ -251,14 +251,13 @@ def test_the_command_fills_the_estimator_only_when_nothing_names_one(tmp_path):
 
 
 def test_the_policy_forward_runs_a_repeated_prompt_once_with_the_full_forwards_values_and_gradients(tmp_path):
-    """With rollout.old_logprobs=sampling, PolicyOnly's forward (the updates') over a group runs each distinct
-    prompt once; log-probs, entropies and gradients equal the full query ⧺ response forward's to float rounding.
-    (With ``forward`` it stays the full forward: the next test.)"""
+    """PolicyOnly's forward (the rollout's log-probs, the updates') over a group runs each distinct prompt once;
+    log-probs, entropies and gradients equal the full query ⧺ response forward's to float rounding."""
     from rlhfkit.models import policy as policy_module
 
-    cfg = grpo_config(tmp_path, "kl.init_coef=0", "rollout.old_logprobs=sampling")
+    cfg = grpo_config(tmp_path, "kl.init_coef=0")
     module = build_online_models(cfg).actor_critic
-    assert module.share_prompts and not build_online_models(grpo_config(tmp_path, "kl.init_coef=0")).actor_critic.share_prompts
+    assert module.share_prompts
     g = torch.Generator().manual_seed(0)
     vocab = module.policy.get_input_embeddings().weight.shape[0]
     query_ids = torch.randint(3, vocab, (3, 6), generator=g).repeat_interleave(2, 0)  # 3 prompts × 2
@@ -287,9 +286,9 @@ def test_the_policy_forward_runs_a_repeated_prompt_once_with_the_full_forwards_v
 
 
 def test_with_old_logprobs_forward_the_first_ratio_is_exactly_1_over_groups(tmp_path):
-    """The rollout's log-probs and the update's come from the same full forward — in micro-batches holding a
-    prompt's group whole, split, or not at all — so before any optimizer step π_θ / π_old is exactly 1 (the
-    shared-prompt forward would give 1 ± 5e-7 here)."""
+    """The rollout's log-probs and the update's come from the same computation per row — in micro-batches holding
+    a prompt's group whole, split, or not at all (a prompt once still takes the query-then-response forwards;
+    falling back to the full forward there gave 1 ± 5e-7) — so before any optimizer step π_θ / π_old is exactly 1."""
     cfg = grpo_config(tmp_path, "kl.init_coef=0", "ppo.minibatch_size=16", "ppo.micro_batch_size=5",
                       "rollout.old_logprobs=forward", "ppo.epochs=1")
     models = build_online_models(cfg)

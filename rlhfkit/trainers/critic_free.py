@@ -46,9 +46,10 @@ class PolicyOnly(nn.Module):
     def __init__(self, policy: nn.Module, share_prompts: bool = False) -> None:
         super().__init__()
         self.policy = policy
-        # A prompt repeated among the rows (the group) forwarded once, its keys and values serving each response:
-        # the same numbers to float rounding only, so only where the rollout's log-probs are not this forward's
-        # own (rollout.old_logprobs=sampling); with `forward` the first ratio stays exactly 1.
+        # A prompt repeated among the rows (the group) forwarded once, its keys and values serving each response;
+        # the two forwards run for every batch (`always`), so the rollout's log-probs (64 rows, each prompt 4
+        # times) and an update's (a few rows, a prompt once or twice) are the same computation per row, as with
+        # the full forward: with rollout.old_logprobs=forward the first ratio stays exactly 1.
         self.share_prompts = share_prompts
 
     @property
@@ -58,7 +59,7 @@ class PolicyOnly(nn.Module):
     def forward(self, query_ids, query_mask, response_ids, response_mask, temperature: float,
                 with_entropy: bool = False):
         out = query_response_logprobs(self.policy, query_ids, query_mask, response_ids, response_mask, temperature,
-                                      with_entropy, share=self.share_prompts)
+                                      with_entropy, share=self.share_prompts, always=True)
         return (*out, None) if with_entropy else (out, None, None)
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
@@ -132,8 +133,7 @@ def build_online_models(cfg: PPOConfig, scorer: Scorer | None = None) -> OnlineM
         scorer = reward_sources(cfg, tokenizer, eos_ids)
     if scorer is None:
         scorer = reward_model_scorer(cfg, tokenizer, eos_ids)
-    share_prompts = cfg.rollout.old_logprobs == "sampling"
-    return OnlineModels(PolicyOnly(policy, share_prompts), reference, scorer, tokenizer, eos_ids, no_reference=not with_reference)
+    return OnlineModels(PolicyOnly(policy, share_prompts=True), reference, scorer, tokenizer, eos_ids, no_reference=not with_reference)
 
 
 class _generation_config_holder:  # noqa: N801 — stands in for a model: eos_token_ids reads generation_config
