@@ -45,6 +45,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="print the top operators of the last iteration")
+    parser.add_argument("--estimator", choices=["gae", "grpo"], default="gae",
+                        help="gae: PPO with a value model and the reward model; grpo: critic-free, rollout.n = "
+                             "--generations, the reward function of _rl_reward.py, β·k3 in the loss")
+    parser.add_argument("--beta", type=float, default=0.05, help="kl.init_coef")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -55,19 +59,28 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ppo-bench-"))
     rows = (args.root / "prompts.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
     rows = rows[: args.iterations * args.prompts]
+    grpo = args.estimator == "grpo"  # the trainer repeats each prompt rollout.n times itself
     with open(work / "prompts.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(row for row in rows for _ in range(args.generations))
-    batch = args.prompts * args.generations
+        f.writelines(row for row in rows for _ in range(1 if grpo else args.generations))
+    batch = args.prompts * (1 if grpo else args.generations)  # prompt rows per step
+    if grpo:  # the same function TRL calls; no reward model, no value model
+        reward = Path(__file__).resolve().parent / "_rl_reward.py"
+        models = [f"model.path={args.root / 'policy'}", f'rewards=[{{function: "{reward}:even_words"}}]',
+                  "advantage.estimator=grpo", f"rollout.n={args.generations}", "kl.penalty=loss",
+                  "advantage.loss_aggregation=token_mean", "advantage.clip_range_low=0.2",
+                  "advantage.clip_range_high=0.28"]
+    else:
+        models = [f"model.path={args.root / 'policy'}", f"reward_model.path={args.root / 'reward'}",
+                  f"value_model.kind={args.value}"]
     overrides = [
-        f"model.path={args.root / 'policy'}", f"reward_model.path={args.root / 'reward'}",
-        f"value_model.kind={args.value}", f"data.train_file={work / 'prompts.jsonl'}", "data.template=raw",
+        *models, f"data.train_file={work / 'prompts.jsonl'}", "data.template=raw",
         "data.max_prompt_length=256", f"data.max_length={256 + args.max_new_tokens}",
         f"train.output_dir={work / 'out'}", f"train.seed={args.seed}", f"train.per_device_batch_size={batch}",
         f"train.max_steps={args.iterations}", "train.shuffle=false", "train.lr=1e-6", "train.save_every=0",
         "train.log_every=1000000", "train.progress_bar=false",
         f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.temperature=1.0", "rollout.print_samples=0",
         f"rollout.old_logprobs={args.old_logprobs}",
-        f"ppo.minibatch_size={args.minibatch}", f"ppo.epochs={args.epochs}", "kl.init_coef=0.05",
+        f"ppo.minibatch_size={args.minibatch}", f"ppo.epochs={args.epochs}", f"kl.init_coef={args.beta}",
     ]
     if args.precision == "bf16":  # ("train.mixed_precision=no" would read as the YAML boolean false)
         overrides.append("train.mixed_precision=bf16")
@@ -81,7 +94,7 @@ def main() -> None:
     ppo.PPOTrainer.step = timed(step_s, step)
     ppo.train(cfg)
     records = [iteration_record(g, c, s) for g, c, s in zip(generate_s, collect_s, step_s)]
-    print(json.dumps({"side": "ours", "value": args.value, "old_logprobs": args.old_logprobs,
+    print(json.dumps({"side": "ours", "estimator": args.estimator, "value": args.value, "old_logprobs": args.old_logprobs,
                       "precision": args.precision,
                       "threads": torch.get_num_threads(),
                       "iterations": records}))

@@ -42,12 +42,18 @@ def main() -> None:
     parser.add_argument("--settings", choices=["fp32", "bf16", "defaults"], default="fp32")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--algo", choices=["rloo", "grpo"], default="rloo",
+                        help="rloo: RLOOTrainer with the reward model; grpo: GRPOTrainer with the reward function "
+                             "of _rl_reward.py (ε_high 0.28, loss_type dapo = token mean, β·k3 in the loss)")
+    parser.add_argument("--beta", type=float, default=0.05)
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=JSON",
+                        help="another GRPOConfig/RLOOConfig field, e.g. cache_implementation='\"static\"'")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
-    from trl import RLOOConfig, RLOOTrainer
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     rows = [json.loads(line) for line in (args.root / "prompts.jsonl").read_text(encoding="utf-8").splitlines()]
     dataset = Dataset.from_list(rows[: args.iterations * args.prompts])
@@ -55,15 +61,24 @@ def main() -> None:
     speed = {"fp32": {"gradient_checkpointing": False, "bf16": False},
              "bf16": {"gradient_checkpointing": False, "bf16": True}, "defaults": {}}[args.settings]
     out_dir = tempfile.mkdtemp(prefix="rloo-bench-")
-    config = RLOOConfig(
+    extra = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.option)}
+    if args.algo == "grpo":
+        extra = {"loss_type": "dapo", "epsilon": 0.2, "epsilon_high": 0.28, "scale_rewards": "group", **extra}
+    Config, Trainer = (GRPOConfig, GRPOTrainer) if args.algo == "grpo" else (RLOOConfig, RLOOTrainer)
+    config = Config(
         output_dir=out_dir, use_cpu=True, seed=args.seed, report_to="none", save_strategy="no", disable_tqdm=True,
         logging_steps=10**6, per_device_train_batch_size=args.minibatch, generation_batch_size=batch,
         num_generations=args.generations, num_iterations=args.epochs, max_completion_length=args.max_new_tokens,
-        temperature=1.0, top_p=1.0, top_k=0, beta=0.05, learning_rate=1e-6, shuffle_dataset=False,
-        max_steps=args.iterations * (batch // args.minibatch) * args.epochs, **speed)
+        temperature=1.0, top_p=1.0, top_k=0, beta=args.beta, learning_rate=1e-6, shuffle_dataset=False,
+        max_steps=args.iterations * (batch // args.minibatch) * args.epochs, **speed, **extra)
     tokenizer = AutoTokenizer.from_pretrained(args.root / "policy")
-    reward_model = AutoModelForSequenceClassification.from_pretrained(args.root / "reward")
-    reward_tokenizer = AutoTokenizer.from_pretrained(args.root / "reward")
+    if args.algo == "grpo":
+        from _rl_reward import even_words
+
+        rewards = {"reward_funcs": even_words}
+    else:
+        rewards = {"reward_funcs": AutoModelForSequenceClassification.from_pretrained(args.root / "reward"),
+                   "reward_processing_classes": AutoTokenizer.from_pretrained(args.root / "reward")}
 
     step_ends: list[tuple[float, float]] = []
 
@@ -71,9 +86,8 @@ def main() -> None:
         def on_step_end(self, *_args, **_kwargs):
             step_ends.append(clock())
 
-    trainer = RLOOTrainer(model=str(args.root / "policy"), reward_funcs=reward_model, args=config,
-                          train_dataset=dataset, processing_class=tokenizer,
-                          reward_processing_classes=reward_tokenizer, callbacks=[StepClock()])
+    trainer = Trainer(model=str(args.root / "policy"), args=config, train_dataset=dataset,
+                      processing_class=tokenizer, callbacks=[StepClock()], **rewards)
     generation_calls: list[tuple] = []
     rollout_calls: list[tuple] = []
     wrap_timed(trainer, "_generate", generation_calls)
@@ -85,7 +99,7 @@ def main() -> None:
     for k, (rollout, generation) in enumerate(zip(rollout_calls, generation_calls)):
         end = step_ends[(k + 1) * steps_per_iteration - 1]
         records.append(iteration_record(generation, rollout, (rollout[0], end)))
-    print(json.dumps({"side": "trl", "settings": args.settings, "threads": torch.get_num_threads(),
+    print(json.dumps({"side": "trl", "algo": args.algo, "settings": args.settings, "options": extra, "threads": torch.get_num_threads(),
                       "iterations": records}))
 
 

@@ -31,8 +31,10 @@ runs ~5× faster than a float32 one, so bf16 autocast is the fastest setting for
   ``rollout.old_logprobs=forward`` — one policy forward after sampling), and its faster settings:
   ``rollout.old_logprobs=sampling`` (log-probs from the sampling pass) with the separate value model
   (``ours_separate``) or a value head, whose values then also come from the sampling pass (``ours_head``), in
-  float32 and with ``train.mixed_precision=bf16`` (``…_bf16``: sampling and every forward under the updates'
-  bf16 autocast, attention and the KV cache in float32).
+  float32, and with ``train.mixed_precision=bf16`` (``…_bf16``: sampling and every forward under the updates'
+  bf16 autocast, attention and the KV cache in float32; ``old_logprobs=forward``, as sampling log-probs are
+  refused outside float32). On a CPU without bf16 arithmetic (AVX2 only) the bf16 arms are emulated and very
+  slow: run them with ``--arms`` only where bf16 is native.
 Each arm runs in its own subprocess (TRL under ``.venv-trl/bin/python``, rlhfkit under ``.venv/bin/python``),
 one warm-up iteration then ``--iterations`` timed ones; arms alternate within each repeat (the order reversed
 every other repeat), since this machine's speed drifts by ±15–20 %.
@@ -74,18 +76,19 @@ ARMS = {
                       "fp32", "rlhfkit PPO, fp32, separate value model, old_logprobs=sampling"),
     "ours_head": (".venv/bin/python", "_rl_ours.py", ["--value", "head", "--old-logprobs", "sampling"], "fp32",
                   "rlhfkit PPO, fp32, value head, old_logprobs=sampling"),
-    "ours_separate_bf16": (".venv/bin/python", "_rl_ours.py", ["--value", "separate", "--old-logprobs", "sampling",
+    # bf16: old_logprobs=forward, since the sampling pass's log-probs are refused outside float32
+    "ours_separate_bf16": (".venv/bin/python", "_rl_ours.py", ["--value", "separate", "--old-logprobs", "forward",
                                                                "--precision", "bf16"], "bf16",
-                           "rlhfkit PPO, bf16, separate value model, old_logprobs=sampling"),
-    "ours_head_bf16": (".venv/bin/python", "_rl_ours.py", ["--value", "head", "--old-logprobs", "sampling",
+                           "rlhfkit PPO, bf16, separate value model"),
+    "ours_head_bf16": (".venv/bin/python", "_rl_ours.py", ["--value", "head", "--old-logprobs", "forward",
                                                            "--precision", "bf16"], "bf16",
-                       "rlhfkit PPO, bf16, value head, old_logprobs=sampling"),
+                       "rlhfkit PPO, bf16, value head"),
 }
 TRL_BY_PRECISION = {"fp32": "trl_fp32", "bf16": "trl_bf16"}
 
 
-def run_arm(arm: str, root: Path, args, iterations: int) -> dict:
-    python, worker, extra, _, _ = ARMS[arm]
+def run_arm(arm: str, root: Path, args, iterations: int, arms: dict = ARMS) -> dict:
+    python, worker, extra, _, _ = arms[arm]
     command = [str(ROOT / python), str(HERE / worker), "--root", str(root), "--iterations", str(iterations + 1),
                "--prompts", str(args.prompts), "--generations", str(args.generations),
                "--max-new-tokens", str(args.max_new_tokens), "--minibatch", str(args.minibatch),
@@ -99,7 +102,7 @@ def run_arm(arm: str, root: Path, args, iterations: int) -> dict:
     return {key: statistics.median(it[key] for it in timed) for key in timed[0]}
 
 
-def bench_size(size: str, arms: list[str], args) -> dict[str, list[dict]]:
+def bench_size(size: str, arms: list[str], args, table: dict = ARMS) -> dict[str, list[dict]]:
     from _rl_common import build_folders
 
     root = build_folders(Path(args.workdir) / size, size, n_prompts=(args.iterations + 1) * args.prompts,
@@ -108,16 +111,16 @@ def bench_size(size: str, arms: list[str], args) -> dict[str, list[dict]]:
     for repeat in range(args.repeats):
         order = arms if repeat % 2 == 0 else arms[::-1]
         for arm in order:
-            runs[arm].append(run_arm(arm, root, args, args.iterations))
+            runs[arm].append(run_arm(arm, root, args, args.iterations, table))
             r = runs[arm][-1]
             print(f"  [{size} repeat {repeat + 1}/{args.repeats}] {arm:14s} " + "  ".join(
                 f"{p} {r[p]:6.2f}s" for p in PHASES) + f"  (cpu {r['cpu_total']:6.2f}s)", flush=True)
     if args.trl_defaults:  # slow: once, for information
-        runs["trl_defaults"] = [run_arm("trl_defaults", root, args, max(1, args.iterations // 2))]
+        runs["trl_defaults"] = [run_arm("trl_defaults", root, args, max(1, args.iterations // 2), table)]
     return runs
 
 
-def table(results: dict[str, dict[str, list[dict]]]) -> str:
+def table(results: dict[str, dict[str, list[dict]]], arms: dict = ARMS) -> str:
     """Markdown: per arm the median seconds of each phase, and the iteration's speed-up over TRL in the same
     precision (of the medians; the median of per-repeat pairs; of CPU seconds) and over TRL's fastest arm."""
     head = ("| size | arm | generate (s) | experience (s) | update (s) | iteration (s) | vs TRL same precision: "
@@ -130,7 +133,7 @@ def table(results: dict[str, dict[str, list[dict]]]) -> str:
         fastest = min(trl_arms, key=lambda arm: medians[arm]["total"])
         for arm, arm_runs in runs.items():
             med = medians[arm]
-            base_arm = TRL_BY_PRECISION.get(ARMS[arm][3]) if not arm.startswith("trl_") else None
+            base_arm = TRL_BY_PRECISION.get(arms[arm][3]) if not arm.startswith("trl_") else None
             if base_arm in runs:
                 base = runs[base_arm]
                 pairs = [b["total"] / r["total"] for b, r in zip(base, arm_runs)]
@@ -139,9 +142,28 @@ def table(results: dict[str, dict[str, list[dict]]]) -> str:
             else:
                 same = ["–", "–", "–"]
             versus = f"{medians[fastest]['total'] / med['total']:.2f}"
-            lines.append(f"| {size} | {ARMS[arm][4]} | " + " | ".join(f"{med[p]:.2f}" for p in PHASES)
+            lines.append(f"| {size} | {arms[arm][4]} | " + " | ".join(f"{med[p]:.2f}" for p in PHASES)
                          + " | " + " | ".join([*same, versus]) + " |")
-        lines.append(f"\nTRL's fastest arm at {size}: {ARMS[fastest][4]}.\n")
+        lines.append(f"\nTRL's fastest arm at {size}: {arms[fastest][4]}.\n")
+    return "\n".join(lines)
+
+
+def cpu_table(results: dict[str, dict[str, list[dict]]], arms: dict = ARMS) -> str:
+    """Markdown: per arm the median CPU seconds of each phase (one thread: the time the process ran, which a
+    busy machine does not inflate) and the median of the per-repeat ratios TRL CPU s ÷ arm CPU s, in the
+    same precision (each pair ran back to back)."""
+    lines = ["| size | arm | generate CPU s | experience CPU s | update CPU s | iteration CPU s | "
+             "vs TRL same precision: median of per-repeat CPU ratios (min–max) |", "|" + "---|" * 7]
+    for size, runs in results.items():
+        for arm, arm_runs in runs.items():
+            med = {p: statistics.median(r[f"cpu_{p}"] for r in arm_runs) for p in PHASES}
+            base_arm = TRL_BY_PRECISION.get(arms[arm][3]) if not arm.startswith("trl_") else None
+            ratio = "–"
+            if base_arm in runs:
+                pairs = [b["cpu_total"] / r["cpu_total"] for b, r in zip(runs[base_arm], arm_runs)]
+                ratio = f"**{statistics.median(pairs):.2f}×** ({min(pairs):.2f}–{max(pairs):.2f})"
+            lines.append(f"| {size} | {arms[arm][4]} | " + " | ".join(f"{med[p]:.2f}" for p in PHASES)
+                         + f" | {ratio} |")
     return "\n".join(lines)
 
 
@@ -172,7 +194,8 @@ def main() -> None:
           f"optimizer steps per iteration; {args.threads} thread(s); {args.repeats} alternating repeats × "
           f"{args.iterations} timed iterations; load average before: {os.getloadavg()[0]:.2f}", flush=True)
     results = {size: bench_size(size, args.arms, args) for size in args.sizes}
-    print(f"\nload average after: {os.getloadavg()[0]:.2f}\n\n```\n{command}\n```\n\n{table(results)}")
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}\n\n```\n{command}\n```\n\n{table(results)}\n\n"
+          f"{cpu_table(results)}\n\nraw: {json.dumps(results)}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Tensor helpers shared by the losses, the trainers and the sampler: masked statistics, log-probabilities,
-categorical sampling.
+categorical sampling, repeated rows.
 
 Pure functions of tensors; imports only torch and the standard library.
 
@@ -304,3 +304,20 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
     dtype = torch.float32 if probs.device.type == "mps" else torch.float64  # MPS: no float64 numbers
     uniform = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=dtype)
     return inverse_cdf(probs, uniform).squeeze(-1)
+
+
+def distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(first, inverse)`` when some rows of the (B, P) ``ids``/``mask`` pair repeat, else None: ``first`` (U,)
+    the index of each distinct row's first occurrence (in order), ``inverse`` (B,) the distinct row of each row,
+    so ``ids[first][inverse] == ids``. GRPO-style rollouts hold each prompt ``n`` times in a row."""
+    seen: dict[tuple, int] = {}
+    first, inverse = [], []
+    for row, key in enumerate(map(tuple, torch.cat([ids, mask.to(ids.dtype)], dim=1).tolist())):
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(row)
+        inverse.append(seen[key])
+    if len(first) == len(inverse):
+        return None
+    device = ids.device
+    return torch.tensor(first, device=device), torch.tensor(inverse, device=device)

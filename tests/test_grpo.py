@@ -324,3 +324,54 @@ def test_the_command_fills_the_estimator_only_when_nothing_names_one(tmp_path):
     assert estimator_overrides("grpo", None, []) == ["advantage.estimator=grpo"]
     assert estimator_overrides("grpo", str(ROOT / "configs/rloo.yaml"), []) == []  # the recipe's rloo stays
     assert estimator_overrides("grpo", None, ["advantage.estimator=dr_grpo"]) == ["advantage.estimator=dr_grpo"]
+
+
+def test_the_policy_forward_runs_a_repeated_prompt_once_with_the_full_forwards_values_and_gradients(tmp_path):
+    """PolicyOnly's forward (the rollout's log-probs, the updates') over a group runs each distinct prompt once;
+    log-probs, entropies and gradients equal the full query ⧺ response forward's to float rounding."""
+    from rlhfkit.models import policy as policy_module
+
+    cfg = grpo_config(tmp_path, "kl.init_coef=0")
+    module = build_online_models(cfg).actor_critic
+    assert module.share_prompts
+    g = torch.Generator().manual_seed(0)
+    vocab = module.policy.get_input_embeddings().weight.shape[0]
+    query_ids = torch.randint(3, vocab, (3, 6), generator=g).repeat_interleave(2, 0)  # 3 prompts × 2
+    query_mask = torch.ones_like(query_ids)
+    query_mask[:2, :2] = 0  # the first prompt is shorter (left padding)
+    response_ids = torch.randint(3, vocab, (6, 5), generator=g)
+    response_mask = (torch.arange(5)[None] < torch.tensor([5, 2, 5, 4, 1, 5])[:, None]).long()
+
+    def run():
+        module.zero_grad()
+        logprobs, entropy, _ = module(query_ids, query_mask, response_ids, response_mask, 0.8, with_entropy=True)
+        (logprobs * torch.arange(1.0, 7.0)[:, None]).sum().backward()  # rows weighted differently
+        return logprobs.detach(), entropy, [p.grad.clone() for p in module.parameters()]
+
+    shared = run()
+    full_path = policy_module.query_response_span_logits
+    policy_module.query_response_span_logits = lambda *args: None  # the full forward
+    try:
+        full = run()
+    finally:
+        policy_module.query_response_span_logits = full_path
+    assert (shared[0] - full[0]).abs().max() < 1e-5 and (shared[1] - full[1]).abs().max() < 1e-5
+    assert (shared[0][response_mask == 0] == 0).all()
+    for a, b in zip(shared[2], full[2]):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_with_old_logprobs_forward_the_first_ratio_is_exactly_1_over_groups(tmp_path):
+    """The rollout's log-probs and the update's come from the same computation per row — in micro-batches holding
+    a prompt's group whole, split, or not at all (a prompt once still takes the query-then-response forwards;
+    falling back to the full forward there gave 1 ± 5e-7) — so before any optimizer step π_θ / π_old is exactly 1."""
+    cfg = grpo_config(tmp_path, "kl.init_coef=0", "ppo.minibatch_size=16", "ppo.micro_batch_size=5",
+                      "rollout.old_logprobs=forward", "ppo.epochs=1")
+    models = build_online_models(cfg)
+    loop = FakeLoop(models.actor_critic, lr=1e-3)
+    encoded, prompts = load_prompts(cfg.data.train_file, cfg, models.tokenizer)
+    rows = ppo.read_prompt_rows(cfg.data.train_file, cfg)
+    trainer = PPOTrainer(cfg, models, loop, make_kl_controller(cfg.kl), SamplingRNG(0), prompts, None,
+                         ([r.fields for r in rows], []))
+    metrics = trainer.step(encoded[:4], 1)
+    assert metrics["ppo/ratio/max"] == 1.0 and metrics["ppo/ratio/mean"] == 1.0

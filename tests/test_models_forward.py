@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from rlhfkit.models.forward import forward_logits, last_token_index, position_ids_from_mask
 from rlhfkit.models.policy import (
+    query_response_logprobs,
     response_logprobs,
     response_logprobs_and_entropy,
     response_span,
@@ -139,3 +142,74 @@ def test_values_for_actions_shifts_by_one():
     response = torch.tensor([[0, 1, 1, 0], [0, 0, 1, 1]])
     expected = torch.tensor([[0.0, 10.0, 11.0, 0.0], [0.0, 0.0, 21.0, 22.0]])
     assert torch.equal(values_for_actions(state, response), expected)
+
+
+def _repeated_query_rows(vocab: int):
+    """Three queries twice each (left-padded), responses of different lengths (right-padded): six rows."""
+    g = torch.Generator().manual_seed(0)
+    queries = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in (5, 9, 7)]
+    rows = [q for q in queries for _ in range(2)]
+    width = max(map(len, rows))
+    query_ids = torch.tensor([[0] * (width - len(q)) + q for q in rows])
+    query_mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in rows])
+    response_mask = (torch.arange(6)[None] < torch.tensor([6, 3, 6, 1, 4, 5])[:, None]).long()
+    response_ids = torch.randint(3, vocab, (6, 6), generator=g).masked_fill(response_mask == 0, 0)
+    return query_ids, query_mask, response_ids, response_mask
+
+
+def test_score_query_response_forwards_a_repeated_query_once_with_the_same_scores(arch_model):
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhfkit.models.heads import score_query_response, score_sequences
+
+    arch, model = arch_model
+    torch.manual_seed(1)
+    config = copy.deepcopy(model.config)
+    config.num_labels = 1
+    reward = AutoModelForSequenceClassification.from_config(config).eval()
+    query_ids, query_mask, response_ids, response_mask = _repeated_query_rows(model.config.vocab_size)
+    batch_sizes = []
+    trunk = getattr(reward, reward.base_model_prefix)
+    hook = trunk.register_forward_pre_hook(lambda _m, _a, kw: batch_sizes.append(kw["input_ids"].shape[0]),
+                                           with_kwargs=True)
+    shared = score_query_response(reward, query_ids, query_mask, response_ids, response_mask)
+    hook.remove()
+    with torch.no_grad():
+        full = score_sequences(reward, torch.cat([query_ids, response_ids], 1), torch.cat([query_mask, response_mask], 1))
+    assert batch_sizes == [3, 6]
+    assert (shared - full).abs().max() < 1e-5 and full.std() > 0
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_query_response_logprobs_forward_a_repeated_query_once_with_the_same_result(arch_model, temperature):
+    """Queries repeated (a GRPO group) with responses of different lengths: the cached-query forward equals
+    the full forward of query ⧺ response to float rounding; the queries run once each (3 rows, not 6)."""
+    _arch, model = arch_model
+    g = torch.Generator().manual_seed(0)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    queries = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in (5, 9, 7)]
+    rows = [q for q in queries for _ in range(2)]
+    width = max(map(len, rows))
+    query_ids = torch.tensor([[0] * (width - len(q)) + q for q in rows])  # left-padded
+    query_mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in rows])
+    lengths = torch.tensor([6, 3, 6, 1, 4, 5])
+    response_ids = torch.randint(3, vocab, (6, 6), generator=g)
+    response_mask = (torch.arange(6)[None] < lengths[:, None]).long()  # right-padded
+    response_ids = response_ids.masked_fill(response_mask == 0, 0)
+    batch_sizes = []
+    hook = model.register_forward_pre_hook(lambda _m, _a, kw: batch_sizes.append(kw["input_ids"].shape[0]),
+                                           with_kwargs=True)
+    with torch.no_grad():
+        cached = query_response_logprobs(model, query_ids, query_mask, response_ids, response_mask, temperature)
+    hook.remove()
+    ids, mask = torch.cat([query_ids, response_ids], 1), torch.cat([query_mask, response_mask], 1)
+    in_sequence = torch.cat([torch.zeros_like(query_mask), response_mask], 1)
+    with torch.no_grad():
+        full = response_logprobs(model, ids, mask, in_sequence, temperature)[:, width:]
+    assert batch_sizes == [3, 6]  # the distinct queries, then every response against the cache
+    assert cached.shape == full.shape == (6, 6)
+    assert (cached[response_mask == 0] == 0).all()
+    assert (cached - full).abs().max() < 1e-5
+    distinct = query_response_logprobs(model, query_ids[::2], query_mask[::2], response_ids[::2],
+                                       response_mask[::2], temperature)  # no repeats: the full forward
+    assert torch.equal(distinct, full[::2])

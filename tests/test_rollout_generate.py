@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from rlhfkit import ops
 from rlhfkit.models.tiny import ARCHS, tiny_config
 from rlhfkit.rollout import generate as generate_module
 from rlhfkit.rollout.generate import filter_logits, generate, left_pad, sample_categorical, sampling_logprobs
@@ -444,3 +445,45 @@ def test_under_bf16_autocast_products_are_bf16_attention_float32_and_the_model_i
     calls.clear()
     generate(model, prompts, max_new_tokens=2, eos_token_id=VOCAB + 1, pad_token_id=PAD)
     assert calls == []
+
+
+@pytest.mark.parametrize("arch,preallocated", [("llama", True), ("qwen2", False), ("gpt_neox", True)])
+def test_repeated_prompts_are_prefilled_once_with_the_same_samples(monkeypatch, arch, preallocated):
+    """Each prompt n times in a row (a GRPO group): the prefill runs on the distinct prompts only, and the
+    samples, log-probs, entropies and readouts equal those of prefilling every row."""
+    model = tiny_model(arch, logit_scale=3.0)
+    if not preallocated:
+        monkeypatch.setattr(generate_module, "_supports_preallocated_cache", lambda model: False)
+    prompts = [p for p in ragged_prompts(5, seed=12) for _ in range(3)]
+    head = torch.nn.Linear(model.config.hidden_size, 1)
+    prefilled_rows = []
+    hook = model.register_forward_pre_hook(lambda _m, _a, kw: prefilled_rows.append(kw["input_ids"].shape),
+                                           with_kwargs=True)
+
+    def sample():
+        return generate(model, prompts, max_new_tokens=9, temperature=0.9, eos_token_id=list(range(3, 12)),
+                        pad_token_id=PAD, generator=torch.Generator().manual_seed(3), return_logprobs=True,
+                        readout=lambda hidden: head(hidden).squeeze(-1))
+
+    with torch.no_grad():
+        shared = sample()
+        shared_prefill = prefilled_rows[0]
+        monkeypatch.setattr(generate_module, "distinct_rows", lambda ids, mask: None)
+        prefilled_rows.clear()
+        full = sample()
+    hook.remove()
+    assert shared_prefill[0] == 5 and prefilled_rows[0][0] == 15  # distinct prompts only, then every row
+    assert torch.equal(shared.response_ids, full.response_ids)
+    assert torch.equal(shared.response_mask, full.response_mask)
+    for name in ("logprobs", "entropy", "readouts"):
+        difference = (getattr(shared, name) - getattr(full, name)).abs().max()
+        assert difference < 1e-5, (name, difference)  # float rounding: the kernels see fewer rows
+    assert not torch.equal(shared.response_ids[0], shared.response_ids[1])  # a group's rows differ
+
+
+def test_distinct_rows():
+    ids = torch.tensor([[0, 5, 6], [0, 5, 6], [7, 5, 6], [0, 5, 6]])
+    mask = torch.tensor([[0, 1, 1], [0, 1, 1], [1, 1, 1], [1, 1, 1]])  # row 3: same ids, 0 is a real token
+    first, inverse = ops.distinct_rows(ids, mask)
+    assert first.tolist() == [0, 2, 3] and inverse.tolist() == [0, 0, 1, 2]
+    assert ops.distinct_rows(ids[1:], mask[1:]) is None

@@ -125,6 +125,36 @@ def trunk_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Te
     return trunk(**model_inputs(model, input_ids, attention_mask)).last_hidden_state
 
 
+def query_response_forward(model, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor,
+                           response_mask: torch.Tensor, first: torch.Tensor, inverse: torch.Tensor,
+                           **query_kwargs):
+    """``(query output, response output)`` of two forwards of ``model`` (a causal LM or a bare trunk) over
+    query ⧺ response rows whose queries repeat: the distinct queries ``query_ids[first]`` fill a KV cache, copied
+    to every row by ``inverse`` (:func:`rlhfkit.ops.distinct_rows`), then each row's response runs against its
+    query's keys and values — the query's matrix products once per distinct query. Position ids from the masks,
+    as :func:`model_inputs` gives the full sequence; (B, P) left-padded queries, (B, T) right-padded responses.
+    ``query_kwargs`` go to the first forward only (e.g. ``logits_to_keep=1``). Differentiable: the copy is an
+    index, so each query's gradient sums its rows'."""
+    from transformers.cache_utils import DynamicCache
+
+    keyword = "cache" if "cache" in _forward_parameters(model) else "past_key_values"
+    cache = DynamicCache(config=unwrap_model(model).config)
+    positions = position_ids_from_mask(query_mask)
+    query_out = model(input_ids=query_ids[first], attention_mask=query_mask[first], position_ids=positions[first],
+                      use_cache=True, **{keyword: cache}, **query_kwargs)
+    cache.batch_select_indices(inverse)  # (U, …) → (B, …)
+    steps = torch.arange(response_ids.shape[1], device=response_ids.device)
+    response_out = model(input_ids=response_ids, attention_mask=torch.cat([query_mask, response_mask], 1),
+                         position_ids=query_mask.sum(1, keepdim=True) + steps, use_cache=True, **{keyword: cache})
+    return query_out, response_out
+
+
+def supports_query_cache(model) -> bool:
+    """Whether :func:`query_response_forward` applies: the forward takes position ids and a KV cache."""
+    parameters = _forward_parameters(model)
+    return "position_ids" in parameters and ("cache" in parameters or "past_key_values" in parameters)
+
+
 # ----------------------------------------------------------------------------- shared-prompt rows
 
 

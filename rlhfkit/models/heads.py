@@ -30,9 +30,13 @@ from rlhfkit.models.forward import (
     capture_trunk_output,
     forward_logits,
     last_token_index,
+    query_response_forward,
+    supports_query_cache,
     trunk_hidden_states,
+    trunk_of,
     unwrap_model,
 )
+from rlhfkit.ops import distinct_rows
 
 OFFSET_KEY = "rlhfkit_score_offset"
 GAIN_KEY = "rlhfkit_score_gain"  # legacy: folders saved before the gain was folded into the head
@@ -82,6 +86,23 @@ def score_sequences(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     last = last_token_index(attention_mask)  # (B,)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     return scalar_head(model)(hidden[rows, last]).squeeze(-1).float()  # (B,)
+
+
+@torch.no_grad()
+def score_query_response(model, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor,
+                         response_mask: torch.Tensor) -> torch.Tensor:
+    """:func:`score_sequences` of query ⧺ response, with a query that occurs several times (GRPO's group)
+    forwarded once (:func:`~rlhfkit.models.forward.query_response_forward`); equal to the full forward to float
+    rounding. (B, P) left-padded queries, (B, T) right-padded responses -> (B,) float32. Without gradient."""
+    repeated = distinct_rows(query_ids, query_mask)
+    trunk = trunk_of(model)
+    if repeated is None or not supports_query_cache(trunk) or not response_mask.bool().any(1).all():
+        return score_sequences(model, torch.cat([query_ids, response_ids], 1),
+                               torch.cat([query_mask, response_mask], 1))
+    _, out = query_response_forward(trunk, query_ids, query_mask, response_ids, response_mask, *repeated)
+    hidden = out.last_hidden_state  # (B, T, H)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return scalar_head(model)(hidden[rows, last_token_index(response_mask)]).squeeze(-1).float()  # (B,)
 
 
 def get_score_normalization(model) -> tuple[float, float]:

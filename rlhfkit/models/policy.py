@@ -13,8 +13,14 @@ from __future__ import annotations
 
 import torch
 
-from rlhfkit.models.forward import forward_logits
-from rlhfkit.ops import entropy_from_logits, logprobs_from_logits
+from rlhfkit.models.forward import (
+    _forward_parameters,
+    forward_logits,
+    query_response_forward,
+    supports_query_cache,
+    unwrap_model,
+)
+from rlhfkit.ops import distinct_rows, entropy_from_logits, logprobs_from_logits
 
 
 def response_span(response_mask: torch.Tensor) -> tuple[int, int]:
@@ -81,6 +87,70 @@ def response_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mask
     start, end = response_span(response_mask)
     span_logits = _span_logits(model, input_ids, attention_mask, start, end, temperature)
     return logprobs_and_entropy_from_span_logits(span_logits, input_ids, response_mask, start)
+
+
+def query_response_span_logits(model, query_ids: torch.Tensor, query_mask: torch.Tensor,
+                               response_ids: torch.Tensor, response_mask: torch.Tensor,
+                               always: bool = False) -> torch.Tensor | None:
+    """(B, T, V) logits where ``[:, t]`` predicts response token t (query ⧺ response), each distinct query
+    forwarded once (:func:`~rlhfkit.models.forward.query_response_forward`); None when no query repeats or the
+    model takes no KV cache (or checkpoints activations, which turns the cache off) — then use the full forward.
+    Differentiable: the gradient reaches the query's tokens through the copied keys and values. ``always``: the
+    two forwards even without a repeated query (every row its own), so that a row's numbers never depend on
+    whether its query happens to repeat in this batch."""
+    repeated = distinct_rows(query_ids, query_mask)
+    if repeated is None and always:
+        rows = torch.arange(query_ids.shape[0], device=query_ids.device)
+        repeated = (rows, rows)
+    inner = unwrap_model(model)
+    checkpointing = getattr(inner, "is_activation_checkpointing", None)  # transformers ≥ 5.2x; before: gradient_
+    if checkpointing is None:
+        checkpointing = getattr(inner, "is_gradient_checkpointing", False)
+    if repeated is None or not supports_query_cache(model) or checkpointing:
+        return None
+    last = {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(model) else {}
+    query_out, response_out = query_response_forward(model, query_ids, query_mask, response_ids, response_mask,
+                                                     *repeated, **last)
+    query_logits = query_out.logits[:, -1]  # (U, V): predicts response token 0
+    logits = response_out.logits  # (B, T, V): position t predicts token t + 1
+    return torch.cat([query_logits[repeated[1], None], logits[:, :-1]], 1)  # (B, T, V)
+
+
+def _on_response(values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(response_mask.bool(), values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+
+def query_response_logprobs(model, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor,
+                            response_mask: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
+                            share: bool = True, always: bool = False):
+    """(B, T) ``log π_T(response_t | query, response_<t)``, zero off ``response_mask`` — and with ``with_entropy``
+    the (B, T) entropies (no gradient) too. As :func:`response_logprobs` on query ⧺ response, but a query that
+    occurs several times (GRPO's ``rollout.n`` responses per prompt) is forwarded once: its keys and values go
+    into a KV cache copied to each of its rows, and the responses are then forwarded against that cache — the
+    prompt's matrix products once per distinct prompt instead of once per response; equal to the full forward
+    to float rounding. (B, P) left-padded queries, (B, T) right-padded responses. Without a repeated query it
+    is the full forward, unless ``always``: then the two forwards (query, then response against the cache) run
+    anyway, so a row's numbers do not depend on whether its query repeats in this batch. ``share=False``: the
+    full forward.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    span_logits = (query_response_span_logits(model, query_ids, query_mask, response_ids, response_mask, always)
+                   if share else None)
+    if span_logits is None:
+        ids, mask = torch.cat([query_ids, response_ids], 1), torch.cat([query_mask, response_mask], 1)
+        in_sequence = torch.cat([torch.zeros_like(query_mask), response_mask], 1)
+        width = query_ids.shape[1]
+        if with_entropy:
+            logprobs, entropy = response_logprobs_and_entropy(model, ids, mask, in_sequence, temperature)
+            return logprobs[:, width:], entropy[:, width:]
+        return response_logprobs(model, ids, mask, in_sequence, temperature)[:, width:]
+    if temperature != 1.0:
+        span_logits = span_logits / temperature
+    logprobs = _on_response(logprobs_from_logits(span_logits, response_ids), response_mask)
+    if with_entropy:
+        return logprobs, _on_response(entropy_from_logits(span_logits.detach()), response_mask)
+    return logprobs
 
 
 def values_for_actions(state_values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from rlhfkit.ops import sample_categorical
+from rlhfkit.ops import distinct_rows, sample_categorical
 
 __all__ = ["GenerationOutput", "generate", "left_pad", "filter_logits", "sampling_logprobs", "sample_categorical"]
 
@@ -427,8 +427,7 @@ def _decode_batch(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s:
                 for name, wanted in (("logprobs", s.return_logprobs), ("entropy", s.return_logprobs),
                                      ("readouts", s.readout is not None)) if wanted}
     with _capture_hidden(model, s.readout is not None) as captured:
-        logits = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
-                       **with_cache, **extra).logits[:, -1, :]  # (b, V)
+        logits = _prefill(model, prompt_ids, prompt_mask, positions, cache, with_cache, extra, captured)  # (b, V)
         steps = 0
         for t in range(s.max_new_tokens):
             tokens, token_logprobs, token_entropy = _next_tokens(
@@ -484,6 +483,24 @@ def _forward_until_done_everywhere(model, pad_token_id: int, device: torch.devic
         model(input_ids=token)
         if _done_everywhere(True, device):
             return
+
+
+def _prefill(model, prompt_ids, prompt_mask, positions, cache, with_cache: dict, extra: dict, captured: dict):
+    """The prompts' forward into ``cache``; the last position's logits (B, V). A prompt that occurs several
+    times (each prompt ``rollout.n`` times for GRPO) is run once and its keys/values copied to its other rows:
+    a row's prefill does not depend on the other rows, so the cache and logits are those of the full batch
+    (to float rounding — the kernels see fewer rows) at a fraction of the prompt's matrix products."""
+    repeated = distinct_rows(prompt_ids, prompt_mask)
+    if repeated is None:
+        return model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
+                     **with_cache, **extra).logits[:, -1, :]
+    first, inverse = repeated
+    logits = model(input_ids=prompt_ids[first], attention_mask=prompt_mask[first], position_ids=positions[first],
+                   **with_cache, **extra).logits[:, -1, :]  # (U, V)
+    cache.batch_select_indices(inverse)  # (U, …) → (B, …): each row gets its prompt's keys and values
+    if "hidden" in captured:
+        captured["hidden"] = captured["hidden"][inverse]
+    return logits[inverse]
 
 
 def _capture_hidden(model, wanted: bool):

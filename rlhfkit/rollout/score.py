@@ -132,10 +132,21 @@ class RewardModelScorer:
         if len(prompts) != rollout.batch_size:
             raise ValueError(f"{len(prompts)} prompts for a rollout of {rollout.batch_size} rows")
         if self.retokenized:
-            ids, mask = self.encode_for_reward_model(prompts, rollout)
-        else:
-            ids, mask = rollout.sequences()
-        return self.score_ids(ids, mask)
+            return self.score_ids(*self.encode_for_reward_model(prompts, rollout))
+        return self.score_query_response(rollout)
+
+    def score_query_response(self, rollout: Rollout) -> torch.Tensor:
+        """Normalised scores of the rollout's query ⧺ response in the policy's ids (the same vocabulary), a
+        query repeated in the batch forwarded once (:func:`~rlhfkit.models.heads.score_query_response`). (B,)"""
+        from rlhfkit.models.heads import get_score_normalization, score_query_response
+
+        device = next(self.model.parameters()).device
+        gain, bias = get_score_normalization(self.model)
+        size = self.batch_size or rollout.batch_size
+        fields = (rollout.query_ids, rollout.query_mask, rollout.response_ids, rollout.response_mask)
+        parts = [gain * score_query_response(self.model, *(t[i : i + size].to(device) for t in fields)) + bias
+                 for i in range(0, rollout.batch_size, size)]
+        return torch.cat(parts).float().cpu()
 
     def score_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Normalised scores of (B, L) sequences in reward-model ids; any padding side. (B,) float32."""

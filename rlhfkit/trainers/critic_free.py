@@ -28,7 +28,7 @@ from rlhfkit.models.dropout import disable_dropout
 from rlhfkit.models.forward import unwrap_model
 from rlhfkit.models.load import is_adapter_folder, load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import apply_lora, save_policy
-from rlhfkit.models.policy import response_logprobs, response_logprobs_and_entropy
+from rlhfkit.models.policy import query_response_logprobs
 from rlhfkit.models.reward import load_reward_model
 from rlhfkit.ops import identity
 from rlhfkit.policy_losses import aggregate_loss, k3_kl_loss
@@ -37,7 +37,7 @@ from rlhfkit.rewards.sources import RewardSources, load_reward_function
 from rlhfkit.rollout.experience import Rollout
 from rlhfkit.rollout.score import RewardModelScorer, Scorer
 from rlhfkit.trainers.ppo_config import PPOConfig
-from rlhfkit.trainers.ppo_models import PPOModels, _frozen, _full_sequence, eos_token_ids, reward_model_scorer
+from rlhfkit.trainers.ppo_models import PPOModels, _frozen, eos_token_ids, reward_model_scorer
 
 
 class PolicyOnly(nn.Module):
@@ -46,9 +46,14 @@ class PolicyOnly(nn.Module):
 
     value_model = None
 
-    def __init__(self, policy: nn.Module) -> None:
+    def __init__(self, policy: nn.Module, share_prompts: bool = False) -> None:
         super().__init__()
         self.policy = policy
+        # A prompt repeated among the rows (the group) forwarded once, its keys and values serving each response;
+        # the two forwards run for every batch (`always`), so the rollout's log-probs (64 rows, each prompt 4
+        # times) and an update's (a few rows, a prompt once or twice) are the same computation per row, as with
+        # the full forward: with rollout.old_logprobs=forward the first ratio stays exactly 1.
+        self.share_prompts = share_prompts
 
     @property
     def language_model(self) -> nn.Module:
@@ -56,13 +61,9 @@ class PolicyOnly(nn.Module):
 
     def forward(self, query_ids, query_mask, response_ids, response_mask, temperature: float,
                 with_entropy: bool = False):
-        ids, mask, response_in_sequence = _full_sequence(query_ids, query_mask, response_ids, response_mask)
-        width = query_ids.shape[1]
-        if with_entropy:
-            logprobs, entropy = response_logprobs_and_entropy(self.policy, ids, mask, response_in_sequence,
-                                                              temperature)
-            return logprobs[:, width:], entropy[:, width:], None
-        return response_logprobs(self.policy, ids, mask, response_in_sequence, temperature)[:, width:], None, None
+        out = query_response_logprobs(self.policy, query_ids, query_mask, response_ids, response_mask, temperature,
+                                      with_entropy, share=self.share_prompts, always=True)
+        return (*out, None) if with_entropy else (out, None, None)
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         unwrap_model(self.policy).gradient_checkpointing_enable(**kwargs)
@@ -140,7 +141,7 @@ def build_online_models(cfg: PPOConfig, scorer: Scorer | None = None) -> OnlineM
         scorer = reward_sources(cfg, tokenizer, eos_ids)
     if scorer is None:
         scorer = reward_model_scorer(cfg, tokenizer, eos_ids)
-    return OnlineModels(PolicyOnly(policy), reference, scorer, tokenizer, eos_ids, no_reference=not with_reference)
+    return OnlineModels(PolicyOnly(policy, share_prompts=True), reference, scorer, tokenizer, eos_ids, no_reference=not with_reference)
 
 
 class _generation_config_holder:  # noqa: N801 — stands in for a model: eos_token_ids reads generation_config

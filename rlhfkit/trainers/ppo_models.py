@@ -27,6 +27,7 @@ from rlhfkit.models.load import is_adapter_folder, load_causal_lm, load_tokenize
 from rlhfkit.models.lora import adapters_disabled, apply_lora, save_policy
 from rlhfkit.models.policy import (
     policy_value_outputs,
+    query_response_logprobs,
     response_logprobs,
     response_logprobs_and_entropy,
     values_for_actions,
@@ -117,14 +118,15 @@ class PPOModels:
 
     @torch.no_grad()
     def reference_logprobs(self, query_ids, query_mask, response_ids, response_mask, temperature: float):
-        """(B, T) ``log π_ref(a_t | s_t)`` with the same logits ÷ temperature as the policy's log-probs."""
-        ids, mask, response_in_sequence = _full_sequence(query_ids, query_mask, response_ids, response_mask)
-        width = query_ids.shape[1]
-        if self.reference is not None:
-            return response_logprobs(self.reference, ids, mask, response_in_sequence, temperature)[:, width:]
-        policy = self.actor_critic.language_model
-        with adapters_disabled(policy):
-            return response_logprobs(policy, ids, mask, response_in_sequence, temperature)[:, width:]
+        """(B, T) ``log π_ref(a_t | s_t)`` with the same logits ÷ temperature as the policy's log-probs; a prompt
+        repeated in the batch (GRPO's group) is forwarded once (:func:`query_response_logprobs`)."""
+        ids = (query_ids, query_mask, response_ids, response_mask)
+        with torch.no_grad():
+            if self.reference is not None:
+                return query_response_logprobs(self.reference, *ids, temperature)
+            policy = self.actor_critic.language_model
+            with adapters_disabled(policy):
+                return query_response_logprobs(policy, *ids, temperature)
 
     def to(self, device: torch.device) -> PPOModels:
         """Move the frozen models (the loop moves the trained ones)."""
