@@ -34,6 +34,8 @@ def config_class(recipe: Path):
         from rlhfkit.trainers.dpo import DPOConfig as cls
     elif name.startswith(("ppo", "grpo", "rloo")):
         from rlhfkit.trainers.ppo_config import PPOConfig as cls
+    elif name == "demo_rlvr":
+        from rlhfkit.demo.rlvr import RLVRDemoConfig as cls
     elif name.startswith("demo"):
         from rlhfkit.demo.config import DemoConfig as cls
     elif name.startswith("iterate"):
