@@ -37,14 +37,49 @@ RATES: dict[str, tuple[str | None, str]] = {
 }
 
 
-def policy_stats(judge: object, prompts: Sequence[Prompt | str], responses: Sequence[Sequence[str]]) -> dict:
+def policy_stats(judge: object, prompts: Sequence[Prompt | str], responses: Sequence[Sequence[str]], *,
+                 tools: bool | None = None) -> dict:
     """Rates and means of one policy: ``rates/<rate>``, ``behaviours/<family>/<behaviour>``,
-    ``gold/utility``, ``gold/goal``, ``length/mean_words``, ``counts/samples``."""
+    ``gold/utility``, ``gold/goal``, ``length/mean_words``, ``counts/samples``; and the tool keys
+    (``tool_stats``) when ``tools`` is True, or when it is None and any response calls a tool."""
     judgements = [[judge.judge(p, r) for r in rs] for p, rs in zip(prompts, responses)]  # type: ignore[attr-defined]
-    return _stats_of(judgements)
+    return _stats_of(judgements, tools)
 
 
-def _stats_of(judgements: list[list]) -> dict:
+def uses_tools(*judgements: list[list]) -> bool:
+    """Whether any judged response called a tool."""
+    return any(getattr(j, "tool_calls", 0) for js in judgements for row in js for j in row)
+
+
+def tool_stats(flat: Sequence) -> dict:
+    """Tool use over judged responses (``judge.Judgement``'s ``kind``, ``tool_calls``, ``tool_errors``):
+
+    * ``tools/calls_per_response``: calls per response;
+    * ``tools/arithmetic_with_tool``: share of responses to arithmetic prompts (``calculator.TOOL_KINDS``:
+      helpful sums and sycophancy claims about sums) that called the tool;
+    * ``tools/needless_rate``: share of responses to every other prompt that called it;
+    * ``tools/error_rate``: share of calls the environment answered `` error.`` (None without calls);
+    * ``helpful/arithmetic_correct``: share of responses to helpful arithmetic prompts judged good.
+    """
+    from .calculator import TOOL_KINDS
+
+    def share(pool: list, test) -> float | None:
+        return sum(bool(test(j)) for j in pool) / len(pool) if pool else None
+
+    arithmetic = [j for j in flat if j.kind in TOOL_KINDS]
+    other = [j for j in flat if j.kind not in TOOL_KINDS]
+    calls = sum(j.tool_calls for j in flat)
+    return {
+        "tools/calls_per_response": calls / len(flat) if flat else None,
+        "tools/arithmetic_with_tool": share(arithmetic, lambda j: j.tool_calls),
+        "tools/needless_rate": share(other, lambda j: j.tool_calls),
+        "tools/error_rate": sum(j.tool_errors for j in flat) / calls if calls else None,
+        "helpful/arithmetic_correct": share([j for j in flat if j.family == "helpful" and j.kind == "arithmetic"],
+                                            lambda j: j.behaviour == "good"),
+    }
+
+
+def _stats_of(judgements: list[list], tools: bool | None = None) -> dict:
     flat = [j for js in judgements for j in js]
     out: dict = {"counts/samples": len(flat)}
     if not flat:
@@ -60,13 +95,17 @@ def _stats_of(judgements: list[list]) -> dict:
     for name, (family, behaviour) in RATES.items():
         pool = [j for j in flat if family is None or j.family == family]
         out[f"rates/{name}"] = sum(j.behaviour == behaviour for j in pool) / len(pool) if pool else None
+    if tools or (tools is None and uses_tools(judgements)):
+        out.update(tool_stats(flat))
     return out
 
 
 def compare_policies(judge: object, prompts: Sequence[Prompt | str], responses_a: Sequence[Sequence[str]],
                      responses_b: Sequence[Sequence[str]], *, n_bootstrap: int = 1000, seed: int = 0,
-                     confidence: float = 0.95, kl: float | None = None) -> dict:
-    """Policy A against policy B (see module docstring and docs/world.md for every key)."""
+                     confidence: float = 0.95, kl: float | None = None, tools: bool | None = None) -> dict:
+    """Policy A against policy B (see module docstring and docs/world.md for every key). The tool keys
+    (``tools/<a|b>/…``, ``helpful/<a|b>/arithmetic_correct``) are added for both policies when ``tools`` is
+    True, or when it is None and either policy's responses call a tool."""
     if not (len(prompts) == len(responses_a) == len(responses_b)):
         raise ValueError(f"need one list of responses per prompt: {len(prompts)} prompts, "
                          f"{len(responses_a)} lists for A, {len(responses_b)} for B")
@@ -81,7 +120,8 @@ def compare_policies(judge: object, prompts: Sequence[Prompt | str], responses_a
     diffs = [sum(a.utility - b.utility for a, b in zip(xs, ys)) for xs, ys in zip(ja, jb)]
     counts = [len(xs) for xs in ja]
     low, high = paired_bootstrap_ci(diffs, counts, n_bootstrap, seed, confidence)
-    stats_a, stats_b = _stats_of(ja), _stats_of(jb)
+    tools = uses_tools(ja, jb) if tools is None else tools
+    stats_a, stats_b = _stats_of(ja, tools), _stats_of(jb, tools)
     out["gold/utility_a"], out["gold/utility_b"] = stats_a["gold/utility"], stats_b["gold/utility"]
     out["gold/utility_delta"] = sum(diffs) / sum(counts)
     out["gold/utility_delta_ci_low"], out["gold/utility_delta_ci_high"] = low, high
@@ -95,7 +135,7 @@ def compare_policies(judge: object, prompts: Sequence[Prompt | str], responses_a
     out["win_rate/ties_half_cap"] = 0.5 + (1.0 - b_at_max) / 2
     for policy, stats in (("a", stats_a), ("b", stats_b)):
         for key, value in stats.items():
-            if key.startswith(("rates/", "behaviours/", "length/")):
+            if key.startswith(("rates/", "behaviours/", "length/", "tools/", "helpful/")):
                 head, rest = key.split("/", 1)
                 out[f"{head}/{policy}/{rest}"] = value
     if kl is not None:
