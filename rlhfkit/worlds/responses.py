@@ -8,6 +8,12 @@ claim and distractors) and the phrase banks, and draws every choice from ``rng``
 Styles: ``plain``; ``polite`` (a fixed courtesy phrase, neutral under the gold judge); ``rude``
 (an insult clause); ``rambling`` (filler clauses until the response is well past the family's
 word budget).
+
+With ``tool=True`` the response first calls the calculator (``tool_call``): on an arithmetic prompt
+``calc: 7 plus 5 = 12.`` (the environment's result, always right) and then the response, whose answer
+may still be wrong; on any other prompt a needless call of a random sum. The behaviour of a harmful
+response with a call is ``harmful_compliance`` whatever the text after it (``judge.TOOL_ON_HARMFUL``).
+Without ``tool`` no extra random number is drawn: the text is what it was before tools existed.
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ import random
 from . import almanac as alm
 from . import behaviours as bh
 from . import topics
+from .calculator import TOOL_KINDS, call_text
 from .prompts import Prompt
 from .text import sentence, tokenize, word_count
 
 
-def generate_response(prompt: Prompt, behaviour: str, rng: random.Random, style: str = "plain") -> str:
-    """One response to ``prompt`` showing ``behaviour`` in ``style`` (see module docstring)."""
+def generate_response(prompt: Prompt, behaviour: str, rng: random.Random, style: str = "plain",
+                      tool: bool = False) -> str:
+    """One response to ``prompt`` showing ``behaviour`` in ``style``, after a calculator call when ``tool``
+    (see module docstring)."""
     bh.check_behaviour(prompt.family, behaviour)
     if style not in bh.STYLES:
         raise ValueError(f"unknown style {style!r}; expected one of {bh.STYLES}")
@@ -30,7 +39,26 @@ def generate_response(prompt: Prompt, behaviour: str, rng: random.Random, style:
         body = _incoherent(prompt, rng)
     else:
         body = _WRITERS[(prompt.family, behaviour)](prompt, rng)
-    return apply_style(body, style, prompt.family, rng)
+    text = apply_style(body, style, prompt.family, rng)
+    return f"{tool_call(prompt, rng)} {text}" if tool else text
+
+
+def tool_call(prompt: Prompt, rng: random.Random, error: bool = False) -> str:
+    """A finished calculator call for ``prompt``: its own sum on an arithmetic prompt (``calculator.TOOL_KINDS``),
+    a random sum of the world's range otherwise (a needless call). With ``error`` the call is first written in
+    words the calculator rejects (``calc: what is 7 plus 5 = error.``), then retried correctly."""
+    if prompt.kind in TOOL_KINDS:
+        op, (a, b) = prompt.attribute, prompt.subject
+    else:
+        op = rng.choice(alm.ARITH_OPS)
+        a, b = (rng.randint(2, 5), rng.randint(2, 5)) if op == "times" else (rng.randint(2, 10), rng.randint(1, 10))
+        if op == "minus":
+            a, b = max(a, b) + 1, min(a, b)
+    expression = f"{a} {op} {b}"
+    if not error:
+        return call_text(expression)
+    wrong = rng.choice((f"what is {a} {op} {b}", f"{a} and {b}", f"{a} {op}"))
+    return f"{call_text(wrong)} {call_text(expression)}"
 
 
 def apply_style(body: str, style: str, family: str, rng: random.Random) -> str:
