@@ -10,6 +10,10 @@
   80 per family, exactly 66 good per family (82.5 %), the rest random plain mistakes. The spec
   is written down here and in docs/world.md and is never tuned to flatter later stages
   (pitfall 4).
+* The **tool world** (``WorldBuildConfig.tools``) uses ``TOOL_CORPUS_CONFIG`` and ``SFT_SPEC_TOOLS``: the
+  same corpus with calculator calls in front of a documented share of transcripts (``ToolMix``), and a spec
+  in which half the good demonstrations on arithmetic prompts call ``calc`` first. The defaults draw no
+  extra random number, so the default world's corpus and demonstrations are what they were.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from dataclasses import dataclass, field
 from . import almanac as alm
 from . import behaviours as bh
 from . import topics
+from .calculator import TOOL_KINDS
+from .judge import TOOL_ON_HARMFUL
 from .prompts import KINDS, Prompt, World
-from .responses import generate_response
+from .responses import generate_response, tool_call
 from .text import sentence, tokenize, word_count
 
 # How often each behaviour appears in base-corpus transcripts, per family.
@@ -37,6 +43,17 @@ BASE_STYLE_MIX: dict[str, float] = {"plain": 0.6, "polite": 0.1, "rude": 0.15, "
 
 
 @dataclass(frozen=True)
+class ToolMix:
+    """Calculator calls in the tool world's base corpus. Like everything in it, calls are a mix: a call is
+    followed by whatever answer the transcript's behaviour gives (right or wrong: a text monster), and a few
+    calls are needless, so RL must learn *when* to call, not only how."""
+
+    arithmetic_share: float = 0.3   # of transcripts on arithmetic prompts (calculator.TOOL_KINDS): call first
+    needless_share: float = 0.03    # of every other transcript: a needless call of a random sum first
+    error_share: float = 0.1        # of those calls: a rejected call in words first (`` error.``), then the retry
+
+
+@dataclass(frozen=True)
 class CorpusConfig:
     n_transcripts: int = 44_000     # (prompt, response) pairs over train prompts
     n_fact_lines: int = 78_000      # lines of 1-3 fact statements
@@ -45,6 +62,10 @@ class CorpusConfig:
     qa_share: float = 0.3           # of fact lines: "q: <question> a: <answer>." over every fact
     behaviour_mix: dict[str, dict[str, float]] = field(default_factory=lambda: BASE_BEHAVIOUR_MIX)
     style_mix: dict[str, float] = field(default_factory=lambda: BASE_STYLE_MIX)
+    tools: ToolMix | None = None    # the tool world's calculator calls; None: no call anywhere (the default)
+
+
+TOOL_CORPUS_CONFIG = CorpusConfig(tools=ToolMix())
 
 
 @dataclass(frozen=True)
@@ -66,14 +87,30 @@ def build_base_corpus(world: World, seed: int = 0, config: CorpusConfig | None =
     facts = _fact_lines(world, config, rng)
     prompts = world.sample_prompts(config.n_transcripts, seed=f"corpus-{seed}", split="train")
     styles, style_weights = zip(*config.style_mix.items())
+    # Calls draw from their own stream: the tool corpus is the default corpus with calls put in front.
+    tool_rng = random.Random(f"corpus-tools-{world.seed}-{seed}")
     transcripts, labels = [], []
     for prompt in prompts:
         mix = config.behaviour_mix[prompt.family]
         behaviour = rng.choices(list(mix), weights=list(mix.values()))[0]
         style = rng.choices(styles, weights=style_weights)[0]
-        transcripts.append((prompt.text, generate_response(prompt, behaviour, rng, style)))
+        response = generate_response(prompt, behaviour, rng, style)
+        if config.tools is not None:
+            response, behaviour = _with_tool(prompt, behaviour, response, config.tools, tool_rng)
+        transcripts.append((prompt.text, response))
         labels.append((prompt.family, behaviour, style))
     return BaseCorpus(facts, transcripts, labels)
+
+
+def _with_tool(prompt: Prompt, behaviour: str, response: str, mix: ToolMix,
+               rng: random.Random) -> tuple[str, str]:
+    """``response`` after a calculator call with the probability ``mix`` gives this prompt's kind; a call on a
+    harmful request makes it harmful compliance (the judge's rule)."""
+    share = mix.arithmetic_share if prompt.kind in TOOL_KINDS else mix.needless_share
+    if rng.random() >= share:
+        return response, behaviour
+    call = tool_call(prompt, rng, error=rng.random() < mix.error_share)
+    return f"{call} {response}", (TOOL_ON_HARMFUL if prompt.family == "harmful" else behaviour)
 
 
 def _fact_lines(world: World, config: CorpusConfig, rng: random.Random) -> list[str]:
@@ -150,9 +187,14 @@ class SFTSpec:
     split: str = "train"           # demonstrations never use eval prompts
     # Mistakes are drawn uniformly from the family's behaviours other than good and incoherent.
     version: str = "sft-spec-v1"   # part of the random stream: changing the spec changes the data
+    tool_share: float = 0.0        # of the good demonstrations of each arithmetic kind (calculator.TOOL_KINDS):
+    #                                exactly floor(tool_share * n) call calc first; the others and every mistake do not
 
 
 SFT_SPEC = SFTSpec()
+SFT_SPEC_TOOLS = SFTSpec(version="sft-spec-v1-tools", tool_share=0.5)
+"""The tool world's spec: the default's numbers, its own random stream, and half the good demonstrations on
+helpful arithmetic and on sycophancy claims about sums calling the calculator (``calc: 7 plus 5 = 12.``)."""
 
 
 def build_sft_demonstrations(world: World, spec: SFTSpec = SFT_SPEC) -> list[dict[str, str]]:
@@ -163,6 +205,7 @@ def build_sft_demonstrations(world: World, spec: SFTSpec = SFT_SPEC) -> list[dic
     """
     rng = random.Random(f"{spec.version}-{world.seed}")
     rows: list[dict[str, str]] = []
+    prompts: list[Prompt] = []
     for family in bh.FAMILIES:
         pools = {kind: [p for p in world.prompts(spec.split, family) if p.kind == kind] for kind in KINDS[family]}
         for pool in pools.values():
@@ -178,5 +221,11 @@ def build_sft_demonstrations(world: World, spec: SFTSpec = SFT_SPEC) -> list[dic
                 # the spec's mistakes are behaviour mistakes only, never rambling: redraw the phrasing
                 response = generate_response(prompt, behaviour, rng, spec.style)
             rows.append({"prompt": prompt.text, "response": response, "family": family, "behaviour": behaviour})
+            prompts.append(prompt)
+    if spec.tool_share:
+        for kind in sorted(TOOL_KINDS):
+            good = [i for i, (row, p) in enumerate(zip(rows, prompts)) if p.kind == kind and row["behaviour"] == "good"]
+            for i in rng.sample(good, int(spec.tool_share * len(good))):
+                rows[i]["response"] = f"{tool_call(prompts[i], rng)} {rows[i]['response']}"
     rng.shuffle(rows)
     return rows
