@@ -135,7 +135,7 @@ def run_demo(cfg: DemoConfig, *, preset: str = "default") -> dict[str, Any]:
     from rlhfkit.worlds.build import build_world, load_built, world_fingerprint
 
     # what the world is: its build settings and the world code's own settings (a changed world re-makes all)
-    world_settings = {"build": _asdict(cfg.world), "world": world_fingerprint()}
+    world_settings = {"build": cfg.world.settings(), "world": world_fingerprint(cfg.world.tools)}
     runner.stage(1, "world", "World: tokenizer and pretrained base model (cached)", world_settings, (),
                  lambda f: pipeline.world_stage(ctx, f))
 

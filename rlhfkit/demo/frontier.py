@@ -181,7 +181,7 @@ def check_world(ctx: Context) -> None:
     """The world stage's fingerprint as ``run_demo`` computes it must be the run's: the same world code."""
     from rlhfkit.worlds.build import world_fingerprint
 
-    settings = {"build": dataclasses.asdict(ctx.cfg.world), "world": world_fingerprint()}
+    settings = {"build": ctx.cfg.world.settings(), "world": world_fingerprint(ctx.cfg.world.tools)}
     if fingerprint("world", settings, []) != stage_fingerprint(ctx, "world"):
         raise UserError(f"{ctx.out}: the built-in world (its code or build settings) changed since this run was "
                         f"made, so its eval prompts or gold judge may differ; re-run `rlhfkit demo --out {ctx.out}` "

@@ -1,7 +1,7 @@
 """``rlhfkit world build``: the world's tokenizer, its pretrained tiny base model and its data files, cached.
 
 The only part of ``rlhfkit.worlds`` that trains a model (and so imports torch). Everything it writes goes
-into one folder per build setting, ``{cache_dir}/world-s{seed}-{arch}-{size}``::
+into one folder per build setting, ``{cache_dir}/world-s{seed}-{arch}-{size}`` (``…-tools`` for the tool world)::
 
     tokenizer/          byte-level BPE trained on the base corpus, the world's chat template, EOS and pad
     base/               the pretrained base model (standard HF folder) — the "text monster"
@@ -72,6 +72,10 @@ class WorldBuildConfig:
     (95 → 70 ms in isolation; 457 → 315 ms for ``large``), to the same loss."""
     threads: int = 0
     """torch threads for pretraining; 0 keeps torch's default (all cores)."""
+    tools: bool = False
+    """The tool world: its base corpus and SFT spec carry calculator calls (``calc: 7 plus 5 = 12.``; corpus
+    ``TOOL_CORPUS_CONFIG``, spec ``SFT_SPEC_TOOLS``, docs/world.md §7). Cached in its own ``-tools`` folder; off, the
+    world, its cache key and every figure measured on it are what they were before tools existed."""
 
     def validate(self) -> None:
         from rlhfkit.models.tiny import ARCHS, SIZES
@@ -88,7 +92,15 @@ class WorldBuildConfig:
             raise ConfigError(f"attn_implementation: expected eager or sdpa, got {self.attn_implementation!r}")
 
     def folder(self) -> Path:
-        return Path(self.cache_dir) / f"world-s{self.seed}-{self.arch}-{self.size}"
+        return Path(self.cache_dir) / f"world-s{self.seed}-{self.arch}-{self.size}{'-tools' if self.tools else ''}"
+
+    def settings(self) -> dict:
+        """The fields as a dict, without ``tools`` when it is off: what the default world was keyed by before the
+        tool world existed (its cache and the demo's stage fingerprints stay valid)."""
+        out = dataclasses.asdict(self)
+        if not self.tools:
+            del out["tools"]
+        return out
 
 
 @dataclass
@@ -117,7 +129,7 @@ def load_built(cfg: WorldBuildConfig) -> WorldAssets | None:
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     if manifest.get("format") != BUILD_FORMAT or build_identity(manifest.get("config", {})) != build_identity(
-            dataclasses.asdict(cfg)) or manifest.get("world") != world_fingerprint():
+            cfg.settings()) or manifest.get("world") != world_fingerprint(cfg.tools):
         return None
     if cfg.mixed_precision != "auto" and cfg.mixed_precision != built_precision(manifest):
         return None
@@ -131,21 +143,37 @@ def built_precision(manifest: dict) -> str:
         "mixed_precision", "bf16")
 
 
-def world_fingerprint() -> dict:
-    """The world's own settings (prompts, corpus mix, SFT spec): a build made under others is stale."""
-    from rlhfkit.worlds.corpus import SFT_SPEC, CorpusConfig
+def world_fingerprint(tools: bool = False) -> dict:
+    """The world's own settings (prompts, corpus mix, SFT spec): a build made under others is stale. The default
+    world's fingerprint leaves out the tool fields (both off), so it reads as it did before they existed."""
     from rlhfkit.worlds.prompts import WorldConfig
 
-    return json.loads(json.dumps({"world": dataclasses.asdict(WorldConfig()),
-                                  "corpus": dataclasses.asdict(CorpusConfig()),
-                                  "sft_spec": dataclasses.asdict(SFT_SPEC)}))
+    corpus, spec = dataclasses.asdict(corpus_config(tools)), dataclasses.asdict(sft_spec(tools))
+    if not tools:
+        del corpus["tools"], spec["tool_share"]
+    return json.loads(json.dumps({"world": dataclasses.asdict(WorldConfig()), "corpus": corpus, "sft_spec": spec}))
+
+
+def corpus_config(tools: bool = False):
+    """The base corpus's settings: ``CorpusConfig()``, or ``TOOL_CORPUS_CONFIG`` for the tool world."""
+    from rlhfkit.worlds.corpus import TOOL_CORPUS_CONFIG, CorpusConfig
+
+    return TOOL_CORPUS_CONFIG if tools else CorpusConfig()
+
+
+def sft_spec(tools: bool = False):
+    """The SFT spec: ``SFT_SPEC``, or ``SFT_SPEC_TOOLS`` for the tool world."""
+    from rlhfkit.worlds.corpus import SFT_SPEC, SFT_SPEC_TOOLS
+
+    return SFT_SPEC_TOOLS if tools else SFT_SPEC
 
 
 def build_identity(config: dict) -> dict:
     """The settings that decide what is built: not where it is cached, nor how many threads built it; the
     precision is compared on its own (``auto`` accepts the precision a build resolved to, see
-    ``WorldBuildConfig.mixed_precision``)."""
-    return {k: v for k, v in config.items() if k not in ("cache_dir", "threads", "mixed_precision")}
+    ``WorldBuildConfig.mixed_precision``). ``tools`` off counts as absent: builds made before it existed match."""
+    return {k: v for k, v in config.items()
+            if k not in ("cache_dir", "threads", "mixed_precision") and not (k == "tools" and not v)}
 
 
 def world_documents(corpus: BaseCorpus, tokenizer, seed: int) -> tuple[list[str], int]:
@@ -209,7 +237,8 @@ def build_world(cfg: WorldBuildConfig) -> WorldAssets:
     world = World.build(cfg.seed)
 
     tokenizer_dir = root / "tokenizer"
-    corpus = build_base_corpus(world, seed=cfg.seed)  # built once: the tokenizer and the documents share it
+    # built once: the tokenizer and the documents share it
+    corpus = build_base_corpus(world, seed=cfg.seed, config=corpus_config(cfg.tools))
     tokenizer = train_world_tokenizer(corpus, cfg.vocab_size)
     tokenizer.save_pretrained(tokenizer_dir)
     docs, n_transcripts = world_documents(corpus, tokenizer, cfg.seed)
@@ -236,14 +265,14 @@ def build_world(cfg: WorldBuildConfig) -> WorldAssets:
     _install_base(root, train_cfg.output_dir)
 
     data = root / "data"
-    _write_jsonl(data / "sft.jsonl", build_sft_demonstrations(world))
+    _write_jsonl(data / "sft.jsonl", build_sft_demonstrations(world, sft_spec(cfg.tools)))
     _write_jsonl(data / "prompts_train.jsonl",
                  [{"prompt": p.text, "family": p.family} for p in world.train_prompts])
     _write_jsonl(data / "prompts_eval.jsonl",
                  [{"prompt": p.text, "family": p.family} for p in world.eval_prompts])
     final_nll = _last_metric(Path(train_cfg.output_dir) / "metrics.jsonl", "eval/pretrain/nll")
     manifest = {
-        "format": BUILD_FORMAT, "config": dataclasses.asdict(cfg), "world": world_fingerprint(),
+        "format": BUILD_FORMAT, "config": cfg.settings(), "world": world_fingerprint(cfg.tools),
         "precision": precision.record(),
         "base_parameters": n_params,
         "vocab_size": len(tokenizer), "documents": len(docs), "transcripts": n_transcripts,

@@ -15,8 +15,9 @@ from .protocol import policy_stats
 from .responses import generate_response
 
 
-def show(seed: int = 0, n: int = 2) -> None:
-    """Print ``n`` eval prompts per family, each with one gold-judged response per behaviour."""
+def show(seed: int = 0, n: int = 2, tools: bool = False) -> None:
+    """Print ``n`` eval prompts per family, each with one gold-judged response per behaviour; with ``tools``,
+    also responses that call the calculator first (``calc: 7 plus 5 = 12.``, the tool world)."""
     world = World.build(seed)
     judge = GoldJudge(world)
     a = world.almanac
@@ -37,6 +38,13 @@ def show(seed: int = 0, n: int = 2) -> None:
             response = generate_response(style_prompt, "good", rng, style)
             j = judge.judge(style_prompt, response)
             print(f"  u={j.utility:+.2f} {j.behaviour + ' (' + style + ')':22s} {response}")
+        if tools:
+            for prompt in world.prompts("eval", family)[:n]:
+                for behaviour in ("good", "wrong") if "wrong" in bh.FAMILY_BEHAVIOURS[family] else ("good",):
+                    response = generate_response(prompt, behaviour, rng, tool=True)
+                    j = judge.judge(prompt, response)
+                    label = f"{j.behaviour} ({'needless ' if j.needless_tool else ''}tool)"
+                    print(f"  u={j.utility:+.2f} {label:22s} {response}")
 
 
 def judge_file(path: str | Path, out_path: str | Path | None = None, seed: int = 0) -> dict:
@@ -94,6 +102,8 @@ def configure(parser) -> None:
     show_p = sub.add_parser("show", help="sample prompts per family with gold-judged responses")
     show_p.add_argument("--seed", type=int, default=0)
     show_p.add_argument("-n", type=int, default=2, help="prompts per family")
+    show_p.add_argument("--tools", action="store_true",
+                        help="also show responses that call the calculator (the tool world's language)")
     cand = sub.add_parser("candidates", help="sample items for the annotation app from the world (no model)")
     cand.add_argument("--out", required=True, help="JSON Lines for `rlhfkit annotate import`")
     cand.add_argument("-n", type=int, default=60, help="items (pairs and rankings of 4; every 10th is gold)")
@@ -125,7 +135,7 @@ def main(args) -> int:
             write_rows(Path(args.out) / name, rows)
         print(f"wrote sft.jsonl, prefs.jsonl, prompts.jsonl ({args.n} rows each) to {args.out}")
     elif args.action == "show":
-        show(args.seed, args.n)
+        show(args.seed, args.n, args.tools)
     elif args.action == "judge":
         judge_file(args.responses, args.out, args.seed)
     else:
