@@ -17,6 +17,7 @@ from . import almanac as alm
 
 TOOL_NAME = "calc"
 ERROR_RESULT = "error"   # what the environment writes for a failed call: `` error.``
+TOOL_WORDS = (TOOL_NAME, ERROR_RESULT)  # words the tool adds to the world's language (``:`` and ``=`` are bytes)
 MAX_CALLS = 2            # per episode: one call answers any world prompt; a second allows a retry after an error
 MAX_DIGITS = 6           # operands of at most this many digits (the world's numbers are 0..91)
 TOOL_KINDS = frozenset({"arithmetic", "false_arithmetic"})
