@@ -139,7 +139,21 @@ def test_environment_factory_follows_the_tool_contract():
     pytest.importorskip("rlhfkit.envs.environment")
     from rlhfkit.envs.environment import ToolEnvironment
 
-    assert isinstance(environment(), ToolEnvironment)
+    from rlhfkit.envs.environment import Conversation, Turn
+
+    env = environment()
+    assert isinstance(env, ToolEnvironment) and env.stop_strings == ("=",)
+
+    def step(turn: str) -> str | None:
+        return env.step(Conversation("what is 7 plus 5?", [Turn("model", turn)]))
+
+    assert step("calc: 7 plus 5 =") == " 12."
+    for bad in ("calc: seven plus five =", "calc: 3 minus 5 =", "calc: =", "sum: 7 plus 5 ="):
+        assert step(bad) == f" {ERROR_RESULT}."
+    assert step("it is 12.") is None
+    # what the episode then reads is one call segment, as the judge cuts it out
+    assert split_tool_calls("calc: 7 plus 5 =" + step("calc: 7 plus 5 =") + " it is 12.") == (
+        [("7 plus 5", "12")], "it is 12.")
 
 
 # ---- the gold judge's tool rules -------------------------------------------------------------------
