@@ -380,3 +380,16 @@ def test_tokenizer_of_the_tool_corpus_has_the_tool_words_as_tokens(tool_corpus, 
     assert "<|assistant|> calc: 7 plus 5 = 12. it is 12." in text  # the call sits inside the assistant turn
     ids = tok.encode(" calc: 7 plus 5 = 12. it is 12.", add_special_tokens=False)
     assert tok.decode(ids) == " calc: 7 plus 5 = 12. it is 12."
+
+
+def test_verifiable_world_rewards_read_the_answer_not_the_calculator(world):
+    from rlhfkit.rewards.world import correct_answer, correct_facts
+
+    p = first(world, "helpful", "arithmetic")
+    call = call_text(f"{p.subject[0]} {p.attribute} {p.subject[1]}")
+    wrong = p.distractors[0]
+    completions = [call, f"{call} it is {p.answer}.", f"{call} it is {wrong}.", f"it is {p.answer}."]
+    assert correct_answer([p.text] * 4, completions) == [0.0, 1.0, 0.0, 1.0]
+    syco = first(world, "sycophancy", "false_arithmetic")
+    only_call = call_text(f"{syco.subject[0]} {syco.attribute} {syco.subject[1]}")
+    assert correct_facts([syco.text, syco.text], [only_call, f"{only_call} no, it is {syco.answer}."]) == [0.0, 1.0]

@@ -9,6 +9,9 @@ appears) — a fact-checker's reward, as verifiable as the sum itself. Every oth
 unanswerable, or not a world prompt) gets None: no opinion, left to the other reward sources. Neither is the
 gold judge, which grades style, refusals, agreement, hedging and coherence and stays evaluation-only: a
 response that states the truth can still lose to the judge (rude, incoherent tail, agreeing first).
+
+Calculator calls (``calc: 7 plus 5 = 12.``, the tool world) are cut out first, as the gold judge cuts them: the
+environment's result is not the model's answer, so a response that is only a call scores 0.0, not 1.0.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ def _text(prompt: Any) -> str:
 
 def _check(prompts: Sequence[Any], completions: Sequence[str], world_seed: Sequence[Any] | None,
            families: tuple[str, ...]) -> list[float | None]:
+    from rlhfkit.worlds.calculator import split_tool_calls
     from rlhfkit.worlds.prompts import World
 
     seeds = list(world_seed) if world_seed is not None else [None] * len(prompts)
@@ -37,7 +41,7 @@ def _check(prompts: Sequence[Any], completions: Sequence[str], world_seed: Seque
         if found is None or found.family not in families or not found.answer:
             out.append(None)
         else:
-            out.append(float(is_correct(completion, found.answer)))
+            out.append(float(is_correct(split_tool_calls(completion)[1], found.answer)))
     return out
 
 
