@@ -137,9 +137,7 @@ def test_needs_calculator_is_the_arithmetic_kinds(world):
 
 def test_environment_factory_follows_the_tool_contract():
     pytest.importorskip("rlhfkit.envs.environment")
-    from rlhfkit.envs.environment import ToolEnvironment
-
-    from rlhfkit.envs.environment import Conversation, Turn
+    from rlhfkit.envs.environment import Conversation, ToolEnvironment, Turn
 
     env = environment()
     assert isinstance(env, ToolEnvironment) and env.stop_strings == ("=",)
