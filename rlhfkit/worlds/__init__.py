@@ -6,7 +6,8 @@ annotators, an AI judge, corpora and the evaluation protocol. Pure Python (no to
     judge = GoldJudge(world)
     judge.score("what is 17 plus 3?", "the answer is 20.")   # 1.0
 
-See docs/world.md for the rubric, the SFT spec and the protocol keys.
+See docs/world.md for the rubric, the SFT spec and the protocol keys, and §9 for the calculator tool
+(``calculator.py``; ``rlhfkit.worlds.calculator:environment`` is its tool environment).
 """
 
 from .ai_judge import AIJudge
@@ -20,7 +21,18 @@ from .annotators import (
     label_pairs,
 )
 from .behaviours import BEHAVIOURS, FAMILIES, FAMILY_BEHAVIOURS, STYLES
-from .corpus import SFT_SPEC, BaseCorpus, CorpusConfig, SFTSpec, build_base_corpus, build_sft_demonstrations
+from .calculator import calc, split_tool_calls
+from .corpus import (
+    SFT_SPEC,
+    SFT_SPEC_TOOLS,
+    TOOL_CORPUS_CONFIG,
+    BaseCorpus,
+    CorpusConfig,
+    SFTSpec,
+    ToolMix,
+    build_base_corpus,
+    build_sft_demonstrations,
+)
 from .judge import GoldJudge, Judgement, Rubric
 from .prompts import Prompt, World, WorldConfig
 from .protocol import compare_policies, paired_bootstrap_ci, policy_stats
@@ -28,7 +40,8 @@ from .responses import generate_response
 
 __all__ = [
     "AIJudge", "BEHAVIOURS", "BaseCorpus", "Calibration", "CorpusConfig", "FAMILIES", "FAMILY_BEHAVIOURS",
-    "GoldJudge", "Judgement", "THUMBS_THRESHOLD", "Prompt", "Rubric", "SFTSpec", "SFT_SPEC", "STYLES", "SimulatedAnnotator",
+    "GoldJudge", "Judgement", "THUMBS_THRESHOLD", "Prompt", "Rubric", "SFTSpec", "SFT_SPEC", "SFT_SPEC_TOOLS", "STYLES",
+    "SimulatedAnnotator", "TOOL_CORPUS_CONFIG", "ToolMix", "calc", "split_tool_calls",
     "World", "WorldConfig", "agreement_with_gold", "build_base_corpus", "build_sft_demonstrations",
     "calibrate_tau", "compare_policies", "disagreement", "generate_response", "label_pairs",
     "paired_bootstrap_ci", "policy_stats",
