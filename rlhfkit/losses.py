@@ -161,6 +161,8 @@ def per_token_rewards(
     mask: torch.Tensor,
     kl_coef: float | torch.Tensor,
     kl_estimator: str = "k1",
+    *,
+    gaps: bool = False,
 ) -> PerTokenRewards:
     """PPO rewards with a per-token KL penalty (Ziegler et al. 2019, Eq. 2; Ouyang et al. 2022, Eq. 2).
 
@@ -168,9 +170,11 @@ def per_token_rewards(
     KL(π_θ ‖ π_ref) at token t (default k1 = log π_θ − log π_ref, as in lm-human-preferences).
     Shapes: ``scores`` (B,), ``logprobs`` / ``ref_logprobs`` / ``mask`` (B, T) with a right-padded
     mask; every row needs at least one response token (its score would be lost otherwise).
+    ``gaps=True`` accepts a mask with holes — a multi-turn episode's model tokens, the environment's tokens
+    between them 0 (``Rollout.action_mask``) — and puts the score at the last 1 of each row.
     Inputs are detached: rewards are targets, never differentiated.
     """
-    valid = _check_right_padded(mask)
+    valid = mask.bool() if gaps else _check_right_padded(mask)
     check_same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs, mask=mask)
     lengths = valid.sum(dim=1)  # (B,)
     if scores.shape != lengths.shape:
@@ -180,7 +184,8 @@ def per_token_rewards(
     kl = kl_penalty(kl_estimator, logprobs.detach(), ref_logprobs.detach())
     kl = torch.where(valid, kl, torch.zeros((), dtype=kl.dtype))
     rewards = -kl_coef * kl
-    last_index = (lengths - 1).unsqueeze(1)  # (B, 1)
+    # the last valid position: lengths − 1 for a right-padded mask
+    last_index = (valid.shape[1] - 1 - valid.flip(1).long().argmax(dim=1)).unsqueeze(1)  # (B, 1)
     rewards = rewards.scatter_add(1, last_index, scores.detach().to(rewards.dtype).unsqueeze(1))
     return PerTokenRewards(rewards=rewards, kl=kl)
 

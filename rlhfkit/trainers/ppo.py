@@ -299,7 +299,7 @@ class PPOTrainer:
         if shown and number % self.cfg.train.log_every == 0:
             texts = response_texts(self.models.tokenizer, rollout.index_select(range(shown)), self.models.eos_token_ids)
             ref = rollout.ref_logprobs if rollout.ref_logprobs is not None else rollout.logprobs
-            kl = masked_sum(rollout.logprobs - ref, rollout.response_mask, dim=1)
+            kl = masked_sum(rollout.logprobs - ref, rollout.action_mask, dim=1)
             for i, text in enumerate(texts):
                 prompt = prompts[i] if isinstance(prompts[i], str) else prompts[i][-1].content
                 say(f"[step {number} sample {i}] score {float(rollout.scores[i]):+.3f} KL {float(kl[i]):.3f} | "
@@ -315,7 +315,7 @@ class PPOTrainer:
         batch, prompts = self.eval_set
         generator = torch.Generator(device=self.loop.device).manual_seed(derive_seed(self.cfg.train.seed, "eval"))
         rollout, extras = self.collect(batch, prompts, generator, self.fields[1])
-        kl = (masked_sum(rollout.logprobs - rollout.ref_logprobs, rollout.response_mask, dim=1)
+        kl = (masked_sum(rollout.logprobs - rollout.ref_logprobs, rollout.action_mask, dim=1)
               if rollout.ref_logprobs is not None else torch.zeros(1))
         return {"eval/score": float(extras["rm_scores"].mean()), "eval/kl": float(kl.mean()),
                 "eval/length_mean": float(rollout.response_lengths.float().mean()),
