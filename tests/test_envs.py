@@ -5,6 +5,7 @@ with zero gradient and zero KL, and a GRPO run with an environment through the C
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import pytest
@@ -422,3 +423,23 @@ def test_ppo_refuses_an_environment_in_one_sentence(tmp_path):
         ppo_config(tmp_path, "rollout.environment=rlhfkit.worlds.calculator:environment")
     with pytest.raises(ConfigError, match="module:factory"):
         grpo_config(tmp_path, "rollout.environment=nocolon")
+
+
+def test_eval_runs_episodes_and_judges_their_whole_text(tmp_path, capsys):
+    from test_evaluate_common import saved_policy
+
+    module = tmp_path / "toy_env.py"
+    module.write_text(ENV_MODULE)
+    out, pairs = tmp_path / "eval.json", tmp_path / "pairs.jsonl"
+    code = cli(["eval", "--policy", str(saved_policy(tmp_path, 0)), "--baseline", str(saved_policy(tmp_path, 1)),
+                "--judge", "gold", "--limit", "1", "--samples", "2", "--max-new-tokens", "10", "--n-bootstrap",
+                "50", "--batch-size", "4", "--environment", f"{module}:environment", "--max-turns", "3",
+                "--out", str(out), "--save-samples", str(pairs)])
+    assert code == 0 and "episodes in" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["settings"]["environment"] == f"{module}:environment" and report["settings"]["max_turns"] == 3
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    assert len(rows) == 10 and any(" ok" in r["a"] for r in rows) and any(" ok" in r["b"] for r in rows)
+    assert report["metrics"]["kl/nats_per_seq"] is not None
+    assert cli(["eval", "--policy", "x", "--baseline", "y", "--environment", "nocolon"]) == 2
+    assert "--environment 'nocolon' must be written module:factory or path.py:factory" in capsys.readouterr().err

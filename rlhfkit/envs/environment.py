@@ -117,18 +117,20 @@ class ToolEnvironment:
         return Observation(self.syntax.format_error(message), is_error=True)
 
 
-def load_environment(spec: str) -> Any:
-    """``factory()`` for ``spec`` = ``module:factory`` or ``path.py:factory``; ConfigError, one sentence, when the
-    path does not resolve or the result has no ``step`` method."""
+def load_environment(spec: str, key: str = "rollout.environment") -> Any:
+    """``factory()`` for ``spec`` = ``module:factory`` or ``path.py:factory``; ConfigError, one sentence naming
+    ``key``, when the path does not resolve or the result has no ``step`` method."""
     from rlhfkit.config import ConfigError
     from rlhfkit.rewards.sources import load_reward_function
 
     try:
         factory = load_reward_function(spec)
     except ConfigError as exc:
-        raise ConfigError(str(exc).replace("rewards: function", "rollout.environment", 1)) from None
+        message = str(exc).replace("rewards: function", key, 1).replace("module:function or path.py:function",
+                                                                        "module:factory or path.py:factory")
+        raise ConfigError(message) from None
     environment = factory()
     if not callable(getattr(environment, "step", None)):
-        raise ConfigError(f"rollout.environment {spec!r}: {spec.rsplit(':', 1)[-1]}() returned "
+        raise ConfigError(f"{key} {spec!r}: {spec.rsplit(':', 1)[-1]}() returned "
                           f"{type(environment).__name__}, not an environment with a step(conversation) method")
     return environment

@@ -58,6 +58,20 @@ class EpisodeOutput:
         """(B, T): 1 on the model's own tokens."""
         return self.response_mask * (1 - self.env_mask)
 
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        """(B,) long: response tokens per row (model and environment), EOS included."""
+        return self.response_mask.sum(dim=1)
+
+    def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P + T) ids and attention mask of prompt ⧺ response."""
+        return (torch.cat([self.prompt_ids, self.response_ids], dim=1),
+                torch.cat([self.prompt_mask, self.response_mask], dim=1))
+
+    def response_token_lists(self) -> list[list[int]]:
+        """Each row's response ids without padding (environment tokens included)."""
+        return [row[: int(n)].tolist() for row, n in zip(self.response_ids, self.response_lengths)]
+
 
 @dataclass
 class _Row:
