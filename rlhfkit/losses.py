@@ -191,7 +191,7 @@ def per_token_rewards(
 
 
 def gae(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float, *, gaps: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized advantage estimation (Schulman et al. 2016, Eq. 16) on right-padded responses.
 
@@ -199,8 +199,11 @@ def gae(
     after the last response token (the episode ends at EOS: bootstrap value 0). ``returns = A + V``,
     the value targets. Shapes: ``rewards``, ``values``, ``mask`` (B, T) -> ``(advantages, returns)``
     (B, T), both 0 on padding. A Python loop over T, vectorised over B; inputs are detached.
+    ``gaps=True`` accepts a mask with holes (a multi-turn episode's ``Rollout.action_mask``: environment tokens
+    0): the recursion runs over each row's valid tokens only, in order — t + 1 is the next *model* token, so an
+    observation between two model turns is neither a step nor a discount — and holes get A = 0, returns 0.
     """
-    valid = _check_right_padded(mask)
+    valid = mask.bool() if gaps else _check_right_padded(mask)
     check_same_shape(rewards=rewards, values=values, mask=mask)
     # With rewards and values zeroed on padding (replaced, not multiplied: padding may hold nan),
     # every padding position gets δ = 0 and A = 0, so V_{t+1} and A_{t+1} read after the last
@@ -213,6 +216,13 @@ def gae(
     for t in reversed(range(values.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         advantage = delta + gamma * lam * next_advantage
+        if gaps:  # a hole is skipped: it keeps A = 0 and passes the next valid token's V and A through
+            here = valid[:, t]
+            advantage = torch.where(here, advantage, torch.zeros((), dtype=advantage.dtype))
+            advantages[:, t] = advantage
+            next_value = torch.where(here, values[:, t], next_value)
+            next_advantage = torch.where(here, advantage, next_advantage)
+            continue
         advantages[:, t] = advantage
         next_value, next_advantage = values[:, t], advantage
     returns = advantages + values

@@ -15,8 +15,18 @@ from test_grpo import grpo_config, step_rows
 
 from rlhfkit.cli import main as cli
 from rlhfkit.config import ConfigError
-from rlhfkit.envs import (Conversation, FixedSyntax, JsonSyntax, MalformedToolCall, Observation, ToolCall,
-                          ToolEnvironment, Turn, load_environment, tool)
+from rlhfkit.envs import (
+    Conversation,
+    FixedSyntax,
+    JsonSyntax,
+    MalformedToolCall,
+    Observation,
+    ToolCall,
+    ToolEnvironment,
+    Turn,
+    load_environment,
+    tool,
+)
 from rlhfkit.envs.episodes import run_episodes
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rollout.experience import Rollout
@@ -379,20 +389,27 @@ from rlhfkit.envs import Observation
 
 
 class Echo:
-    """Pauses the model at every space and answers with a fixed observation; every third one an error."""
+    """Pauses the model at every space and answers with a fixed observation; each episode's second one is an
+    error. Stateless (a function of the conversation), so a resumed run meets the same answers."""
 
     stop_strings = (" ",)
 
-    def __init__(self):
-        self.count = 0
-
     def step(self, conversation):
-        self.count += 1
-        return Observation(" ok", is_error=self.count % 3 == 0)
+        return Observation(" ok", is_error=conversation.calls == 1)
+
+
+class Chatty(Echo):
+    """Pauses at nearly anything a random micro model writes: every episode meets the environment."""
+
+    stop_strings = tuple("abcdefghijklmnopqrstuvwxyz0123456789 ")
 
 
 def environment():
     return Echo()
+
+
+def chatty():
+    return Chatty()
 '''
 
 
@@ -416,11 +433,50 @@ def test_grpo_with_an_environment_trains_through_the_cli_and_logs_tool_metrics(t
         assert 0 <= row["tools/errors_per_episode"] <= row["tools/calls_per_episode"]
 
 
-def test_ppo_refuses_an_environment_in_one_sentence(tmp_path):
-    from ppo_fixtures import ppo_config
+def test_gae_with_gaps_is_gae_over_the_model_tokens_alone():
+    """An independent computation: GAE on the batch with the holes cut out (a plain right-padded batch)."""
+    from rlhfkit.losses import gae
 
-    with pytest.raises(ConfigError, match="rollout.environment needs a critic-free advantage.estimator"):
-        ppo_config(tmp_path, "rollout.environment=rlhfkit.worlds.calculator:environment")
+    g = torch.Generator().manual_seed(1)
+    mask = torch.tensor([[1, 1, 0, 0, 1, 1, 0], [1, 0, 1, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0]])
+    rewards, values = torch.randn(3, 7, generator=g), torch.randn(3, 7, generator=g)
+    advantages, returns = gae(rewards, values, mask, 0.9, 0.8, gaps=True)
+    keep = mask.bool()
+    lengths = keep.sum(dim=1)
+    right = (torch.arange(7)[None] < lengths[:, None]).long()
+    c_advantages, c_returns = gae(_compact(rewards, keep), _compact(values, keep), right, 0.9, 0.8)
+    for i in range(3):
+        assert torch.allclose(advantages[i][keep[i]], c_advantages[i, : lengths[i]], atol=1e-6)
+        assert torch.allclose(returns[i][keep[i]], c_returns[i, : lengths[i]], atol=1e-6)
+    assert (advantages[~keep] == 0).all() and (returns[~keep] == 0).all()
+    # a right-padded mask: the same numbers with and without gaps=True
+    plain = gae(rewards, values, right, 0.9, 0.8)
+    assert all(torch.equal(a, b) for a, b in zip(plain, gae(rewards, values, right, 0.9, 0.8, gaps=True)))
+
+
+@pytest.mark.parametrize("value_kind", ["head", "separate"])
+def test_a_ppo_step_on_episodes_learns_from_the_model_tokens_only(tmp_path, value_kind):
+    from ppo_fixtures import FakeLoop, ppo_config
+
+    from rlhfkit.trainers.critic_free import build_online_models
+    from rlhfkit.trainers.ppo import PPOTrainer, SamplingRNG, load_prompts, make_kl_controller
+
+    module = tmp_path / "toy_env.py"
+    module.write_text(ENV_MODULE)
+    extra = ["value_model.kind=head"] if value_kind == "head" else []
+    cfg = ppo_config(tmp_path, f"rollout.environment={module}:chatty", "rollout.max_turns=3",
+                     "rollout.max_new_tokens=10", "rollout.old_logprobs=sampling", *extra)
+    models = build_online_models(cfg)
+    loop = FakeLoop(models.actor_critic, lr=1e-3)
+    encoded, prompts = load_prompts(cfg.data.train_file, cfg, models.tokenizer)
+    trainer = PPOTrainer(cfg, models, loop, make_kl_controller(cfg.kl), SamplingRNG(0), prompts)
+    metrics = trainer.step(encoded[:8], 1)
+    rollout = trainer.last_rollout
+    env = rollout.env_mask.bool()
+    assert env.any() and metrics["tools/calls_per_episode"] > 0
+    assert (rollout.advantages[env] == 0).all() and (rollout.returns[env] == 0).all()
+    assert (rollout.kl[env] == 0).all() and (rollout.rewards[env] == 0).all()
+    assert torch.isfinite(torch.tensor(metrics["ppo/val/loss"])) and loop.updates == 4 * 2
     with pytest.raises(ConfigError, match="module:factory"):
         grpo_config(tmp_path, "rollout.environment=nocolon")
 

@@ -11,8 +11,14 @@
 Imports no torch except the episode runner.
 """
 
-from rlhfkit.envs.environment import (Conversation, Environment, Observation, ToolEnvironment, Turn,
-                                      load_environment)
+from rlhfkit.envs.environment import (
+    Conversation,
+    Environment,
+    Observation,
+    ToolEnvironment,
+    Turn,
+    load_environment,
+)
 from rlhfkit.envs.syntax import FixedSyntax, JsonSyntax, MalformedToolCall, ToolCall, ToolSyntax
 from rlhfkit.envs.tools import Tool, tool
 

@@ -127,7 +127,8 @@ def build_online_models(cfg: PPOConfig, scorer: Scorer | None = None) -> OnlineM
         if scorer is None and cfg.rewards:
             tokenizer = load_tokenizer(cfg.model.path)
             scorer = reward_sources(cfg, tokenizer, eos_token_ids(tokenizer, _generation_config_holder(cfg)))
-        return OnlineModels(**vars(build_ppo_models(cfg, scorer)))
+        environment = load_environment(cfg.rollout.environment) if cfg.rollout.environment else None
+        return OnlineModels(**vars(build_ppo_models(cfg, scorer)), environment=environment)
     dtype, attention = cfg.model.dtype, cfg.model.attn_implementation
     tokenizer = adopt_template(load_tokenizer(cfg.model.path), cfg.data.template)  # saved with the policy
     policy = load_causal_lm(cfg.model.path, dtype, merge_adapter=True, attn_implementation=attention)

@@ -101,8 +101,8 @@ class RolloutConfig:
     environment: str | None = None
     """Multi-turn episodes with tools (docs/tools.md): ``module:factory`` or ``path.py:factory``, ``factory()``
     returning an environment (e.g. ``rlhfkit.envs.ToolEnvironment``). Each response becomes an episode of model
-    turns and observations; ``max_new_tokens`` then counts the model's tokens of the whole episode. Critic-free
-    estimators only. null = one response per prompt."""
+    turns and observations; ``max_new_tokens`` then counts the model's tokens of the whole episode. Losses, KL,
+    values, GAE and advantages run over the model's tokens only. null = one response per prompt."""
     max_turns: int = 4
     """With ``environment``: the most model turns per episode (a turn after which no observation comes)."""
 
@@ -200,9 +200,6 @@ class PPOConfig(Recipe):
 
     def check_environment(self) -> None:
         r = self.rollout
-        if not self.advantage.critic_free:
-            raise ConfigError("rollout.environment needs a critic-free advantage.estimator (grpo, dr_grpo, rloo or "
-                              "reinforce_pp): PPO's values and GAE over multi-turn episodes are not implemented")
         if ":" not in r.environment.strip(":"):
             raise ConfigError(f"rollout.environment {r.environment!r} must be written module:factory or "
                               "path.py:factory")

@@ -80,10 +80,13 @@ class RolloutCollector:
         the loop's module); reference log-probs and scores of the frozen models, in length-sorted groups."""
         cfg, models, actor_critic = self.cfg, self.models, self.models.actor_critic
         temperature = cfg.rollout.temperature
-        from_sampling = cfg.rollout.old_logprobs == "sampling"
         critic = not cfg.advantage.critic_free
-        readout = actor_critic.value_readout if critic and from_sampling and actor_critic.value_model is None else None
         environment = getattr(models, "environment", None)
+        # A value head reads the sampling pass's hidden states — single-turn only: an episode's turns are
+        # separate calls, so with a head its log-probs and values come from one forward over the whole episode.
+        head = critic and actor_critic.value_model is None
+        from_sampling = cfg.rollout.old_logprobs == "sampling" and not (head and environment is not None)
+        readout = actor_critic.value_readout if head and from_sampling else None
         if environment is not None:  # multi-turn episodes: model and environment tokens (rlhfkit.envs)
             generation = run_episodes(
                 actor_critic.language_model, models.tokenizer, [e.prompt_ids for e in batch], environment,
