@@ -281,6 +281,32 @@ def test_text_that_is_not_a_call_resumes_the_turn(tmp_path):
     assert [t.text for t in out.conversations[0].turns] == ["17 plus 25 = 42."]
 
 
+def test_json_calls_pause_at_a_stop_string_spread_over_many_tokens(tmp_path):
+    env = ToolEnvironment([add, add_two], JsonSyntax())
+    call = '<tool_call>{"name": "sum2", "arguments": {"a": 1, "b": 2}}</tool_call>'
+    assert len(encode("</tool_call>")) > 5  # the stop string is many BPE pieces
+    script = [("model", call), ("env", "\n<tool_response>\n3\n</tool_response>\n"), ("model", " so 3."),
+              ("model", "<eos>")]
+    out, ids, env_flags = episodes(tmp_path, script, env=env, max_new_tokens=96)
+    assert out.response_ids[0].tolist() == ids and out.env_mask[0].tolist() == env_flags
+    assert out.tool_calls.tolist() == [1, 1] and out.tool_errors.tolist() == [0, 0]
+
+
+def test_the_stop_check_fires_at_the_token_that_completes_a_stop_string():
+    from rlhfkit.envs.episodes import _StopStrings
+
+    tok = tokenizer()
+    stop = _StopStrings(tok, ["</tool_call>", "="])
+    ids = encode('I add <tool_call>{"a": 1}</tool_call> then 7 plus 5 = 12')
+    for n in range(1, len(ids) + 1):
+        text = tok.decode(ids[:n])
+        completed = "</tool_call>" in text and "</tool_call>" not in tok.decode(ids[: n - 1]) or (
+            "=" in text and "=" not in tok.decode(ids[: n - 1]))
+        if completed:  # the first time a stop string shows: seen through the tail window too
+            assert stop(ids[:n]), n
+    assert not stop(encode("no stop here"))
+
+
 def test_budgets_end_episodes_on_a_model_token(tmp_path):
     script = [("model", "add: 17 plus 25 ="), ("env", " 42."), ("model", " the answer is 42."), ("model", "<eos>")]
     call = len(encode("add: 17 plus 25 ="))

@@ -474,7 +474,9 @@ def _apply_stop(stop: Callable[[list[int]], bool], response_ids: torch.Tensor, l
     if not open_rows:
         return
     rows = live.rows[open_rows].tolist()
-    so_far = response_ids[rows, : t + 1].tolist()
+    window = getattr(stop, "window", None)  # a stop that reads only the last `window` tokens gets only those
+    first = 0 if window is None else max(0, t + 1 - window)
+    so_far = response_ids[rows, first : t + 1].tolist()
     for local, tokens in zip(open_rows, so_far):
         if stop(tokens):
             live.finished[local] = True
@@ -613,8 +615,9 @@ def generate(
     chunks), and each keeps forwarding — throwaway forwards once its own rows have ended — until all have
     ended: for weights sharded with FSDP2, where every forward is a collective (``transformers``' name for
     this is ``synced_gpus``). Each process's samples are what they would be without it.
-    ``stop``: called after every step with each still-decoding row's response tokens so far; True ends the row
-    there (its last token kept, as an EOS is) — the episode runner's stop strings (:mod:`rlhfkit.envs.episodes`).
+    ``stop``: called after every step with each still-decoding row's response tokens so far (only the last
+    ``stop.window`` ones if it has that attribute); True ends the row there (its last token kept, as an EOS is)
+    — the episode runner's stop strings (:mod:`rlhfkit.envs.episodes`).
     Returns a :class:`GenerationOutput` whose row i belongs to ``prompts[i]``.
     """
     _check_settings(prompts, max_new_tokens, temperature, top_p, top_k, batch_size, model)
