@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from ppo_fixtures import save_policy_folder, tokenizer
-from test_grpo import grpo_config, step_rows
+from test_grpo import grpo_config, reward_module, step_rows
 
 from rlhfkit.cli import main as cli
 from rlhfkit.config import ConfigError
@@ -480,8 +480,9 @@ def test_gae_with_gaps_is_gae_over_the_model_tokens_alone():
     assert all(torch.equal(a, b) for a, b in zip(plain, gae(rewards, values, right, 0.9, 0.8, gaps=True)))
 
 
-@pytest.mark.parametrize("value_kind", ["head", "separate"])
+@pytest.mark.parametrize("value_kind", ["head", "separate", "none"])
 def test_a_ppo_step_on_episodes_learns_from_the_model_tokens_only(tmp_path, value_kind):
+    """PPO with a value head or model (old log-probs from sampling), and GRPO with old log-probs from a forward."""
     from ppo_fixtures import FakeLoop, ppo_config
 
     from rlhfkit.trainers.critic_free import build_online_models
@@ -489,20 +490,26 @@ def test_a_ppo_step_on_episodes_learns_from_the_model_tokens_only(tmp_path, valu
 
     module = tmp_path / "toy_env.py"
     module.write_text(ENV_MODULE)
-    extra = ["value_model.kind=head"] if value_kind == "head" else []
+    extra = {"head": ["value_model.kind=head"], "separate": [],
+             "none": ["reward_model.path=", "advantage.estimator=grpo", "rollout.n=2", "rollout.old_logprobs=forward",
+                      "ppo.epochs=2", f'rewards=[{{function: "{reward_module(tmp_path)}:length"}}]']}[value_kind]
     cfg = ppo_config(tmp_path, f"rollout.environment={module}:chatty", "rollout.max_turns=3",
                      "rollout.max_new_tokens=10", "rollout.old_logprobs=sampling", *extra)
     models = build_online_models(cfg)
     loop = FakeLoop(models.actor_critic, lr=1e-3)
     encoded, prompts = load_prompts(cfg.data.train_file, cfg, models.tokenizer)
-    trainer = PPOTrainer(cfg, models, loop, make_kl_controller(cfg.kl), SamplingRNG(0), prompts)
-    metrics = trainer.step(encoded[:8], 1)
+    trainer = PPOTrainer(cfg, models, loop, make_kl_controller(cfg.kl), SamplingRNG(0), prompts, None, ([], []))
+    batch = encoded[:8] if value_kind != "none" else encoded[:4]  # GRPO: 4 prompts × n = 2
+    metrics = trainer.step(batch, 1)
     rollout = trainer.last_rollout
     env = rollout.env_mask.bool()
     assert env.any() and metrics["tools/calls_per_episode"] > 0
-    assert (rollout.advantages[env] == 0).all() and (rollout.returns[env] == 0).all()
-    assert (rollout.kl[env] == 0).all() and (rollout.rewards[env] == 0).all()
-    assert torch.isfinite(torch.tensor(metrics["ppo/val/loss"])) and loop.updates == 4 * 2
+    assert loop.updates == (4 if value_kind == "none" else 8)  # ppo.epochs × 8 rows / minibatch 4
+    assert (rollout.advantages[env] == 0).all() and (rollout.kl[env] == 0).all() and (rollout.rewards[env] == 0).all()
+    if value_kind == "none":
+        assert rollout.values is None and (rollout.advantages[rollout.action_mask.bool()] != 0).any()
+        return
+    assert (rollout.returns[env] == 0).all() and torch.isfinite(torch.tensor(metrics["ppo/val/loss"]))
     with pytest.raises(ConfigError, match="module:factory"):
         grpo_config(tmp_path, "rollout.environment=nocolon")
 
