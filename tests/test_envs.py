@@ -313,6 +313,9 @@ def test_budgets_end_episodes_on_a_model_token(tmp_path):
     # max_turns=1: the call is not answered
     out, ids, _ = episodes(tmp_path, script, max_turns=1)
     assert out.response_ids[0].tolist() == ids[:call] and not out.env_mask.any() and out.tool_calls.tolist() == [0, 0]
+    # … but an equals sign that is no call, in the last turn, does not cut the answer
+    out, ids, _ = episodes(tmp_path, [("model", "17 plus 25 = 42."), ("model", "<eos>")], max_turns=1)
+    assert out.response_ids[0].tolist() == ids and out.ended_with_eos.all()
     # the model-token budget: environment tokens do not count
     obs = len(encode(" 42."))
     out, ids, env_flags = episodes(tmp_path, script, max_new_tokens=call + 3)

@@ -9,7 +9,8 @@ tokens*, and goes on until every episode is done. What ends an episode:
   environment is asked, None ending the episode);
 - the budget: ``max_new_tokens`` counts the **model's** tokens over the whole episode (every turn's, EOS
   included; environment tokens do not count) — a row cut there has no EOS;
-- ``max_turns`` model turns (a turn that pauses after the last one is not answered);
+- ``max_turns`` model turns: a call in the last turn is not answered and ends the episode there (a pause at
+  text that is not a call resumes, as in any turn);
 - the model's context (``max_position_embeddings``) full, or an observation that would not fit in it.
 
 A turn that paused at a stop string which the environment does not answer (``step`` returns None: the text
@@ -154,12 +155,15 @@ def _after_segment(row: _Row, new: list[int], eos: set[int], stop, environment, 
     if not (ended or paused):  # the budget, the context, or this call's step cap (then the turn goes on)
         row.done = row.budget <= 0 or context_full
         return
-    if row.budget <= 0 or row.turns >= max_turns or context_full:
-        row.done = True  # no room for another model turn: the observation would be read by nobody
+    if row.budget <= 0 or context_full:
+        row.done = True  # no room for another model token: an observation would be read by nobody
         return
     observation = environment.step(row.conversation)
     if observation is None:
         row.done = ended  # paused at text that is not a call: the model's turn resumes
+        return
+    if row.turns >= max_turns:
+        row.done = True  # a call in the last turn: not answered, the episode ends there (no EOS)
         return
     ids = tokenizer.encode(str(observation), add_special_tokens=False)
     if not ids or len(row.prompt) + len(row.tokens) + len(ids) >= limit:
