@@ -161,6 +161,8 @@ def per_token_rewards(
     mask: torch.Tensor,
     kl_coef: float | torch.Tensor,
     kl_estimator: str = "k1",
+    *,
+    gaps: bool = False,
 ) -> PerTokenRewards:
     """PPO rewards with a per-token KL penalty (Ziegler et al. 2019, Eq. 2; Ouyang et al. 2022, Eq. 2).
 
@@ -168,9 +170,11 @@ def per_token_rewards(
     KL(π_θ ‖ π_ref) at token t (default k1 = log π_θ − log π_ref, as in lm-human-preferences).
     Shapes: ``scores`` (B,), ``logprobs`` / ``ref_logprobs`` / ``mask`` (B, T) with a right-padded
     mask; every row needs at least one response token (its score would be lost otherwise).
+    ``gaps=True`` accepts a mask with holes — a multi-turn episode's model tokens, the environment's tokens
+    between them 0 (``Rollout.action_mask``) — and puts the score at the last 1 of each row.
     Inputs are detached: rewards are targets, never differentiated.
     """
-    valid = _check_right_padded(mask)
+    valid = mask.bool() if gaps else _check_right_padded(mask)
     check_same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs, mask=mask)
     lengths = valid.sum(dim=1)  # (B,)
     if scores.shape != lengths.shape:
@@ -180,13 +184,14 @@ def per_token_rewards(
     kl = kl_penalty(kl_estimator, logprobs.detach(), ref_logprobs.detach())
     kl = torch.where(valid, kl, torch.zeros((), dtype=kl.dtype))
     rewards = -kl_coef * kl
-    last_index = (lengths - 1).unsqueeze(1)  # (B, 1)
+    # the last valid position: lengths − 1 for a right-padded mask
+    last_index = (valid.shape[1] - 1 - valid.flip(1).long().argmax(dim=1)).unsqueeze(1)  # (B, 1)
     rewards = rewards.scatter_add(1, last_index, scores.detach().to(rewards.dtype).unsqueeze(1))
     return PerTokenRewards(rewards=rewards, kl=kl)
 
 
 def gae(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float, *, gaps: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized advantage estimation (Schulman et al. 2016, Eq. 16) on right-padded responses.
 
@@ -194,8 +199,11 @@ def gae(
     after the last response token (the episode ends at EOS: bootstrap value 0). ``returns = A + V``,
     the value targets. Shapes: ``rewards``, ``values``, ``mask`` (B, T) -> ``(advantages, returns)``
     (B, T), both 0 on padding. A Python loop over T, vectorised over B; inputs are detached.
+    ``gaps=True`` accepts a mask with holes (a multi-turn episode's ``Rollout.action_mask``: environment tokens
+    0): the recursion runs over each row's valid tokens only, in order — t + 1 is the next *model* token, so an
+    observation between two model turns is neither a step nor a discount — and holes get A = 0, returns 0.
     """
-    valid = _check_right_padded(mask)
+    valid = mask.bool() if gaps else _check_right_padded(mask)
     check_same_shape(rewards=rewards, values=values, mask=mask)
     # With rewards and values zeroed on padding (replaced, not multiplied: padding may hold nan),
     # every padding position gets δ = 0 and A = 0, so V_{t+1} and A_{t+1} read after the last
@@ -208,6 +216,13 @@ def gae(
     for t in reversed(range(values.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         advantage = delta + gamma * lam * next_advantage
+        if gaps:  # a hole is skipped: it keeps A = 0 and passes the next valid token's V and A through
+            here = valid[:, t]
+            advantage = torch.where(here, advantage, torch.zeros((), dtype=advantage.dtype))
+            advantages[:, t] = advantage
+            next_value = torch.where(here, values[:, t], next_value)
+            next_advantage = torch.where(here, advantage, next_advantage)
+            continue
         advantages[:, t] = advantage
         next_value, next_advantage = values[:, t], advantage
     returns = advantages + values

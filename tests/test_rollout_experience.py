@@ -30,6 +30,8 @@ def make_rollout(seed: int = 0, complete: bool = True) -> Rollout:
             scores=torch.randn(B, generator=g), kl=torch.randn(B, T, generator=g),
             rewards=torch.randn(B, T, generator=g), advantages=torch.randn(B, T, generator=g),
             returns=torch.randn(B, T, generator=g),
+            env_mask=torch.zeros(B, T, dtype=torch.long).index_put_((torch.tensor([0, 0, 3]), torch.tensor([1, 2, 2])),
+                                                                    torch.tensor(1)),  # two episodes' observations
         )
     return rollout
 

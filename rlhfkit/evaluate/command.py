@@ -11,7 +11,9 @@ figures of that judge). With ``--prompts FILE`` (``{"prompt"}`` rows) the evalua
 world: a reward-model or LM judge's figures only — behaviour rates need the world. ``lm:DIR`` compares
 each pair as ``rlhfkit label`` does (both orders, :mod:`rlhfkit.judges.lm_judge`): its ``judge/score_delta``
 is the mean margin of A over B, with no score of each side. Policies may be model
-folders or PEFT adapter folders. Figures and keys: docs/evaluation.md.
+folders or PEFT adapter folders. With ``--environment module:factory`` each response is a multi-turn episode
+(tool calls and their observations, docs/tools.md), judged on its whole text; KL sums over the model's tokens
+only. Figures and keys: docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -51,12 +53,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice; 1 is "
                         "often faster for tiny models on a busy machine)")
     parser.add_argument("--no-kl", action="store_true", help="skip KL (needed when the tokenizers differ)")
+    parser.add_argument("--environment", help="module:factory or path.py:factory of an environment "
+                        "(docs/tools.md): responses are multi-turn episodes with tools, judged on their whole text")
+    parser.add_argument("--max-turns", type=int, default=4, help="with --environment: model turns per episode "
+                        "(default: 4); --max-new-tokens counts the model's tokens of the whole episode")
     parser.add_argument("--out", help="write the JSON report here")
     parser.add_argument("--save-samples", help="write every (prompt, a, b) sample pair here as JSON Lines")
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("samples", "max_new_tokens", "batch_size", "kl_batch_size", "n_bootstrap"):
+    for name in ("samples", "max_new_tokens", "batch_size", "kl_batch_size", "n_bootstrap", "max_turns"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     if args.limit is not None and args.limit < 1:
@@ -111,6 +117,11 @@ def main(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    episodes = {}
+    if args.environment:  # both policies play the same environment; a bad path fails before any model loads
+        from rlhfkit.envs import load_environment
+
+        episodes = {"environment": load_environment(args.environment, "--environment"), "max_turns": args.max_turns}
     judge = make_judge(args.judge, world_seed=args.world_seed, batch_size=args.batch_size)
     prompts, gold, source = choose_prompts(args, judge)
     policy, policy_tokenizer = _load_policy(args.policy)
@@ -118,7 +129,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.no_kl:
         check_same_tokenizer(policy_tokenizer, baseline_tokenizer, ("policy", "baseline"))
     n = len(prompts) * args.samples
-    common = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    common = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, **episodes)
     _progress(f"sampling {n} responses from the policy ({args.policy})")
     samples_a = sample_policy(policy, policy_tokenizer, prompts, args.samples,
                               seed=stream_seed(args.seed, "policy"), **common)
@@ -137,7 +148,8 @@ def main(args: argparse.Namespace) -> int:
     settings = {"policy": args.policy, "baseline": args.baseline, "judge": judge.name, "prompts": source,
                 "samples": args.samples, "max_new_tokens": args.max_new_tokens, "temperature": 1.0,
                 "seed": args.seed, "world_seed": args.world_seed, "limit": args.limit,
-                "batch_size": args.batch_size, "n_bootstrap": args.n_bootstrap, "confidence": args.confidence}
+                "batch_size": args.batch_size, "n_bootstrap": args.n_bootstrap, "confidence": args.confidence,
+                "environment": args.environment, "max_turns": args.max_turns if args.environment else None}
     print(format_table(metrics, settings, notes))
     if args.out:
         write_json(args.out, {"metrics": metrics, "settings": settings, "notes": notes})
@@ -215,6 +227,8 @@ def format_table(metrics: dict, settings: dict, notes: list[str]) -> str:
     level = round(100 * settings.get("confidence", 0.95))
     header = [f"policy A = {settings['policy']}   baseline B = {settings['baseline']}",
               f"judge {settings['judge']}; {settings['prompts']}; {settings['samples']} samples per prompt", ""]
+    if settings.get("environment"):
+        header.insert(2, f"episodes in {settings['environment']} (at most {settings['max_turns']} model turns)")
     lines: list[tuple[str, str] | str] = [("", f"{'A':>9}{'B':>9}{'A − B':>10}  {level}% CI")]
     if "gold/utility_delta" in m:
         lines.append(_ab_row("gold utility", m["gold/utility_a"], m["gold/utility_b"], m["gold/utility_delta"],

@@ -168,8 +168,9 @@ def sequence_kl(policy, reference, samples: PolicySamples, *, batch_size: int = 
     if tokenizer is not None and reference_tokenizer is not None:
         check_same_tokenizer(tokenizer, reference_tokenizer)
     ids, mask = samples.generation.sequences()  # (N, P + R): left-padded prompt, right-padded response
-    response_mask = torch.cat([torch.zeros_like(samples.generation.prompt_mask), samples.generation.response_mask],
-                              dim=1)  # (N, P + R)
+    # the tokens π sampled: an episode's environment tokens (rlhfkit.envs) are context, not π's choices
+    sampled = getattr(samples.generation, "action_mask", samples.generation.response_mask)
+    response_mask = torch.cat([torch.zeros_like(samples.generation.prompt_mask), sampled], dim=1)  # (N, P + R)
     device = next(policy.parameters()).device
     full: list[float] = []
     k1: list[float] = []

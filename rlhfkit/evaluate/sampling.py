@@ -18,6 +18,7 @@ what the KL estimate of :mod:`rlhfkit.evaluate.kl` requires.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,9 +83,10 @@ class PolicySamples:
         if self.generation is not None:
             rows = torch.tensor([self.row(i, j) for i in indices for j in range(self.n_samples)], dtype=torch.long)
             g = self.generation
-            generation = GenerationOutput(*(t.index_select(0, rows.to(t.device)) if t is not None else None
-                                            for t in (g.prompt_ids, g.prompt_mask, g.response_ids,
-                                                      g.response_mask, g.ended_with_eos, g.logprobs)))
+            generation = dataclasses.replace(g, **{  # a GenerationOutput or an EpisodeOutput, every row field
+                f.name: (value.index_select(0, rows.to(value.device)) if isinstance(value, torch.Tensor)
+                         else [value[int(r)] for r in rows])
+                for f in dataclasses.fields(g) if (value := getattr(g, f.name)) is not None})
         return PolicySamples([self.prompts[i] for i in indices], [self.texts[i] for i in indices], self.n_samples,
                              self.seed, self.temperature, self.top_p, self.max_new_tokens, self.batch_size,
                              generation)
@@ -132,12 +134,15 @@ def decode_response(tokenizer, token_ids: Sequence[int], eos_ids: Sequence[int])
 
 def sample_policy(model, tokenizer, prompts: Sequence[Any], n_samples: int, *, seed: int, max_new_tokens: int = 48,
                   temperature: float = 1.0, top_p: float = 1.0, batch_size: int | None = 64,
-                  template: str | None = None, max_prompt_length: int | None = None) -> PolicySamples:
+                  template: str | None = None, max_prompt_length: int | None = None, environment=None,
+                  max_turns: int = 4) -> PolicySamples:
     """``n_samples`` responses per prompt (texts and tokens); see the module docstring for determinism.
 
     ``prompts``: texts, chat-message lists, world ``Prompt``s or ``PromptRow``s. ``template``: a chat
     template overriding the tokenizer's (``"raw"`` for none). ``max_prompt_length`` keeps the end of
-    longer prompts.
+    longer prompts. ``environment`` (:mod:`rlhfkit.envs`): each response is an episode of at most ``max_turns``
+    model turns and ``max_new_tokens`` model tokens; its text holds the observations; ``generation`` is then an
+    :class:`~rlhfkit.envs.episodes.EpisodeOutput` (its ``action_mask`` is what KL sums over).
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
@@ -151,12 +156,55 @@ def sample_policy(model, tokenizer, prompts: Sequence[Any], n_samples: int, *, s
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(int(seed))
-    output = generate(model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                      eos_token_id=eos_ids, pad_token_id=pad_id, generator=generator, batch_size=batch_size)
-    flat = [decode_response(tokenizer, ids, eos_ids) for ids in output.response_token_lists()]
+    if environment is not None:  # episodes: the judge reads the whole text, tool calls and observations included
+        output = _episodes(model, tokenizer, prompt_ids, environment, max_new_tokens=max_new_tokens,
+                           max_turns=max_turns, temperature=temperature, top_p=top_p, eos_token_id=eos_ids,
+                           pad_token_id=pad_id, generator=generator, batch_size=batch_size)
+        flat = [decode_episode(tokenizer, ids, eos_ids) for ids in output.response_token_lists()]
+    else:
+        output = generate(model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                          eos_token_id=eos_ids, pad_token_id=pad_id, generator=generator, batch_size=batch_size)
+        flat = [decode_response(tokenizer, ids, eos_ids) for ids in output.response_token_lists()]
     texts = [flat[i * n_samples : (i + 1) * n_samples] for i in range(len(data_prompts))]
     return PolicySamples(data_prompts, texts, n_samples, int(seed), float(temperature), float(top_p), max_new_tokens,
                          batch_size, output)
+
+
+def decode_episode(tokenizer, token_ids: Sequence[int], eos_ids: Sequence[int]) -> str:
+    """An episode's text: every token (an observation may hold a chat template's EOS-like tokens) but a final
+    EOS, decoded without special tokens, stripped."""
+    ids = list(token_ids)
+    if ids and ids[-1] in eos_ids:
+        ids = ids[:-1]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def _episodes(model, tokenizer, prompt_ids: list, environment, *, batch_size: int | None, **settings):
+    """:func:`rlhfkit.envs.episodes.run_episodes` over chunks of ``batch_size`` rows in order, merged."""
+    from rlhfkit.envs.episodes import EpisodeOutput, run_episodes
+
+    size = batch_size or len(prompt_ids)
+    parts = [run_episodes(model, tokenizer, prompt_ids[i : i + size], environment, **settings)
+             for i in range(0, len(prompt_ids), size)]
+    if len(parts) == 1:
+        return parts[0]
+    width_p = max(p.prompt_ids.shape[1] for p in parts)
+    width_r = max(p.response_ids.shape[1] for p in parts)
+    pad_id = settings["pad_token_id"]
+    merged = {}
+    for f in dataclasses.fields(EpisodeOutput):
+        values = [getattr(p, f.name) for p in parts]
+        if not isinstance(values[0], torch.Tensor):
+            merged[f.name] = [v for part in values for v in part]
+            continue
+        if values[0].dim() == 2:
+            left = f.name.startswith("prompt")
+            width = width_p if left else width_r
+            fill = pad_id if f.name.endswith("_ids") else 0
+            values = [torch.nn.functional.pad(v, (width - v.shape[1], 0) if left else (0, width - v.shape[1]),
+                                              value=fill) for v in values]
+        merged[f.name] = torch.cat(values)
+    return EpisodeOutput(**merged)
 
 
 def sample_responses(model, tokenizer, prompts: Sequence[Any], n_samples: int, *, temperature: float = 1.0,

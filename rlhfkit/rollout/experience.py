@@ -6,6 +6,8 @@ Vocabulary (STYLE.md 5): the *score* is the reward model's output for a whole re
 per-token, score − β·KL; then *values*, *advantages*, *returns*. ``B`` is the number of rollouts (prompt +
 response pairs), ``P`` the padded prompt length, ``T`` the padded response length. Prompts are left-padded,
 responses right-padded; ``response_mask`` is 1 on every response token up to and including EOS.
+A multi-turn episode (:mod:`rlhfkit.envs`) also has ``env_mask`` (B, T), 1 on the environment's tokens inside
+the response: context for every forward, never an action; ``action_mask = response_mask · (1 − env_mask)``.
 
 The generation stage fills the first five fields; the PPO step fills the others as it goes
 (score → ref_logprobs, values → kl, rewards → advantages, returns) — a field that is not computed yet is
@@ -24,8 +26,9 @@ import torch
 _SHAPES = {
     "query_ids": "BP", "query_mask": "BP", "response_ids": "BT", "response_mask": "BT",
     "logprobs": "BT", "ref_logprobs": "BT", "values": "BT", "scores": "B", "kl": "BT",
-    "rewards": "BT", "advantages": "BT", "returns": "BT", "keep": "B",
+    "rewards": "BT", "advantages": "BT", "returns": "BT", "keep": "B", "env_mask": "BT",
 }
+_INTEGER_FIELDS = ("query_ids", "query_mask", "response_ids", "response_mask", "env_mask")
 
 
 class NonFiniteRollout(ValueError):
@@ -49,6 +52,10 @@ class Rollout:
     advantages: torch.Tensor | None = None  # (B, T) float: GAE(γ, λ) advantages A_t (whitened by the trainer)
     returns: torch.Tensor | None = None  # (B, T) float: value targets, advantages + values (before whitening)
     keep: torch.Tensor | None = None  # (B,) float 1/0: the update learns from the row (0: dropped by a filter)
+    # (B, T) 0/1: 1 = an environment token (a tool's observation in a multi-turn episode, rlhfkit.envs): inside
+    # response_mask, read as context by every forward, but never an action — no loss, KL, advantage, entropy or
+    # token count (see `action_mask`). None = single-turn: every response token is the model's.
+    env_mask: torch.Tensor | None = None
 
     # ---- sizes -----------------------------------------------------------------------------------------
 
@@ -63,6 +70,14 @@ class Rollout:
     def response_lengths(self) -> torch.Tensor:
         """(B,) long: response tokens per row, EOS included."""
         return self.response_mask.long().sum(dim=1)
+
+    @property
+    def action_mask(self) -> torch.Tensor:
+        """(B, T): 1 on the model's own response tokens — ``response_mask`` without the environment tokens.
+        Every loss, KL, advantage, entropy and token count uses this mask; forwards use ``response_mask``."""
+        if self.env_mask is None:
+            return self.response_mask
+        return self.response_mask * (1 - self.env_mask.to(self.response_mask.dtype))
 
     def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, P + T) ids and attention mask of query ⧺ response, as fed to a forward pass."""
@@ -97,9 +112,9 @@ class Rollout:
             raise ValueError("invalid rollout: " + "; ".join(problems))
         problems += _check_ids_and_masks(self)
         nonfinite: list[str] = []
-        valid = self.response_mask.bool()
+        valid = self.action_mask.bool()  # environment tokens carry no log-prob, KL or advantage
         for name, tensor in fields.items():
-            if name in ("query_ids", "query_mask", "response_ids", "response_mask"):
+            if name in _INTEGER_FIELDS:
                 continue
             if not tensor.is_floating_point():
                 problems.append(f"{name} must be floating point, got {tensor.dtype}")
@@ -112,6 +127,7 @@ class Rollout:
                 nonfinite.append(f"{name} has non-finite entries inside the response mask")
             if name in ("logprobs", "ref_logprobs") and (tensor[valid] > 1e-4).any():
                 problems.append(f"{name} has positive entries: a log-probability is ≤ 0")
+        problems += _check_env_mask(self)
         if problems:
             raise ValueError("invalid rollout: " + "; ".join(problems + nonfinite))
         if nonfinite:
@@ -131,7 +147,8 @@ class Rollout:
         if chosen is None:
             raise ValueError("no logprobs: pass return_logprobs=True to generate, or logprobs= here")
         return cls(query_ids=generation.prompt_ids, query_mask=generation.prompt_mask,
-                   response_ids=generation.response_ids, response_mask=generation.response_mask, logprobs=chosen)
+                   response_ids=generation.response_ids, response_mask=generation.response_mask, logprobs=chosen,
+                   env_mask=getattr(generation, "env_mask", None))  # an EpisodeOutput has one
 
     def replace(self, **changes: torch.Tensor | None) -> Rollout:
         """A copy with some fields set (e.g. ``rollout.replace(scores=s, values=v)``); tensors are shared."""
@@ -209,6 +226,20 @@ class Rollout:
                 pieces.append(t)
             merged[name] = torch.cat(pieces, dim=0)
         return cls(**merged)
+
+
+def _check_env_mask(rollout: Rollout) -> list[str]:
+    """Problems with ``env_mask``: 0/1, only on response tokens, and every row keeps a model token."""
+    env = rollout.env_mask
+    if env is None:
+        return []
+    if env.is_floating_point() or not ((env == 0) | (env == 1)).all():
+        return ["env_mask must be 0/1 integers"]
+    if (env.bool() & ~rollout.response_mask.bool()).any():
+        return ["env_mask has environment tokens outside response_mask"]
+    if (rollout.action_mask.sum(dim=1) == 0).any():
+        return [f"env_mask row {int((rollout.action_mask.sum(dim=1) == 0).nonzero()[0])} has no model token"]
+    return []
 
 
 def _check_ids_and_masks(rollout: Rollout) -> list[str]:

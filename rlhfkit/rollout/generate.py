@@ -354,6 +354,7 @@ class _Sampling:
     logits_to_keep: bool
     drop_finished: bool
     synced: bool = False  # keep every process of the group forwarding until all have finished (FSDP2)
+    stop: Callable[[list[int]], bool] | None = None  # a row's response so far → True: the row ends there
 
 
 class _Batch:
@@ -443,6 +444,8 @@ def _decode_batch(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s:
             for name, values in out.items():
                 per_step[name][live.rows, t] = values.masked_fill(live.finished, 0.0)
             live.finished |= torch.isin(tokens, s.eos_ids)
+            if s.stop is not None:  # e.g. a tool call's stop string: the row ends after this token, as at EOS
+                _apply_stop(s.stop, response_ids, live, t)
             steps = t + 1
             done = steps == s.max_new_tokens or bool(live.finished.all())
             if s.synced and not _done_everywhere(done, device) and done:  # the flag: every step, every process
@@ -463,6 +466,20 @@ def _decode_batch(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s:
         response_ids=response_ids[:, :steps], response_mask=response_mask[:, :steps],
         ended_with_eos=ended_with_eos, **{name: values[:, :steps] for name, values in per_step.items()},
     )
+
+
+def _apply_stop(stop: Callable[[list[int]], bool], response_ids: torch.Tensor, live, t: int) -> None:
+    """Mark finished the live rows whose response so far (columns 0…t) ``stop`` says ends there."""
+    open_rows = (~live.finished).nonzero().flatten().tolist()
+    if not open_rows:
+        return
+    rows = live.rows[open_rows].tolist()
+    window = getattr(stop, "window", None)  # a stop that reads only the last `window` tokens gets only those
+    first = 0 if window is None else max(0, t + 1 - window)
+    so_far = response_ids[rows, first : t + 1].tolist()
+    for local, tokens in zip(open_rows, so_far):
+        if stop(tokens):
+            live.finished[local] = True
 
 
 def _done_everywhere(done: bool, device: torch.device) -> bool:
@@ -581,6 +598,7 @@ def generate(
     drop_finished: bool = True,
     readout: Callable[[torch.Tensor], torch.Tensor] | None = None,
     synced: bool = False,
+    stop: Callable[[list[int]], bool] | None = None,
 ) -> GenerationOutput:
     """Sample (or greedily decode) up to ``max_new_tokens`` tokens after each prompt; see the module docstring.
 
@@ -597,6 +615,9 @@ def generate(
     chunks), and each keeps forwarding — throwaway forwards once its own rows have ended — until all have
     ended: for weights sharded with FSDP2, where every forward is a collective (``transformers``' name for
     this is ``synced_gpus``). Each process's samples are what they would be without it.
+    ``stop``: called after every step with each still-decoding row's response tokens so far (only the last
+    ``stop.window`` ones if it has that attribute); True ends the row there (its last token kept, as an EOS is)
+    — the episode runner's stop strings (:mod:`rlhfkit.envs.episodes`).
     Returns a :class:`GenerationOutput` whose row i belongs to ``prompts[i]``.
     """
     _check_settings(prompts, max_new_tokens, temperature, top_p, top_k, batch_size, model)
@@ -616,7 +637,7 @@ def generate(
         mask_dtype=model.get_input_embeddings().weight.dtype,
         cache_dtype=torch.float32 if float32_sdpa else None, cache_keyword=_cache_keyword(model),
         logits_to_keep="logits_to_keep" in _forward_parameters(model), drop_finished=drop_finished,
-        synced=synced,
+        synced=synced, stop=stop,
     )
     if batch_size is None or batch_size >= len(prompts):
         order = list(range(len(prompts)))

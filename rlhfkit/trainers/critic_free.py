@@ -23,6 +23,7 @@ from torch import nn
 
 from rlhfkit.advantages import equal_reward_group_fraction, get_advantage_estimator, informative_rows
 from rlhfkit.data.templates import adopt_template
+from rlhfkit.envs.environment import load_environment
 from rlhfkit.losses import per_token_rewards, ppo_policy_loss
 from rlhfkit.models.dropout import disable_dropout
 from rlhfkit.models.forward import unwrap_model
@@ -74,9 +75,11 @@ class PolicyOnly(nn.Module):
 
 @dataclass
 class OnlineModels(PPOModels):
-    """:class:`PPOModels` plus: ``no_reference`` (β = 0: no π_ref loaded, no reference log-probs computed)."""
+    """:class:`PPOModels` plus: ``no_reference`` (β = 0: no π_ref loaded, no reference log-probs computed) and
+    ``environment`` (``rollout.environment`` loaded: responses are multi-turn episodes; None = single-turn)."""
 
     no_reference: bool = False
+    environment: Any = None
 
     def to(self, device: torch.device) -> OnlineModels:
         super().to(device)
@@ -124,7 +127,8 @@ def build_online_models(cfg: PPOConfig, scorer: Scorer | None = None) -> OnlineM
         if scorer is None and cfg.rewards:
             tokenizer = load_tokenizer(cfg.model.path)
             scorer = reward_sources(cfg, tokenizer, eos_token_ids(tokenizer, _generation_config_holder(cfg)))
-        return OnlineModels(**vars(build_ppo_models(cfg, scorer)))
+        environment = load_environment(cfg.rollout.environment) if cfg.rollout.environment else None
+        return OnlineModels(**vars(build_ppo_models(cfg, scorer)), environment=environment)
     dtype, attention = cfg.model.dtype, cfg.model.attn_implementation
     tokenizer = adopt_template(load_tokenizer(cfg.model.path), cfg.data.template)  # saved with the policy
     policy = load_causal_lm(cfg.model.path, dtype, merge_adapter=True, attn_implementation=attention)
@@ -141,7 +145,9 @@ def build_online_models(cfg: PPOConfig, scorer: Scorer | None = None) -> OnlineM
         scorer = reward_sources(cfg, tokenizer, eos_ids)
     if scorer is None:
         scorer = reward_model_scorer(cfg, tokenizer, eos_ids)
-    return OnlineModels(PolicyOnly(policy, share_prompts=True), reference, scorer, tokenizer, eos_ids, no_reference=not with_reference)
+    environment = load_environment(cfg.rollout.environment) if cfg.rollout.environment else None
+    return OnlineModels(PolicyOnly(policy, share_prompts=True), reference, scorer, tokenizer, eos_ids,
+                        no_reference=not with_reference, environment=environment)
 
 
 class _generation_config_holder:  # noqa: N801 — stands in for a model: eos_token_ids reads generation_config
@@ -166,11 +172,13 @@ def advantages_and_rewards(rollout: Rollout, cfg: PPOConfig, beta: float,
                            ) -> tuple[torch.Tensor, Any]:
     """``(advantages (B, T), PerTokenRewards)`` of a rollout whose rows come in groups of ``rollout.n``: the
     per-token rewards carry −β·KL only with ``kl.penalty: reward``. ``sum_over_processes`` (the trainer's
-    all-reduce) lets a batch-wide statistic, REINFORCE++'s whitening, span every process's rows."""
-    mask = rollout.response_mask
+    all-reduce) lets a batch-wide statistic, REINFORCE++'s whitening, span every process's rows. Over the model's
+    tokens only (``rollout.action_mask``): an episode's environment tokens get no KL, reward or advantage."""
+    mask = rollout.action_mask
     ref = rollout.ref_logprobs if rollout.ref_logprobs is not None else rollout.logprobs
     in_reward = beta if cfg.kl.penalty == "reward" else 0.0
-    shaped = per_token_rewards(rollout.scores, rollout.logprobs, ref, mask, in_reward, cfg.kl.estimator)
+    shaped = per_token_rewards(rollout.scores, rollout.logprobs, ref, mask, in_reward, cfg.kl.estimator,
+                               gaps=rollout.env_mask is not None)
     estimator = get_advantage_estimator(cfg.advantage.estimator)
     return estimator(shaped.rewards, mask, cfg.rollout.n, cfg.ppo.gamma,
                      sum_over_processes=sum_over_processes), shaped
@@ -203,11 +211,13 @@ def policy_loss_sum(logprobs: torch.Tensor, part: Rollout, cfg: PPOConfig, beta:
 
 
 def loss_mask(part: Rollout) -> torch.Tensor:
-    """(B, T): the response tokens the update learns from — every one, except a dropped row's (``keep`` 0,
-    ``advantage.filter_zero_std_groups``). The forward pass still reads the whole response mask."""
+    """(B, T): the response tokens the update learns from — the model's own (``action_mask``: not an episode's
+    environment tokens), except a dropped row's (``keep`` 0, ``advantage.filter_zero_std_groups``). The forward
+    pass still reads the whole response mask."""
+    mask = part.action_mask
     if part.keep is None:
-        return part.response_mask
-    return part.response_mask * (part.keep > 0).unsqueeze(1).to(part.response_mask.dtype)
+        return mask
+    return mask * (part.keep > 0).unsqueeze(1).to(mask.dtype)
 
 
 def critic_free_metrics(rollout: Rollout, n: int) -> dict[str, Any]:
@@ -215,6 +225,8 @@ def critic_free_metrics(rollout: Rollout, n: int) -> dict[str, Any]:
     ``response/length_min|max``."""
     lengths = rollout.response_lengths.float()
     metrics = {"response/length_min": lengths.min(), "response/length_max": lengths.max()}
+    if rollout.env_mask is not None:  # episodes: the model's own tokens per episode
+        metrics["episode/model_tokens_mean"] = rollout.action_mask.sum(dim=1).float().mean()
     if n > 1:
         metrics["objective/equal_reward_groups"] = equal_reward_group_fraction(rollout.scores, n)
     return metrics

@@ -116,15 +116,16 @@ class PPOTrainer:
             rollout, extras = self.collect(batch, prompts, self.rng.sampling, self.fields[0])
         except NonFiniteRollout as err:  # sampled from diverged weights: stop like a non-finite loss does
             self.loop.stop_nonfinite(str(err))
-        mask = rollout.response_mask
+        mask = rollout.action_mask  # the model's tokens (an episode's environment tokens are context only)
+        gaps = rollout.env_mask is not None
         beta = self.kl_controller.value
         if cfg.advantage.critic_free:  # 5.–7. as critic_free.py says: group/batch baseline, no values
             return self.critic_free_step(rollout, extras, prompts, beta, number)
         # 5. Per-token rewards: −β·KL_t at every token, the score added at the last (Ziegler et al. 2019, Eq. 2).
         shaped = per_token_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, mask, beta,
-                                   cfg.kl.estimator)
+                                   cfg.kl.estimator, gaps=gaps)
         # 6. GAE: the episode ends at the last response token (bootstrap value 0 after it).
-        advantages, returns = gae(shaped.rewards, rollout.values, mask, cfg.ppo.gamma, cfg.ppo.lam)
+        advantages, returns = gae(shaped.rewards, rollout.values, mask, cfg.ppo.gamma, cfg.ppo.lam, gaps=gaps)
         # 7. Whiten advantages over the whole rollout — every process's rows (lm-human-preferences); returns
         # stay unwhitened.
         if cfg.ppo.whiten_advantages:
@@ -190,17 +191,17 @@ class PPOTrainer:
         loop, p, temperature = self.loop, self.cfg.ppo, self.cfg.rollout.temperature
         if self.cfg.advantage.critic_free:
             return self.critic_free_update(minibatch, number)
-        local_tokens = float(minibatch.response_mask.sum())
+        local_tokens = float(minibatch.action_mask.sum())
         n_tokens = self.global_divisor(local_tokens)  # the token mean over every process's minibatch
         size = p.micro_batch_size or len(minibatch)
         parts = [minibatch.index_select(range(i, min(i + size, len(minibatch))))
                  for i in range(0, len(minibatch), size)]
         stats: dict[str, float] = defaultdict(float)
         for i, part in enumerate(parts):
-            mask = part.response_mask
+            mask = part.action_mask  # losses over the model's tokens; the forward reads every response token
             with loop.no_sync(i < len(parts) - 1 or self.ptx is not None):
-                logprobs, _, values = loop.model(part.query_ids, part.query_mask, part.response_ids, mask,
-                                                 temperature)
+                logprobs, _, values = loop.model(part.query_ids, part.query_mask, part.response_ids,
+                                                 part.response_mask, temperature)
                 policy = ppo_policy_loss(logprobs, part.logprobs, part.advantages, mask, p.clip_range,
                                          p.clip_range)  # PPO's symmetric range
                 value = ppo_value_loss(values, part.values, part.returns, mask, p.value_clip_range)
@@ -299,7 +300,7 @@ class PPOTrainer:
         if shown and number % self.cfg.train.log_every == 0:
             texts = response_texts(self.models.tokenizer, rollout.index_select(range(shown)), self.models.eos_token_ids)
             ref = rollout.ref_logprobs if rollout.ref_logprobs is not None else rollout.logprobs
-            kl = masked_sum(rollout.logprobs - ref, rollout.response_mask, dim=1)
+            kl = masked_sum(rollout.logprobs - ref, rollout.action_mask, dim=1)
             for i, text in enumerate(texts):
                 prompt = prompts[i] if isinstance(prompts[i], str) else prompts[i][-1].content
                 say(f"[step {number} sample {i}] score {float(rollout.scores[i]):+.3f} KL {float(kl[i]):.3f} | "
@@ -315,7 +316,7 @@ class PPOTrainer:
         batch, prompts = self.eval_set
         generator = torch.Generator(device=self.loop.device).manual_seed(derive_seed(self.cfg.train.seed, "eval"))
         rollout, extras = self.collect(batch, prompts, generator, self.fields[1])
-        kl = (masked_sum(rollout.logprobs - rollout.ref_logprobs, rollout.response_mask, dim=1)
+        kl = (masked_sum(rollout.logprobs - rollout.ref_logprobs, rollout.action_mask, dim=1)
               if rollout.ref_logprobs is not None else torch.zeros(1))
         return {"eval/score": float(extras["rm_scores"].mean()), "eval/kl": float(kl.mean()),
                 "eval/length_mean": float(rollout.response_lengths.float().mean()),

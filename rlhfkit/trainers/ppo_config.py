@@ -98,6 +98,13 @@ class RolloutConfig:
     ``sharded`` samples with the weights sharded, gathering each layer for every token, every process
     forwarding until all have finished (for a policy too large to hold whole; with a critic it needs
     ``old_logprobs=forward``)."""
+    environment: str | None = None
+    """Multi-turn episodes with tools (docs/tools.md): ``module:factory`` or ``path.py:factory``, ``factory()``
+    returning an environment (e.g. ``rlhfkit.envs.ToolEnvironment``). Each response becomes an episode of model
+    turns and observations; ``max_new_tokens`` then counts the model's tokens of the whole episode. Losses, KL,
+    values, GAE and advantages run over the model's tokens only. null = one response per prompt."""
+    max_turns: int = 4
+    """With ``environment``: the most model turns per episode (a turn after which no observation comes)."""
 
 
 @dataclass
@@ -191,6 +198,17 @@ class PPOConfig(Recipe):
     """Weighted reward sources (reward-model folders and Python functions, ``rlhfkit.rewards``), replacing
     ``reward_model.path``; empty = the reward model of ``reward_model.path`` alone."""
 
+    def check_environment(self) -> None:
+        r = self.rollout
+        if ":" not in r.environment.strip(":"):
+            raise ConfigError(f"rollout.environment {r.environment!r} must be written module:factory or "
+                              "path.py:factory")
+        if r.max_turns < 1:
+            raise ConfigError(f"rollout.max_turns must be at least 1, got {r.max_turns}")
+        if r.fsdp_sampling == "sharded":
+            raise ConfigError("rollout.environment samples with the policy held whole: set "
+                              "rollout.fsdp_sampling=gathered")
+
     def validate(self) -> None:
         """Cross-field rules, checked before any model is loaded; each error names its keys."""
         t, r, p, k, v = self.train, self.rollout, self.ppo, self.kl, self.value_model
@@ -211,6 +229,8 @@ class PPOConfig(Recipe):
         if not a.critic_free and (self.kl.penalty == "loss" or n > 1):
             raise ConfigError("kl.penalty=loss and rollout.n > 1 are for the critic-free estimators "
                               "(advantage.estimator grpo, dr_grpo, rloo or reinforce_pp), not gae")
+        if r.environment is not None:
+            self.check_environment()
         if t.grad_accum_steps != 1:
             raise ConfigError("train.grad_accum_steps must be 1 for PPO: a step is one rollout of "
                               "train.per_device_batch_size prompts; to save memory lower rollout.chunk_size "

@@ -17,6 +17,7 @@ import torch
 from rlhfkit.config import ConfigError
 from rlhfkit.engine import fsdp
 from rlhfkit.engine.loop import TrainLoop
+from rlhfkit.envs.episodes import run_episodes
 from rlhfkit.ops import explained_variance, masked_mean, masked_sum
 from rlhfkit.rewards.sources import RewardSources, source_metrics
 from rlhfkit.rollout.experience import Rollout
@@ -79,16 +80,28 @@ class RolloutCollector:
         the loop's module); reference log-probs and scores of the frozen models, in length-sorted groups."""
         cfg, models, actor_critic = self.cfg, self.models, self.models.actor_critic
         temperature = cfg.rollout.temperature
-        from_sampling = cfg.rollout.old_logprobs == "sampling"
         critic = not cfg.advantage.critic_free
-        readout = actor_critic.value_readout if critic and from_sampling and actor_critic.value_model is None else None
-        generation = generate(  # left-padded prompts, right-padded responses
-            actor_critic.language_model, [e.prompt_ids for e in batch], max_new_tokens=cfg.rollout.max_new_tokens,
-            temperature=temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-            eos_token_id=models.eos_token_ids, pad_token_id=models.tokenizer.pad_token_id, generator=generator,
-            return_logprobs=from_sampling, readout=readout, synced=self.synced_sampling)
+        environment = getattr(models, "environment", None)
+        # A value head reads the sampling pass's hidden states — single-turn only: an episode's turns are
+        # separate calls, so with a head its log-probs and values come from one forward over the whole episode.
+        head = critic and actor_critic.value_model is None
+        from_sampling = cfg.rollout.old_logprobs == "sampling" and not (head and environment is not None)
+        readout = actor_critic.value_readout if head and from_sampling else None
+        if environment is not None:  # multi-turn episodes: model and environment tokens (rlhfkit.envs)
+            generation = run_episodes(
+                actor_critic.language_model, models.tokenizer, [e.prompt_ids for e in batch], environment,
+                max_new_tokens=cfg.rollout.max_new_tokens, max_turns=cfg.rollout.max_turns, temperature=temperature,
+                top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, eos_token_id=models.eos_token_ids,
+                pad_token_id=models.tokenizer.pad_token_id, generator=generator)
+        else:
+            generation = generate(  # left-padded prompts, right-padded responses
+                actor_critic.language_model, [e.prompt_ids for e in batch], max_new_tokens=cfg.rollout.max_new_tokens,
+                temperature=temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+                eos_token_id=models.eos_token_ids, pad_token_id=models.tokenizer.pad_token_id, generator=generator,
+                return_logprobs=from_sampling, readout=readout, synced=self.synced_sampling)
         ids = (generation.prompt_ids, generation.prompt_mask, generation.response_ids, generation.response_mask)
-        rollout = Rollout(*ids, logprobs=generation.logprobs)
+        env_mask = getattr(generation, "env_mask", None)
+        rollout = Rollout(*ids, logprobs=generation.logprobs if from_sampling else None, env_mask=env_mask)
         group = cfg.ppo.micro_batch_size or cfg.ppo.minibatch_size  # rows per forward of the frozen models
         if not from_sampling:
             # through the loop's (prepared) module: the same numerics as the updates, so the ratio starts at 1
@@ -111,7 +124,10 @@ class RolloutCollector:
         ended = ends_with_eos(rollout, models.eos_token_ids)
         penalty = cfg.ppo.missing_eos_penalty  # Huang et al. 2024: a response with no EOS gets a fixed score
         scores = score if penalty is None else torch.where(ended, score, torch.full_like(score, penalty))
-        entropy = masked_sum(entropy, rollout.response_mask, dim=1)  # (B,) nats per sequence
+        entropy = masked_sum(entropy, rollout.action_mask, dim=1)  # (B,) nats per sequence, the model's tokens
+        if env_mask is not None:  # per-episode counts for the tools/ and episode/ metrics
+            per_source.update({"episode/turns": generation.turns, "tools/calls": generation.tool_calls,
+                               "tools/errors": generation.tool_errors})
         return rollout.replace(scores=scores), {"rm_scores": score, "ended_with_eos": ended, "entropy": entropy,
                                                 **per_source}
 
@@ -142,12 +158,16 @@ def in_length_groups(rollout: Rollout, size: int, fn) -> torch.Tensor:
 
 def rollout_metrics(rollout: Rollout, extras: dict[str, torch.Tensor], beta: float) -> dict[str, Any]:
     """The ``objective/``, ``ppo/val|returns/`` and ``response/`` metrics of one rollout (docs/metrics.md (PPO))."""
-    mask = rollout.response_mask
+    mask = rollout.action_mask  # the model's tokens: an episode's environment tokens carry no KL
     lengths = rollout.response_lengths.float()  # (B,)
     metrics = {}
+    if "tools/calls" in extras:  # multi-turn episodes (rollout.environment)
+        metrics.update({"tools/calls_per_episode": extras["tools/calls"].float().mean(),
+                        "tools/errors_per_episode": extras["tools/errors"].float().mean(),
+                        "episode/turns": extras["episode/turns"].float().mean()})
     if rollout.ref_logprobs is not None:  # critic-free with β = 0 loads no reference: no KL to report
         kl_k1 = masked_sum(rollout.logprobs - rollout.ref_logprobs, mask, dim=1)  # (B,) nats per sequence
-        metrics = {"objective/kl": kl_k1.mean(), "objective/kl_penalty": rollout.kl.sum(dim=1).mean()}
+        metrics |= {"objective/kl": kl_k1.mean(), "objective/kl_penalty": rollout.kl.sum(dim=1).mean()}
     if rollout.values is not None:  # GAE's critic
         metrics.update({"ppo/val/var_explained": explained_variance(rollout.values, rollout.returns, mask),
                         "ppo/val/mean": masked_mean(rollout.values, mask),
@@ -160,7 +180,7 @@ def rollout_metrics(rollout: Rollout, extras: dict[str, torch.Tensor], beta: flo
         "objective/rm_score": extras["rm_scores"].mean(),
         "objective/kl_coef": beta,
         "objective/entropy": extras["entropy"].mean(),
-        "objective/entropy_per_token": extras["entropy"].sum() / lengths.sum(),
+        "objective/entropy_per_token": extras["entropy"].sum() / mask.sum(),
         "objective/rlhf_reward": rollout.rewards.sum(dim=1).mean(),  # score − β·Σ_t kl_t
         "response/length_mean": lengths.mean(),
         "response/eos_rate": extras["ended_with_eos"].float().mean(),
