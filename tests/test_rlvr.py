@@ -98,3 +98,12 @@ def test_rlvr_preset_end_to_end_on_a_tiny_chat_model(tmp_path):
     assert cli(args) == 0  # every stage reused
     stages = json.loads((out / "report.json").read_text())["stages"]
     assert all(stage["reused"] for stage in stages.values())
+
+
+def test_a_training_budget_other_than_the_measured_one_is_refused_in_one_sentence():
+    from rlhfkit.config import ConfigError, load_config
+    from rlhfkit.demo.rlvr import RLVRDemoConfig
+
+    assert load_config(RLVRDemoConfig, "configs/demo_rlvr.yaml", ["grpo.rollout.max_new_tokens=48"])
+    with pytest.raises(ConfigError, match=r"grpo.rollout.max_new_tokens \(32\) must equal eval.max_new_tokens \(48\)"):
+        load_config(RLVRDemoConfig, "configs/demo_rlvr.yaml", ["grpo.rollout.max_new_tokens=32"])

@@ -107,6 +107,12 @@ class RLVRDemoConfig:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
         if not self.out:
             raise ConfigError("out must not be empty")
+        # training and measurement share one answer budget (ending inside it is part of what RL teaches here)
+        budget = (self.grpo.get("rollout") or {}).get("max_new_tokens")
+        if budget is not None and budget != self.eval.max_new_tokens:
+            raise ConfigError(f"grpo.rollout.max_new_tokens ({budget}) must equal eval.max_new_tokens "
+                              f"({self.eval.max_new_tokens}): the policy is trained and measured under one answer "
+                              f"budget, set eval.max_new_tokens instead")
 
 
 def grpo_recipe(cfg: RLVRDemoConfig, model_dir: str, train_file: str, output_dir: str) -> dict:
