@@ -524,7 +524,8 @@ class TrainLoop:
         if self.sharded and saved_state.get("model_format") != "dcp":
             raise ConfigError(f"cannot resume from {path} under FSDP2: it was written without FSDP2 "
                               f"({saved_state.get('model_format')} format, one optimizer state, not shards); "
-                              "resume it with the launch that wrote it (one process, ddp.yaml or cpu_2proc.yaml)")
+                              "resume it with the launch that wrote it (one process, ddp.yaml or cpu_2proc.yaml); a run "
+                              "started under FSDP2, even as one process, may change its process count")
         rank = self.accelerator.process_index
         state, rng, stage = load_training_checkpoint(path, rank, model=self.unwrapped_model,
                                                           optimizer=self.optimizer, scheduler=self.scheduler)

@@ -97,7 +97,8 @@ class RolloutConfig:
     for the rollout (fast: no collective per token; needs the whole policy in each device's memory);
     ``sharded`` samples with the weights sharded, gathering each layer for every token, every process
     forwarding until all have finished (for a policy too large to hold whole; with a critic it needs
-    ``old_logprobs=forward``)."""
+    ``old_logprobs=forward``). Measured on 2 CPU processes: ``sharded`` 7.0× slower
+    (benchmarks/bench_fsdp_sampling.py); keep ``gathered`` unless the whole policy does not fit."""
     environment: str | None = None
     """Multi-turn episodes with tools (docs/tools.md): ``module:factory`` or ``path.py:factory``, ``factory()``
     returning an environment (e.g. ``rlhfkit.envs.ToolEnvironment``). Each response becomes an episode of model
