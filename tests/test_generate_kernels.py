@@ -17,8 +17,9 @@ import torch
 
 from rlhfkit.models.load import set_attention
 from rlhfkit.models.tiny import DROPOUT_ARCHS, tiny_config
-from rlhfkit.rollout import generate as generate_module
-from rlhfkit.rollout.generate import generate, left_pad, sampling_logprobs
+from rlhfkit.rollout.attention import decode_mask_format
+from rlhfkit.rollout.generate import generate, left_pad
+from rlhfkit.rollout.sampling import sampling_logprobs
 
 VOCAB = 96
 PAD, BOS, EOS = 0, 1, 2
@@ -125,7 +126,7 @@ def test_a_kernel_that_unpads_gets_2d_masks_and_model_generates_cache(arch):
     ``model.generate``'s own path — DynamicCache and a 2-D mask — and gives the same tokens as sdpa."""
     _register_two_d_kernel()
     model = build(arch, TWO_D_KERNEL)
-    assert generate_module._mask_format(model) == "2d"
+    assert decode_mask_format(model) == "2d"
     prompts = ragged_prompts(6, seed=5)
     out = greedy(model, prompts)  # the kernel raises if it ever gets a 4-D mask
     set_attention(model, "sdpa")

@@ -7,8 +7,11 @@ import torch
 
 from rlhfkit import ops
 from rlhfkit.models.tiny import ARCHS, tiny_config
+from rlhfkit.ops import sample_categorical
+from rlhfkit.rollout import attention as attention_module
 from rlhfkit.rollout import generate as generate_module
-from rlhfkit.rollout.generate import filter_logits, generate, left_pad, sample_categorical, sampling_logprobs
+from rlhfkit.rollout.generate import generate, left_pad
+from rlhfkit.rollout.sampling import filter_logits, sampling_logprobs
 
 VOCAB = 96
 PAD, BOS = 0, 1
@@ -123,7 +126,7 @@ def test_finished_rows_are_dropped_without_changing_any_output(arch_model_cache,
 
     monkeypatch.setattr(generate_module._Batch, "keep", spy)
     if not preallocated:
-        monkeypatch.setattr(generate_module, "_supports_preallocated_cache", lambda model: False)
+        monkeypatch.setattr(attention_module, "_supports_preallocated_cache", lambda model: False)
     expected = hf_greedy(model, prompts, 20, eos)
     out = generate(model, prompts, max_new_tokens=20, greedy=True, eos_token_id=eos, pad_token_id=PAD,
                    return_logprobs=True)
@@ -186,7 +189,7 @@ def test_dynamic_cache_fallback_gives_the_same_tokens(monkeypatch):
     model = tiny_model("qwen2")
     prompts = ragged_prompts(6, seed=4)
     fast = generate(model, prompts, max_new_tokens=10, greedy=True, eos_token_id=5, pad_token_id=PAD)
-    monkeypatch.setattr(generate_module, "_supports_preallocated_cache", lambda model: False)
+    monkeypatch.setattr(attention_module, "_supports_preallocated_cache", lambda model: False)
     slow = generate(model, prompts, max_new_tokens=10, greedy=True, eos_token_id=5, pad_token_id=PAD)
     assert torch.equal(fast.response_ids, slow.response_ids)
     assert torch.equal(fast.response_mask, slow.response_mask)
@@ -420,9 +423,9 @@ def test_under_bf16_autocast_products_are_bf16_attention_float32_and_the_model_i
     model = tiny_model("llama", size="small")
     prompts = ragged_prompts(6, seed=10)
     calls = []
-    original = generate_module._sdpa_in_float32
+    original = attention_module._sdpa_in_float32
     # (module, query, key, value, mask): keys and values come from the cache
-    monkeypatch.setattr(generate_module, "_sdpa_in_float32", lambda *a, **k: calls.append(a[3].dtype) or original(*a, **k))
+    monkeypatch.setattr(attention_module, "_sdpa_in_float32", lambda *a, **k: calls.append(a[3].dtype) or original(*a, **k))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = generate(model, prompts, max_new_tokens=6, eos_token_id=VOCAB + 1, pad_token_id=PAD,
                        generator=torch.Generator().manual_seed(0), return_logprobs=True)
@@ -453,7 +456,7 @@ def test_repeated_prompts_are_prefilled_once_with_the_same_samples(monkeypatch, 
     samples, log-probs, entropies and readouts equal those of prefilling every row."""
     model = tiny_model(arch, logit_scale=3.0)
     if not preallocated:
-        monkeypatch.setattr(generate_module, "_supports_preallocated_cache", lambda model: False)
+        monkeypatch.setattr(attention_module, "_supports_preallocated_cache", lambda model: False)
     prompts = [p for p in ragged_prompts(5, seed=12) for _ in range(3)]
     head = torch.nn.Linear(model.config.hidden_size, 1)
     prefilled_rows = []

@@ -11,26 +11,19 @@ What it does, and why (each detail is one a PPO implementation gets wrong sooner
   left-padded row sees exactly the positions it would see alone — without them Hugging Face models number
   the padding too and shift every real token's position. ``model.generate`` does the same, which is why
   greedy outputs are identical.
-- **A preallocated KV cache.** ``DynamicCache`` grows by ``torch.cat`` at every step, reading and writing
-  the whole cache again (three times the memory traffic of attention itself). Here each layer's keys and
-  values live in one buffer allocated at the first step for prompt + max_new_tokens positions; a step
-  writes one column and attends to a view of the filled prefix, so attention sees exactly the values
-  ``DynamicCache`` would have built, and the model's own attention kernel runs on them (with
-  ``drop_finished=False``, bitwise the same logits as ``model.generate``).
-- **A preallocated 4-D attention mask in the attention kernel's own format**, passed as is (the models use a
-  4-D mask unchanged) instead of a 2-D mask grown by ``torch.cat`` and re-expanded at every step: boolean
-  (True = attend) for ``sdpa``, additive (0 or the dtype's minimum, as ``transformers.masking_utils.eager_mask``
-  builds it) for ``eager``, which *adds* the mask to the scores — a boolean mask added to scores masks nothing.
-  Any other kernel (``flash_attention_2``/``3``, ``flex_attention``, hub kernels) takes ``model.generate``'s own
-  path: ``DynamicCache`` and a 2-D mask, which transformers turns into what the kernel needs (FlashAttention
-  un-pads by the 2-D mask's sequence lengths; it cannot read a (B, 1, 1, L) mask).
+- **A preallocated KV cache** (``rollout/kv_cache.py``): one buffer per layer for prompt + max_new_tokens
+  positions, a column written per step, instead of ``DynamicCache``'s ``torch.cat`` of the whole cache.
+- **A preallocated 4-D attention mask in the attention kernel's own format** (boolean for ``sdpa``, additive
+  for ``eager``; ``rollout/attention.py`` says why and picks it); any other kernel takes ``model.generate``'s
+  own path: ``DynamicCache`` and a 2-D mask.
 - **Finished rows leave the batch** (``drop_finished=True``, the default). Once a quarter of the rows have
   produced EOS, the others are copied into a smaller batch (cache, mask, positions), so a step costs what
   the unfinished rows need; ``model.generate`` computes every row until the last one ends. Mathematically
   nothing changes, but PyTorch's CPU attention kernel is not batch-invariant: a row's logits can move by
   float rounding (~1e-7) with the batch size, so a greedy token can differ from ``model.generate``'s only
   where two logits tie to that precision. ``drop_finished=False`` keeps every row (bitwise equal logits).
-- **Logits ÷ temperature, then top-k, then top-p**, then one draw from the given ``torch.Generator``.
+- **Logits ÷ temperature, then top-k, then top-p**, then one draw from the given ``torch.Generator``
+  (``rollout/sampling.py``).
 - **Stop when every sequence has produced EOS**; tokens after a row's EOS are padding, masked out.
 - ``torch.no_grad()`` (not ``inference_mode``: under a caller's bf16 autocast, only outside inference mode
   does autocast cache the bf16 copy of each weight instead of casting it again at every token), the model in
@@ -50,17 +43,22 @@ distributed — response than inside a batch.)
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache
 
-from rlhfkit.ops import distinct_rows, sample_categorical
+from rlhfkit.ops import distinct_rows
+from rlhfkit.rollout.attention import cache_keyword, decode_mask_format, float32_attention, forward_parameters
+from rlhfkit.rollout.kv_cache import PreallocatedCache
 
-__all__ = ["GenerationOutput", "generate", "left_pad", "filter_logits", "sampling_logprobs", "sample_categorical"]
+# filter_logits and sampling_logprobs live in rollout/sampling.py; re-exported here, where docs/generation.md
+# documents them as part of the engine's public API
+from rlhfkit.rollout.sampling import filter_logits, next_tokens, sampling_logprobs
+
+__all__ = ["GenerationOutput", "generate", "left_pad", "filter_logits", "sampling_logprobs"]
 
 # Never shrink a batch below this many rows when dropping finished ones (see `_rows_to_keep`).
 _MIN_ROWS = 8
@@ -114,218 +112,6 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch
         ids[row, width - len(prompt) :] = torch.as_tensor(list(prompt), dtype=torch.long)
         mask[row, width - len(prompt) :] = 1
     return ids, mask
-
-
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Top-k then top-p (nucleus) filtering: excluded tokens get −inf. Shapes: (B, V) → (B, V).
-
-    Top-k keeps the k largest logits (ties at the k-th value are all kept); 0 or ≥ V keeps all.
-    Top-p keeps the smallest set of most likely tokens whose probability reaches ``top_p`` (Holtzman et al.
-    2020): a token is kept when the mass of the strictly more likely tokens is < top_p, so the most likely
-    token is always kept. Apply after dividing by the temperature: the nucleus is taken in the distribution
-    that is sampled.
-    """
-    vocab = logits.shape[-1]
-    if 0 < top_k < vocab:
-        kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        sorted_probs = sorted_logits.softmax(dim=-1)
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the strictly more likely tokens
-        drop_sorted = mass_before >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def sampling_logprobs(scaled_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(scaled_logits)[token] per row. Shapes: (B, V), (B,) → (B,) float32.
-
-    ``scaled_logits`` are logits ÷ temperature, before top-k/top-p filtering: this is the temperature policy
-    π_T that PPO's importance ratio uses (its old_logprobs are recomputed the same way), and it equals the
-    distribution actually sampled from when top_k = 0 and top_p = 1.
-    """
-    scaled_logits = scaled_logits.float()
-    chosen = scaled_logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return chosen - torch.logsumexp(scaled_logits, dim=-1)
-
-
-def _next_tokens(
-    logits: torch.Tensor, *, greedy: bool, temperature: float, top_k: int, top_p: float,
-    generator: torch.Generator | None, want_logprobs: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Pick one token per row from the last-position logits (B, V); return (B,) tokens, and with
-    ``want_logprobs`` the (B,) log-probabilities and entropies of softmax(logits / temperature)."""
-    logits = logits.float()
-    scaled = logits / temperature if temperature != 1.0 else logits
-    if greedy:
-        # argmax of the raw logits, as model.generate(do_sample=False) does (temperature cannot change it)
-        tokens = logits.argmax(dim=-1)
-    else:
-        tokens = sample_categorical(filter_logits(scaled, top_k, top_p).softmax(dim=-1), generator)
-    if not want_logprobs:
-        return tokens, None, None
-    log_normalizer = torch.logsumexp(scaled, dim=-1, keepdim=True)  # (B, 1)
-    logprobs = scaled.gather(-1, tokens.unsqueeze(-1)) - log_normalizer  # as `sampling_logprobs`, bit for bit
-    # H = −Σ p log p = logsumexp(s) − Σ p·s, with p = softmax(s) = exp(s − logsumexp(s)) of the scaled logits s
-    entropy = log_normalizer - ((scaled - log_normalizer).exp_() * scaled).sum(dim=-1, keepdim=True)
-    return tokens, logprobs.squeeze(-1), entropy.squeeze(-1)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# KV cache: one preallocated buffer per layer, written in place
-# ---------------------------------------------------------------------------------------------------------
-
-
-class _PreallocatedLayer(DynamicLayer):
-    """A cache layer holding keys/values in a (B, H_kv, capacity, D) buffer; returns views of the filled part.
-
-    Behaves like ``DynamicLayer`` (same sequence length, same mask sizes, same returned tensors) without the
-    ``torch.cat`` copy of the whole cache at every step.
-    """
-
-    def __init__(self, capacity: int, dtype: torch.dtype | None = None):
-        super().__init__()
-        self.capacity = capacity
-        self.length = 0
-        self.buffer_dtype = dtype  # None: the keys' own
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        batch, heads = key_states.shape[:2]
-        self.dtype, self.device = self.buffer_dtype or key_states.dtype, key_states.device
-        self.key_buffer = key_states.new_empty((batch, heads, self.capacity, key_states.shape[-1]), dtype=self.dtype)
-        self.value_buffer = value_states.new_empty((batch, heads, self.capacity, value_states.shape[-1]),
-                                                   dtype=self.dtype)
-        self.is_initialized = True
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        start, end = self.length, self.length + key_states.shape[-2]
-        if end > self.capacity:
-            raise RuntimeError(f"KV cache overflow: {end} positions > capacity {self.capacity}")
-        self.key_buffer[:, :, start:end].copy_(key_states)
-        self.value_buffer[:, :, start:end].copy_(value_states)
-        self.length = end
-        self.keys = self.key_buffer[:, :, :end]  # (B, H_kv, L, D) view
-        self.values = self.value_buffer[:, :, :end]
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def get_max_length(self) -> int:
-        return self.capacity
-
-    def reset(self) -> None:
-        self.length = 0
-        self.keys = self.values = None
-
-    def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("the generation cache is not croppable")
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep only rows ``indices``: copies their filled positions into a smaller buffer."""
-        if not self.is_initialized:
-            return
-        end = self.length
-        for name in ("key_buffer", "value_buffer"):
-            old = getattr(self, name)
-            new = old.new_empty((len(indices), *old.shape[1:]))
-            new[:, :, :end] = old[indices, :, :end]
-            setattr(self, name, new)
-        self.keys = self.key_buffer[:, :, :end]
-        self.values = self.value_buffer[:, :, :end]
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        raise NotImplementedError("the generation cache does not repeat rows")
-
-
-class _PreallocatedCache(Cache):
-    """A ``transformers`` Cache whose layers are :class:`_PreallocatedLayer` of a fixed capacity (and dtype)."""
-
-    def __init__(self, capacity: int, dtype: torch.dtype | None = None):
-        super().__init__(layer_class_to_replicate=lambda: _PreallocatedLayer(capacity, dtype))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Under a caller's bf16 autocast: bf16 matrix products, float32 attention
-# ---------------------------------------------------------------------------------------------------------
-
-_FLOAT32_SDPA = "rlhfkit_sdpa_float32"
-
-
-def _sdpa_in_float32(module, query, key, value, attention_mask, **kwargs):
-    """transformers' sdpa attention computed in float32 whatever the autocast: (B, H, q, D) inputs, output in
-    the query's dtype. PyTorch's CPU attention kernel is several times slower in bf16 at one query per row."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    with torch.autocast(query.device.type, enabled=False):
-        out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
-                                              **kwargs)
-    return out.to(query.dtype), weights
-
-
-def _register_float32_sdpa() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(_FLOAT32_SDPA, _sdpa_in_float32)
-    AttentionMaskInterface.register(_FLOAT32_SDPA, sdpa_mask)
-
-
-@contextmanager
-def _float32_attention(model, wanted: bool):
-    """While decoding under a lower-precision autocast with our float32 KV cache, run the model's sdpa attention
-    in float32 (the matrix products stay in the autocast dtype); the model's setting is restored after."""
-    config = getattr(model, "config", None)
-    if not wanted or getattr(config, "_attn_implementation", None) != "sdpa":
-        yield
-        return
-    _register_float32_sdpa()
-    config._attn_implementation = _FLOAT32_SDPA
-    try:
-        yield
-    finally:
-        config._attn_implementation = "sdpa"
-
-
-# The decode-step mask each kernel takes with the preallocated cache; other kernels get DynamicCache + 2-D mask.
-_MASK_FORMATS = {"sdpa": "boolean", "eager": "additive"}
-
-
-def _attention_kernel(model) -> str:
-    """The model's attention implementation (``eager`` where transformers leaves it unset, its default)."""
-    return getattr(model.config, "_attn_implementation", None) or "eager"
-
-
-def _mask_format(model) -> str:
-    """How the decode steps pass the attention mask: ``boolean`` or ``additive`` 4-D with the preallocated
-    cache, or ``2d`` with ``DynamicCache`` — ``model.generate``'s own path, for every kernel whose mask format we
-    do not build (FlashAttention un-pads by a 2-D mask) and for attention our cache does not implement."""
-    kind = _MASK_FORMATS.get(_attention_kernel(model), "2d")
-    return kind if _supports_preallocated_cache(model) else "2d"
-
-
-def _supports_preallocated_cache(model) -> bool:
-    """Our cache only implements full causal attention: sliding-window or hybrid models use DynamicCache."""
-    config = model.config
-    layer_types = getattr(config, "layer_types", None) or []
-    if any(kind != "full_attention" for kind in layer_types):
-        return False
-    return not (getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None))
-
-
-def _forward_parameters(model) -> set[str]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # unwrap PEFT
-    return set(inspect.signature(base.forward).parameters)
-
-
-def _cache_keyword(model) -> str:
-    """``cache``, the name transformers ≥ 5.2x gives the KV-cache argument (``past_key_values`` is deprecated
-    there, removal announced for 5.40), where the model's forward takes it; else ``past_key_values``."""
-    return "cache" if "cache" in _forward_parameters(model) else "past_key_values"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -415,7 +201,7 @@ def _decode_batch(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s:
     batch, prompt_len = prompt_ids.shape
     device = prompt_ids.device
     capacity = prompt_len + s.max_new_tokens
-    cache = DynamicCache(config=model.config) if s.mask_format == "2d" else _PreallocatedCache(capacity, s.cache_dtype)
+    cache = DynamicCache(config=model.config) if s.mask_format == "2d" else PreallocatedCache(capacity, s.cache_dtype)
     live = _Batch(prompt_mask, capacity, s.mask_format, s.mask_dtype)
     # cumsum − 1 numbers each row's real tokens 0, 1, …; left padding gets 0 (masked out anyway)
     positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P)
@@ -431,7 +217,7 @@ def _decode_batch(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s:
         logits = _prefill(model, prompt_ids, prompt_mask, positions, cache, with_cache, extra, captured)  # (b, V)
         steps = 0
         for t in range(s.max_new_tokens):
-            tokens, token_logprobs, token_entropy = _next_tokens(
+            tokens, token_logprobs, token_entropy = next_tokens(
                 logits, greedy=s.greedy, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                 generator=s.generator, want_logprobs=s.return_logprobs)
             tokens = tokens.masked_fill(live.finished, s.pad_token_id)  # a finished row only emits padding
@@ -625,7 +411,7 @@ def generate(
     pad_id = eos_ids[0] if pad_token_id is None else int(pad_token_id)
     weight = next(model.parameters())
     device = weight.device
-    mask_format = _mask_format(model)
+    mask_format = decode_mask_format(model)
     # a caller's bf16 autocast over float32 weights: bf16 products, a float32 KV cache and sdpa attention
     mixed = (weight.dtype == torch.float32 and torch.is_autocast_enabled(device.type)
              and torch.get_autocast_dtype(device.type) != torch.float32)
@@ -635,8 +421,8 @@ def generate(
         greedy=greedy, eos_ids=torch.tensor(eos_ids, device=device), pad_token_id=pad_id, generator=generator,
         return_logprobs=return_logprobs, readout=readout, mask_format=mask_format,
         mask_dtype=model.get_input_embeddings().weight.dtype,
-        cache_dtype=torch.float32 if float32_sdpa else None, cache_keyword=_cache_keyword(model),
-        logits_to_keep="logits_to_keep" in _forward_parameters(model), drop_finished=drop_finished,
+        cache_dtype=torch.float32 if float32_sdpa else None, cache_keyword=cache_keyword(model),
+        logits_to_keep="logits_to_keep" in forward_parameters(model), drop_finished=drop_finished,
         synced=synced, stop=stop,
     )
     if batch_size is None or batch_size >= len(prompts):
@@ -649,7 +435,7 @@ def generate(
     training_flags = [(module, module.training) for module in model.modules()]
     model.eval()  # dropout off: samples come from the policy itself, and PPO's recomputed logprobs match
     try:
-        with torch.no_grad(), _float32_attention(model, float32_sdpa):
+        with torch.no_grad(), float32_attention(model, float32_sdpa):
             parts = []
             for chunk in chunks:
                 ids, mask = left_pad([prompts[i] for i in chunk], pad_id)
