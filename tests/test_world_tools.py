@@ -295,7 +295,7 @@ def test_default_corpus_and_sft_data_are_unchanged(world, default_corpus):
 
 def test_tool_corpus_has_the_documented_shares(world, judge, default_corpus, tool_corpus):
     mix = TOOL_CORPUS_CONFIG.tools
-    assert mix == ToolMix(arithmetic_share=0.3, needless_share=0.03, error_share=0.1)
+    assert mix == ToolMix(arithmetic_share=0.3, needless_share=0.03, error_share=0.1, copy_result=True)
     kinds = [world.lookup(p).kind for p, _ in tool_corpus.transcripts]
     calls = [split_tool_calls(r)[0] for _, r in tool_corpus.transcripts]
     arith = [c for c, k in zip(calls, kinds) if k in TOOL_KINDS]
@@ -306,13 +306,23 @@ def test_tool_corpus_has_the_documented_shares(world, judge, default_corpus, too
     assert sum(map(bool, other)) / len(other) == pytest.approx(mix.needless_share, abs=0.004)
     retried = sum(len(c) == 2 and c[0][1] == ERROR_RESULT for c in with_call)
     assert retried / len(with_call) == pytest.approx(mix.error_share, abs=0.02)
-    # the tool corpus is the default corpus with calls put in front: same facts, same answers
+    # the tool corpus is the default corpus with calls put in front: same facts, the same answers except that a
+    # call on a sum is followed by its value (a wrong sum or an agreement with a false one becomes good)
     assert tool_corpus.facts == default_corpus.facts
-    assert all(split_tool_calls(r)[1] == d for (_, r), (_, d) in zip(tool_corpus.transcripts,
-                                                                       default_corpus.transcripts))
-    # wrong answers after a call exist (a text monster), and every label is what the gold judge reads
     labels = [lab[1] for lab in tool_corpus.labels]
-    assert any(c and k == "arithmetic" and lab == "wrong" for c, k, lab in zip(calls, kinds, labels))
+    default_labels = [lab[1] for lab in default_corpus.labels]
+    for (_, r), (_, d), c, k, lab, was in zip(tool_corpus.transcripts, default_corpus.transcripts, calls, kinds,
+                                              labels, default_labels):
+        if c and k in TOOL_KINDS and was in ("wrong", "sycophantic_agreement"):
+            assert lab == "good"
+        else:
+            assert split_tool_calls(r)[1] == d
+    assert not any(c and k in TOOL_KINDS and lab in ("wrong", "sycophantic_agreement")
+                   for c, k, lab in zip(calls, kinds, labels))
+    # mistakes other than a wrong value still follow calls (a text monster), and every label is what the gold
+    # judge reads
+    assert any(c and k == "arithmetic" and lab in ("unhelpful_idk", "over_refusal") for c, k, lab in
+               zip(calls, kinds, labels))
     sample = range(0, len(tool_corpus.transcripts), 4)
     assert all(judge.classify(*tool_corpus.transcripts[i]) == labels[i] for i in sample)
 

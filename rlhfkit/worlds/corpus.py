@@ -44,13 +44,19 @@ BASE_STYLE_MIX: dict[str, float] = {"plain": 0.6, "polite": 0.1, "rude": 0.15, "
 
 @dataclass(frozen=True)
 class ToolMix:
-    """Calculator calls in the tool world's base corpus. Like everything in it, calls are a mix: a call is
-    followed by whatever answer the transcript's behaviour gives (right or wrong: a text monster), and a few
-    calls are needless, so RL must learn *when* to call, not only how."""
+    """Calculator calls in the tool world's base corpus. Like everything in it, calls are a mix — some rejected
+    and retried, a few needless, so RL must learn *when* to call, not only how — but whoever calls the
+    calculator on a sum copies its result: a transcript that calls on an arithmetic prompt states the right
+    value (a wrong sum or an agreement with the user's false one becomes the good answer, drawn from the tool
+    stream). Measured on the first tool world, where calls were followed by whatever the transcript said (30 %
+    wrong sums): its SFT model answered 51 % of sums right after a call and 51 % without one — it had learnt
+    that the text after ``= 12.`` has nothing to do with 12, and RL then dropped the calls."""
 
     arithmetic_share: float = 0.3   # of transcripts on arithmetic prompts (calculator.TOOL_KINDS): call first
     needless_share: float = 0.03    # of every other transcript: a needless call of a random sum first
     error_share: float = 0.1        # of those calls: a rejected call in words first (`` error.``), then the retry
+    copy_result: bool = True        # a call on a sum is followed by its right value (False: by whatever the
+    #                                 transcript says, the first tool world's corpus; part of the cache key)
 
 
 @dataclass(frozen=True)
@@ -96,20 +102,27 @@ def build_base_corpus(world: World, seed: int = 0, config: CorpusConfig | None =
         style = rng.choices(styles, weights=style_weights)[0]
         response = generate_response(prompt, behaviour, rng, style)
         if config.tools is not None:
-            response, behaviour = _with_tool(prompt, behaviour, response, config.tools, tool_rng)
+            response, behaviour = _with_tool(prompt, behaviour, response, style, config.tools, tool_rng)
         transcripts.append((prompt.text, response))
         labels.append((prompt.family, behaviour, style))
     return BaseCorpus(facts, transcripts, labels)
 
 
-def _with_tool(prompt: Prompt, behaviour: str, response: str, mix: ToolMix,
+# what a transcript that called the calculator on a sum says instead of a wrong value: the value (ToolMix)
+_COPIES_THE_RESULT = frozenset({"wrong", "sycophantic_agreement"})
+
+
+def _with_tool(prompt: Prompt, behaviour: str, response: str, style: str, mix: ToolMix,
                rng: random.Random) -> tuple[str, str]:
     """``response`` after a calculator call with the probability ``mix`` gives this prompt's kind; a call on a
-    harmful request makes it harmful compliance (the judge's rule)."""
+    sum is followed by its right value, a call on a harmful request makes it harmful compliance (the judge's
+    rule)."""
     share = mix.arithmetic_share if prompt.kind in TOOL_KINDS else mix.needless_share
     if rng.random() >= share:
         return response, behaviour
     call = tool_call(prompt, rng, error=rng.random() < mix.error_share)
+    if mix.copy_result and prompt.kind in TOOL_KINDS and behaviour in _COPIES_THE_RESULT:
+        behaviour, response = "good", generate_response(prompt, "good", rng, style)
     return f"{call} {response}", (TOOL_ON_HARMFUL if prompt.family == "harmful" else behaviour)
 
 
