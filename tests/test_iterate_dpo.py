@@ -104,7 +104,7 @@ def test_dpo_method_checks_its_section_and_keys_iterate_owns(tmp_path, micro_sft
 def test_the_shipped_dpo_rounds_recipe_loads():
     repo = Path(__file__).resolve().parents[1]
     cfg = load_config(IterateConfig, repo / "configs" / "iterate_dpo.yaml")
-    assert cfg.method == "dpo" and cfg.rounds == 2 and cfg.dpo["loss"] == "rpo"
+    assert cfg.method == "dpo" and cfg.rounds == 4 and cfg.dpo["loss"] == "rpo"
 
 
 def test_a_judge_labels_the_rounds_pairs_through_the_app(tmp_path, micro_sft):
