@@ -6,6 +6,7 @@ import hashlib
 import json
 import operator
 import random
+import re
 
 import pytest
 
@@ -295,7 +296,8 @@ def test_default_corpus_and_sft_data_are_unchanged(world, default_corpus):
 
 def test_tool_corpus_has_the_documented_shares(world, judge, default_corpus, tool_corpus):
     mix = TOOL_CORPUS_CONFIG.tools
-    assert mix == ToolMix(arithmetic_share=0.3, needless_share=0.03, error_share=0.1, copy_result=True)
+    assert mix == ToolMix(arithmetic_share=0.3, needless_share=0.03, error_share=0.1, copy_result=True,
+                          practice_lines=20_000)
     kinds = [world.lookup(p).kind for p, _ in tool_corpus.transcripts]
     calls = [split_tool_calls(r)[0] for _, r in tool_corpus.transcripts]
     arith = [c for c, k in zip(calls, kinds) if k in TOOL_KINDS]
@@ -308,7 +310,16 @@ def test_tool_corpus_has_the_documented_shares(world, judge, default_corpus, too
     assert retried / len(with_call) == pytest.approx(mix.error_share, abs=0.02)
     # the tool corpus is the default corpus with calls put in front: same facts, the same answers except that a
     # call on a sum is followed by its value (a wrong sum or an agreement with a false one becomes good)
-    assert tool_corpus.facts == default_corpus.facts
+    n_default = len(default_corpus.facts)
+    assert tool_corpus.facts[:n_default] == default_corpus.facts
+    practice = tool_corpus.facts[n_default:]
+    assert len(practice) == mix.practice_lines
+    for line in practice:  # a call on a two-digit sum, its value right, then the same value as the answer
+        line_calls, answer = split_tool_calls(line)
+        (expression, result), = line_calls
+        a, op, b = expression.split()
+        assert int(a) > 10 and int(result) == (int(a) + int(b) if op == "plus" else int(a) - int(b)) > 20
+        assert re.findall(r"\d+", answer)[-1] == result
     labels = [lab[1] for lab in tool_corpus.labels]
     default_labels = [lab[1] for lab in default_corpus.labels]
     for (_, r), (_, d), c, k, lab, was in zip(tool_corpus.transcripts, default_corpus.transcripts, calls, kinds,

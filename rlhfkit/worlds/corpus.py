@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from . import almanac as alm
 from . import behaviours as bh
 from . import topics
-from .calculator import TOOL_KINDS
+from .calculator import TOOL_KINDS, call_text
 from .judge import TOOL_ON_HARMFUL
 from .prompts import KINDS, Prompt, World
 from .responses import generate_response, tool_call
@@ -57,6 +57,9 @@ class ToolMix:
     error_share: float = 0.1        # of those calls: a rejected call in words first (`` error.``), then the retry
     copy_result: bool = True        # a call on a sum is followed by its right value (False: by whatever the
     #                                 transcript says, the first tool world's corpus; part of the cache key)
+    practice_lines: int = 20_000    # fact-like lines of calls on sums beyond the world's range, then the result
+    #                                 (``calc: 37 plus 48 = 85. it is 85.``): the only way to predict the value is
+    #                                 to read it from the call, which teaches reading it (see _practice_lines)
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,31 @@ def build_base_corpus(world: World, seed: int = 0, config: CorpusConfig | None =
             response, behaviour = _with_tool(prompt, behaviour, response, style, config.tools, tool_rng)
         transcripts.append((prompt.text, response))
         labels.append((prompt.family, behaviour, style))
+    if config.tools is not None and config.tools.practice_lines:
+        facts = facts + _practice_lines(config.tools.practice_lines, random.Random(f"corpus-calc-{world.seed}-{seed}"))
     return BaseCorpus(facts, transcripts, labels)
+
+
+def _practice_lines(n: int, rng: random.Random) -> list[str]:
+    """``n`` lines of a calculator call on a sum of two-digit numbers (results 21..99, outside every world prompt's
+    range) followed by its value. Measured on the tool world without them: with every call on a world sum followed
+    by the right value, the base and SFT models still computed the value from memory — given a call whose shown
+    result was off by one or two, they said the shown value 5 / 9 times in 60 and the true sum 35 / 30 times —
+    because on world sums memory and the call agree. Here memory cannot help."""
+    lines = []
+    for _ in range(n):
+        if rng.random() < 0.5:
+            a = rng.randint(11, 49)
+            op, b = "plus", rng.randint(10, 99 - a)
+            value = a + b
+        else:
+            a = rng.randint(22, 99)
+            op, b = "minus", rng.randint(1, a - 21)
+            value = a - b
+        answer = rng.choice((f"{a} {op} {b} is {value}", f"{a} {op} {b} equals {value}", f"it is {value}",
+                             f"the answer is {value}", f"{value}"))
+        lines.append(f"{call_text(f'{a} {op} {b}')} {sentence(answer)}")
+    return lines
 
 
 # what a transcript that called the calculator on a sum says instead of a wrong value: the value (ToolMix)
