@@ -11,12 +11,7 @@ from rlhfkit.cli import main as cli
 from rlhfkit.data import load_rows
 from rlhfkit.judges.label import PairRow, label, read_pairs
 from rlhfkit.judges.simulated import SimulatedAnnotatorJudge, world_sample_pairs
-from rlhfkit.worlds import GoldJudge, World
-
-
-@pytest.fixture(scope="module")
-def world():
-    return World.build(0)
+from rlhfkit.worlds import GoldJudge
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,7 @@ from rlhfkit.worlds import (
     FAMILY_BEHAVIOURS,
     STYLES,
     AIJudge,
-    GoldJudge,
     SimulatedAnnotator,
-    World,
     agreement_with_gold,
     calibrate_tau,
     disagreement,
@@ -19,16 +17,6 @@ from rlhfkit.worlds import (
     label_pairs,
 )
 from rlhfkit.worlds.annotators import gold_margin_pairs
-
-
-@pytest.fixture(scope="module")
-def world():
-    return World.build(0)
-
-
-@pytest.fixture(scope="module")
-def judge(world):
-    return GoldJudge(world)
 
 
 @pytest.fixture(scope="module")

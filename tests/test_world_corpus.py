@@ -11,7 +11,6 @@ from rlhfkit.worlds import (
     SFT_SPEC,
     STYLES,
     CorpusConfig,
-    GoldJudge,
     World,
     build_base_corpus,
     build_sft_demonstrations,
@@ -20,16 +19,6 @@ from rlhfkit.worlds import (
 from rlhfkit.worlds import almanac as alm
 from rlhfkit.worlds.behaviours import WORD_BUDGET
 from rlhfkit.worlds.text import normalize, tokenize, word_count
-
-
-@pytest.fixture(scope="module")
-def world():
-    return World.build(0)
-
-
-@pytest.fixture(scope="module")
-def judge(world):
-    return GoldJudge(world)
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,9 @@ from collections import Counter
 
 import pytest
 
-from rlhfkit.worlds import BEHAVIOURS, FAMILY_BEHAVIOURS, STYLES, GoldJudge, World, generate_response
+from rlhfkit.worlds import BEHAVIOURS, FAMILY_BEHAVIOURS, STYLES, generate_response
 from rlhfkit.worlds.judge import GOALS
 from rlhfkit.worlds.parse import ClauseBank
-
-
-@pytest.fixture(scope="module")
-def world():
-    return World.build(0)
-
-
-@pytest.fixture(scope="module")
-def judge(world):
-    return GoldJudge(world)
 
 
 def _syco_prompt(world, kind, attr=None):

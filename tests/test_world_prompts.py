@@ -7,15 +7,10 @@ from collections import Counter
 
 import pytest
 
-from rlhfkit.worlds import FAMILIES, World, WorldConfig
+from rlhfkit.worlds import FAMILIES, WorldConfig
 from rlhfkit.worlds import almanac as alm
 from rlhfkit.worlds.prompts import KINDS, _build_world, _template_words
 from rlhfkit.worlds.text import normalize, tokenize
-
-
-@pytest.fixture(scope="module")
-def world():
-    return World.build(0)
 
 
 def _texts(w):

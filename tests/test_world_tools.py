@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from rlhfkit.worlds import GoldJudge, World, build_base_corpus, build_sft_demonstrations, generate_response
 from rlhfkit.worlds import almanac as alm
+from rlhfkit.worlds import build_base_corpus, build_sft_demonstrations, generate_response
 from rlhfkit.worlds.build import (
     WorldBuildConfig,
     build_identity,
@@ -47,16 +47,6 @@ DEFAULT_FINGERPRINT_SHA = "c23855edd42b1ed95e929250db927db1f204ba97306d4e910276e
 
 def sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj).encode()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def world():
-    return World.build(0)
-
-
-@pytest.fixture(scope="module")
-def judge(world):
-    return GoldJudge(world)
 
 
 @pytest.fixture(scope="module")
