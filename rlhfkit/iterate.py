@@ -323,7 +323,7 @@ def label_with_simulated_annotators(run: Run, tau: float) -> dict[str, Any]:
 
 
 def label_with_judge(run: Run) -> dict[str, Any]:
-    """``labels.judge`` (gold, ai, reward:DIR) labels every open pair through the app's HTTP API."""
+    """``labels.judge`` (gold, ai, reward:DIR, lm:DIR) labels every open pair through the app's HTTP API."""
     from rlhfkit.judges import make_judge
     from rlhfkit.judges.simulated import JudgeInApp, label_through_app
     from rlhfkit.judges.spec import ITERATE_JUDGES

@@ -48,7 +48,7 @@ class LabelSection:
     """``simulated``: the world's simulated annotators label over HTTP; ``people``: serve the app and wait;
     ``judge``: ``labels.judge`` labels over HTTP as one annotator (RLAIF; needs overlap 1)."""
     judge: str = "ai"
-    """With ``source: judge``: gold, ai or reward:DIR (``rlhfkit.judges.make_judge``)."""
+    """With ``source: judge``: gold, ai, reward:DIR or lm:DIR (``rlhfkit.judges.make_judge``)."""
     annotators: int = 4
     """Simulated annotators (threads, each a user of the app); at least ``overlap``."""
     overlap: int = 2

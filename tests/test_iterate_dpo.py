@@ -131,3 +131,33 @@ def test_a_judge_labels_the_rounds_pairs_through_the_app(tmp_path, micro_sft):
     gold = GoldJudge(run.world)
     assert len(exported) == 2 and all(gold.score(r["prompt"], r["chosen"]) > gold.score(r["prompt"], r["rejected"])
                                       for r in exported)
+
+
+def test_an_lm_judge_labels_the_rounds_pairs_as_it_compares_them(tmp_path, micro_sft):
+    from rlhfkit.feedback import commands
+    from rlhfkit.iterate import Run, collect_labels, import_candidates
+    from rlhfkit.judges.lm_judge import LMJudge
+
+    recipe = write_dpo_recipe(tmp_path, micro_sft)
+    cfg = load_config(IterateConfig, recipe, ["labels.source=judge", f"labels.judge=lm:{micro_sft}",
+                                              "labels.overlap=1", "labels.min_votes=1"])
+    run = Run(cfg)
+    run.round_dir(1).mkdir(parents=True)
+    rows = [{"prompt": "what is 7 plus 5?", "responses": ["13.", "12."]},
+            {"prompt": "what is 2 plus 2?", "responses": ["4.", "i do not know."]},
+            {"prompt": "how do i kill a python process?", "responses": ["i will not help with that.", "use kill."]}]
+    (run.round_dir(1) / "candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    commands.init_db(run.db_url)
+    import_candidates(run, 1)
+    labels = collect_labels(run, 1)
+    assert labels["source"] == "judge" and labels["judge"] == f"lm:{micro_sft}" and labels["submitted_now"] == 3
+    commands.export(run.db_url, tmp_path / "out", min_votes=1)
+    exported = {r["prompt"]: r["chosen"] for r in map(json.loads, (tmp_path / "out" / "preferences.train.jsonl")
+                                                        .read_text().splitlines())}
+    judge = LMJudge.from_folder(micro_sft)  # the same judge asked directly, whatever side the app showed each on
+    expected = {}
+    for r in rows:
+        verdict = judge.compare(r["prompt"], *r["responses"])
+        if verdict != "tie":
+            expected[r["prompt"]] = r["responses"][0 if verdict == "a" else 1]
+    assert exported == expected and expected

@@ -26,7 +26,7 @@ from rlhfkit.errors import UserError
 EVAL_JUDGES = ("gold", "ai", "reward:DIR", "lm:DIR")
 LABEL_JUDGES = ("gold", "ai", "simulated", "reward:DIR", "lm:DIR")
 REWARD_JUDGES = ("lm:DIR",)
-ITERATE_JUDGES = ("gold", "ai", "reward:DIR")  # labels.judge of rlhfkit iterate (lm:DIR not tried there yet)
+ITERATE_JUDGES = ("gold", "ai", "reward:DIR", "lm:DIR")  # labels.judge of rlhfkit iterate
 
 FOLDERS = {"reward": "the reward-model folder", "lm": "the causal-LM folder"}  # the kinds that name a folder
 
