@@ -123,11 +123,11 @@ def build_online_models(cfg: PPOConfig, scorer: Scorer | None = None) -> OnlineM
     when the KL penalty can be non-zero. ``rewards`` (if listed) become the scorer unless ``scorer`` is given."""
     from rlhfkit.trainers.ppo_models import build_ppo_models
 
+    environment = load_environment(cfg.rollout.environment) if cfg.rollout.environment else None
     if not cfg.advantage.critic_free:
         if scorer is None and cfg.rewards:
             tokenizer = load_tokenizer(cfg.model.path)
             scorer = reward_sources(cfg, tokenizer, eos_token_ids(tokenizer, _generation_config_holder(cfg)))
-        environment = load_environment(cfg.rollout.environment) if cfg.rollout.environment else None
         return OnlineModels(**vars(build_ppo_models(cfg, scorer)), environment=environment)
     dtype, attention = cfg.model.dtype, cfg.model.attn_implementation
     tokenizer = adopt_template(load_tokenizer(cfg.model.path), cfg.data.template)  # saved with the policy
@@ -145,7 +145,6 @@ def build_online_models(cfg: PPOConfig, scorer: Scorer | None = None) -> OnlineM
         scorer = reward_sources(cfg, tokenizer, eos_ids)
     if scorer is None:
         scorer = reward_model_scorer(cfg, tokenizer, eos_ids)
-    environment = load_environment(cfg.rollout.environment) if cfg.rollout.environment else None
     return OnlineModels(PolicyOnly(policy, share_prompts=True), reference, scorer, tokenizer, eos_ids,
                         no_reference=not with_reference, environment=environment)
 
