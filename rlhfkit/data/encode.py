@@ -31,7 +31,7 @@ from typing import Any
 from rlhfkit.data.formats import DataValidationError
 from rlhfkit.data.rankings import ComparisonGroup
 from rlhfkit.data.rows import Prompt, Response
-from rlhfkit.data.templates import TemplateError, render_prompt, split_conversation
+from rlhfkit.data.templates import TemplateError, Tools, render_prompt, split_conversation
 
 IGNORE_INDEX = -100  # equals rlhfkit.ops.IGNORE_INDEX; repeated so this module never imports torch
 MAX_LISTED_DROPS = 5
@@ -146,13 +146,15 @@ def special_prefix_ids(tokenizer: Any) -> list[int]:
 
 
 class _Encoder:
-    """Tokenizer facts looked up once per call: EOS id, special prefix, template."""
+    """Tokenizer facts looked up once per call: EOS id, special prefix, template (and the tools it lists)."""
 
     def __init__(
-        self, tokenizer: Any, template: str | None, max_length: int | None, max_prompt_length: int | None
+        self, tokenizer: Any, template: str | None, max_length: int | None, max_prompt_length: int | None,
+        tools: Tools = None,
     ):
         self.tokenizer = tokenizer
         self.template = template
+        self.tools = tools
         self.eos_id = tokenizer.eos_token_id
         if self.eos_id is None:
             raise ValueError(
@@ -181,7 +183,7 @@ class _Encoder:
     def prompt(self, prompt: Prompt, origin: str) -> list[int]:
         try:
             return self.with_prefix(
-                self.tokens(render_prompt(self.tokenizer, prompt, template=self.template))
+                self.tokens(render_prompt(self.tokenizer, prompt, template=self.template, tools=self.tools))
             )
         except TemplateError as exc:
             raise TemplateError(f"{origin}: {exc}") from None
@@ -192,7 +194,7 @@ class _Encoder:
         """(response ids ending in one EOS, whether the boundary fallback was needed)."""
         try:
             prompt_text, response_text = split_conversation(
-                self.tokenizer, prompt, response, template=self.template
+                self.tokenizer, prompt, response, template=self.template, tools=self.tools
             )
         except TemplateError as exc:
             raise TemplateError(f"{origin}: {exc}") from None
@@ -390,13 +392,15 @@ def encode_groups(
 
 
 def encode_prompt(
-    tokenizer: Any, rows: Sequence[Any], *, max_prompt_length: int | None = None, template: str | None = None
+    tokenizer: Any, rows: Sequence[Any], *, max_prompt_length: int | None = None, template: str | None = None,
+    tools: Tools = None,
 ) -> tuple[list[EncodedPrompt], EncodeReport]:
     """Tokenize prompts (any row with ``prompt`` and ``origin``), ending with the generation prompt.
 
-    Over-long prompts keep their end (left truncation, leading BOS kept); nothing is dropped.
+    Over-long prompts keep their end (left truncation, leading BOS kept); nothing is dropped. ``tools``: the
+    schemas the chat template lists (an environment's, docs/tools.md; ``templates.render_prompt``).
     """
-    encoder = _Encoder(tokenizer, template, None, max_prompt_length)
+    encoder = _Encoder(tokenizer, template, None, max_prompt_length, tools)
     report = _new_report(encoder, len(rows))
     out = []
     for index, row in enumerate(rows):

@@ -6,6 +6,11 @@ trained on plain continuations); the tokenizer's own ``chat_template``; else :da
 (documented in ``docs/data-formats.md``). A string prompt is one user message; a string response is
 one assistant message.
 
+``tools`` (OpenAI-function schemas, e.g. an environment's ``schemas()``, docs/tools.md) go to
+``apply_chat_template(..., tools=...)``, where a template that knows them (Qwen, Hermes) lists them in its
+system turn; one that does not reference ``tools`` renders the same text. A ``"raw"`` prompt is the user's
+own text, so tools are never injected into it: write the tool list into a raw prompt yourself.
+
 Every template must render the prompt (with the generation prompt) as a prefix of the whole
 conversation, so that the response text is exactly what follows the prompt — :func:`split_conversation`
 checks it and fails with a clear message otherwise.
@@ -19,6 +24,8 @@ from rlhfkit.data.rows import Message, Prompt, Response
 from rlhfkit.errors import UserError
 
 RAW = "raw"
+
+Tools = list[dict] | None  # OpenAI-function schemas for apply_chat_template's tools=, or None for no tools
 
 # Used when the tokenizer has no chat template (GPT-2 and most base models). Plain text a base model
 # can read. The generation prompt is "Assistant:" without a trailing space: the space starts the
@@ -58,9 +65,13 @@ def to_messages(value: Prompt | Response, role_of_text: str) -> list[dict[str, s
     return [{"role": m.role, "content": m.content} if isinstance(m, Message) else dict(m) for m in value]
 
 
-def _apply(tokenizer: Any, messages: list[dict[str, str]], template: str, generation_prompt: bool) -> str:
+def _apply(
+    tokenizer: Any, messages: list[dict[str, str]], template: str, generation_prompt: bool, tools: Tools = None
+) -> str:
+    # tools= only when given: a call without tools reaches apply_chat_template exactly as it always did
+    extra = {} if tools is None else {"tools": tools}
     text = tokenizer.apply_chat_template(
-        messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+        messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt, **extra
     )
     if not isinstance(text, str):  # some versions return a list for batched input
         raise TemplateError(f"apply_chat_template returned {type(text).__name__}, expected text")
@@ -75,36 +86,40 @@ def _raw_text(value: Prompt | Response, field: str) -> str:
     return value
 
 
-def render_prompt(tokenizer: Any, prompt: Prompt, *, template: str | None = None) -> str:
-    """The prompt as the model reads it, ending with the generation prompt (e.g. ``<|assistant|>``)."""
+def render_prompt(tokenizer: Any, prompt: Prompt, *, template: str | None = None, tools: Tools = None) -> str:
+    """The prompt as the model reads it, ending with the generation prompt (e.g. ``<|assistant|>``).
+
+    ``tools``: schemas the template may list (see the module docstring); ignored by ``"raw"``."""
     jinja = resolve_template(tokenizer, template)
     if jinja is None:
         return _raw_text(prompt, "prompt")
-    return _apply(tokenizer, to_messages(prompt, "user"), jinja, generation_prompt=True)
+    return _apply(tokenizer, to_messages(prompt, "user"), jinja, generation_prompt=True, tools=tools)
 
 
 def render_conversation(
-    tokenizer: Any, prompt: Prompt, response: Response, *, template: str | None = None
+    tokenizer: Any, prompt: Prompt, response: Response, *, template: str | None = None, tools: Tools = None
 ) -> str:
-    """Prompt followed by the response, as the template renders the whole conversation."""
+    """Prompt followed by the response, as the template renders the whole conversation (``tools`` as in
+    :func:`render_prompt`)."""
     jinja = resolve_template(tokenizer, template)
     if jinja is None:
         return _raw_text(prompt, "prompt") + _raw_text(response, "response")
     messages = to_messages(prompt, "user") + to_messages(response, "assistant")
-    return _apply(tokenizer, messages, jinja, generation_prompt=False)
+    return _apply(tokenizer, messages, jinja, generation_prompt=False, tools=tools)
 
 
 def split_conversation(
-    tokenizer: Any, prompt: Prompt, response: Response, *, template: str | None = None
+    tokenizer: Any, prompt: Prompt, response: Response, *, template: str | None = None, tools: Tools = None
 ) -> tuple[str, str]:
     """``(prompt_text, response_text)`` with ``prompt_text + response_text`` the rendered conversation.
 
     ``prompt_text`` is :func:`render_prompt`; ``response_text`` is what follows it — the text the model
     must generate, ending with the EOS the template emits (if any). Whitespace the template writes
-    after the final EOS (ChatML's ``"<|im_end|>\\n"``) is cut: the model stops at EOS.
+    after the final EOS (ChatML's ``"<|im_end|>\\n"``) is cut: the model stops at EOS. ``tools`` are rendered
+    into both (:func:`render_prompt`), so the prompt stays a prefix of the conversation.
     """
-    prompt_text = render_prompt(tokenizer, prompt, template=template)
-    full = render_conversation(tokenizer, prompt, response, template=template)
+    prompt_text = render_prompt(tokenizer, prompt, template=template, tools=tools)
+    full = render_conversation(tokenizer, prompt, response, template=template, tools=tools)
     if not full.startswith(prompt_text):
         raise TemplateError(
             "the chat template does not render the prompt as a prefix of the conversation "

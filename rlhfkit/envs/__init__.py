@@ -5,7 +5,8 @@
 - :mod:`rlhfkit.envs.syntax`: how a model writes a call and reads its result (:class:`FixedSyntax`,
   :class:`JsonSyntax`);
 - :mod:`rlhfkit.envs.environment`: :class:`Environment` (``step(conversation) -> observation | None``) and
-  :class:`ToolEnvironment`; :func:`load_environment` for ``module:factory`` paths;
+  :class:`ToolEnvironment`; :func:`load_environment` for ``module:factory`` paths; :func:`tool_schemas`
+  for a chat template's ``tools=``;
 - :mod:`rlhfkit.envs.episodes`: the episode runner over :func:`rlhfkit.rollout.generate.generate`.
 
 Imports no torch except the episode runner.
@@ -18,9 +19,10 @@ from rlhfkit.envs.environment import (
     ToolEnvironment,
     Turn,
     load_environment,
+    tool_schemas,
 )
 from rlhfkit.envs.syntax import FixedSyntax, JsonSyntax, MalformedToolCall, ToolCall, ToolSyntax
 from rlhfkit.envs.tools import Tool, tool
 
 __all__ = ["Conversation", "Environment", "FixedSyntax", "JsonSyntax", "MalformedToolCall", "Observation", "Tool",
-           "ToolCall", "ToolEnvironment", "ToolSyntax", "Turn", "load_environment", "tool"]
+           "ToolCall", "ToolEnvironment", "ToolSyntax", "Turn", "load_environment", "tool", "tool_schemas"]

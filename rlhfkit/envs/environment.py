@@ -134,3 +134,11 @@ def load_environment(spec: str, key: str = "rollout.environment") -> Any:
         raise ConfigError(f"{key} {spec!r}: {spec.rsplit(':', 1)[-1]}() returned "
                           f"{type(environment).__name__}, not an environment with a step(conversation) method")
     return environment
+
+
+def tool_schemas(environment: Any) -> list[dict] | None:
+    """The ``tools=`` a chat template lists for ``environment`` (docs/tools.md §2): its ``schemas()``; None for no
+    environment, one without ``schemas`` (any object with ``step`` is an environment) or one with no tools — so a
+    template's ``{% if tools %}`` and ``tools is not none`` agree that there are none."""
+    schemas = getattr(environment, "schemas", None)
+    return (schemas() or None) if callable(schemas) else None
