@@ -171,8 +171,8 @@ def child(args: argparse.Namespace) -> None:
     record: dict = {"mode": args.mode, "imported_mb": current_rss_mb()}
     build, finish = critic_free.build_online_models, loop_module.TrainLoop.finish_step
 
-    def build_and_measure(cfg, scorer=None):
-        models = build(cfg, scorer)
+    def build_and_measure(cfg, scorer=None, environment=None):
+        models = build(cfg, scorer, environment=environment)
         record["loaded_mb"], record["models"] = current_rss_mb(), parameter_record(models)
         return models
 

@@ -500,7 +500,7 @@ def test_a_ppo_step_on_episodes_learns_from_the_model_tokens_only(tmp_path, valu
                      "rollout.max_new_tokens=10", "rollout.old_logprobs=sampling", *extra)
     models = build_online_models(cfg)
     loop = FakeLoop(models.actor_critic, lr=1e-3)
-    encoded, prompts = load_prompts(cfg.data.train_file, cfg, models.tokenizer)
+    encoded, prompts = load_prompts(cfg.data.train_file, cfg, models.tokenizer, environment=models.environment)
     trainer = PPOTrainer(cfg, models, loop, make_kl_controller(cfg.kl), SamplingRNG(0), prompts, None, ([], []))
     batch = encoded[:8] if value_kind != "none" else encoded[:4]  # GRPO: 4 prompts × n = 2
     metrics = trainer.step(batch, 1)

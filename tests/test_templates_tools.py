@@ -122,3 +122,84 @@ def test_encode_prompt_encodes_the_tools_the_template_lists():
     assert listed_tools(tok.decode(with_tools.prompt_ids)) == tools
     assert "<tools>" not in tok.decode(without.prompt_ids)
     assert with_tools.prompt_ids[-len(without.prompt_ids):] == without.prompt_ids
+
+
+# ---- through the trainer: what ppo.train encodes (GRPO, RLOO and PPO share it) ------------------------------------
+
+ENV_MODULE = '''
+from rlhfkit.envs import JsonSyntax, ToolEnvironment, tool
+
+
+@tool
+def add(a: int, b: int) -> str:
+    """Add two integers.
+
+    Args:
+        a: the first number
+        b: the second number
+    """
+    return str(a + b)
+
+
+def environment():
+    return ToolEnvironment([add], JsonSyntax())
+'''
+
+
+class Stop(Exception):
+    """Raised where the models are built: everything this file checks happens before training."""
+
+
+def tools_policy(root):
+    """A micro policy whose own chat template lists tools (as a Qwen model's does)."""
+    from ppo_fixtures import save_policy_folder
+
+    from rlhfkit.models.load import load_tokenizer
+
+    folder = save_policy_folder(root, "tools-policy", style="qwen2")
+    tok = load_tokenizer(folder)
+    tok.chat_template = TOOLS_TEMPLATE
+    tok.save_pretrained(folder)
+    return folder
+
+
+def train_until_the_models(tmp_path, monkeypatch, *overrides):
+    """Run ``ppo.train`` up to its loop; returns (the prompts it encoded, as text; the environments it loaded;
+    the models it built)."""
+    from ppo_fixtures import ppo_config
+
+    from rlhfkit.trainers import critic_free, ppo
+
+    cfg = ppo_config(tmp_path, "data.max_prompt_length=512", "data.max_length=600", *overrides,
+                     policy=tools_policy(tmp_path))
+    loaded, encoded, built = [], [], []
+    real_load, real_encode, real_build = critic_free.load_environment, ppo.encode_prompts, critic_free.build_online_models
+    monkeypatch.setattr(critic_free, "load_environment", lambda *a: loaded.append(real_load(*a)) or loaded[-1])
+    monkeypatch.setattr(ppo, "encode_prompts", lambda *a: encoded.append(real_encode(*a)) or encoded[-1])
+    monkeypatch.setattr(critic_free, "build_online_models", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+    monkeypatch.setattr(ppo, "TrainLoop", lambda *a, **k: (_ for _ in ()).throw(Stop()))
+    with pytest.raises(Stop):
+        ppo.train(cfg)
+    (prompts, _rows), = encoded
+    tok = built[0].tokenizer
+    return [tok.decode(p.prompt_ids) for p in prompts], loaded, built[0]
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "gae"])
+def test_online_rl_prompts_list_the_environments_tools_loaded_once(tmp_path, monkeypatch, estimator):
+    module = tmp_path / "calc_env.py"
+    module.write_text(ENV_MODULE)
+    extra = ["advantage.estimator=grpo", "rollout.n=2"] if estimator == "grpo" else []  # both scored by the RM
+    texts, loaded, models = train_until_the_models(tmp_path, monkeypatch, f"rollout.environment={module}:environment",
+                                                   *extra)
+    assert len(loaded) == 1 and models.environment is loaded[0]  # one object: the prompts' tools, the episodes
+    schemas = loaded[0].schemas()
+    assert schemas[0]["function"]["name"] == "add"
+    for text in texts:
+        assert listed_tools(text) == schemas and text.endswith("<|im_start|>assistant\n")
+
+
+def test_online_rl_prompts_have_no_tools_without_an_environment(tmp_path, monkeypatch):
+    texts, loaded, models = train_until_the_models(tmp_path, monkeypatch)
+    assert loaded == [] and models.environment is None
+    assert texts and all("<tools>" not in t and t.startswith("<|im_start|>user\n") for t in texts)

@@ -54,7 +54,8 @@ class DataConfig:
     max_prompt_length: int | None = 256
     """Prompt tokens kept; the prompt's START is truncated (its end is what the response answers)."""
     template: str | None = None
-    """Chat template: null = the tokenizer's own (else the documented default), "raw", or a Jinja string."""
+    """Chat template: null = the tokenizer's own (else the documented default), "raw", or a Jinja string. With
+    ``rollout.environment`` (online RL) it also receives the environment's tools as ``tools=``; "raw" ignores them."""
     empty: Literal["error", "warn", "drop"] = "error"
     """What an empty or whitespace-only text does: stop before training, warn (counted), or drop (counted)."""
     identical: Literal["error", "warn", "drop"] = "error"

@@ -118,12 +118,20 @@ def reward_sources(cfg: PPOConfig, tokenizer, eos_ids: list[int]) -> RewardSourc
     return RewardSources(sources, tokenizer, template=cfg.data.template, eos_token_id=eos_ids, specs=specs)
 
 
-def build_online_models(cfg: PPOConfig, scorer: Scorer | None = None) -> OnlineModels:
+def online_environment(cfg: PPOConfig) -> Any:
+    """``rollout.environment`` loaded (None when unset): load it once and give the same object to the prompts
+    (its tools, ``ppo.encode_prompts``) and to :func:`build_online_models` (its episodes)."""
+    return load_environment(cfg.rollout.environment) if cfg.rollout.environment else None
+
+
+def build_online_models(cfg: PPOConfig, scorer: Scorer | None = None, environment: Any = None) -> OnlineModels:
     """PPO's models for ``gae``; for the critic-free estimators the policy alone (no value model), π_ref only
-    when the KL penalty can be non-zero. ``rewards`` (if listed) become the scorer unless ``scorer`` is given."""
+    when the KL penalty can be non-zero. ``rewards`` (if listed) become the scorer unless ``scorer`` is given.
+    ``environment``: :func:`online_environment`'s, already loaded; None loads it here."""
     from rlhfkit.trainers.ppo_models import build_ppo_models
 
-    environment = load_environment(cfg.rollout.environment) if cfg.rollout.environment else None
+    if environment is None:
+        environment = online_environment(cfg)
     if not cfg.advantage.critic_free:
         if scorer is None and cfg.rewards:
             tokenizer = load_tokenizer(cfg.model.path)

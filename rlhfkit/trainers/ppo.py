@@ -47,6 +47,7 @@ from rlhfkit.engine.metrics_log import say
 from rlhfkit.engine.run_doctor import diagnose
 from rlhfkit.engine.runtime import set_threads
 from rlhfkit.engine.stage_config import data_sources, source_name
+from rlhfkit.envs.environment import tool_schemas
 from rlhfkit.losses import gae, per_token_rewards, ppo_policy_loss, ppo_value_loss
 from rlhfkit.models.load import load_tokenizer
 from rlhfkit.ops import masked_mean, masked_sum, whiten_over_processes
@@ -329,18 +330,22 @@ def read_prompt_rows(source: Any, cfg: PPOConfig, split: str = "train") -> list:
                      transcripts=cfg.data.template != "raw", name=source_name(source, split)).rows
 
 
-def encode_prompts(rows: list, cfg: PPOConfig, tokenizer, name: str) -> tuple[list, list]:
-    """``(encoded prompts, the rows' prompts)``."""
+def encode_prompts(rows: list, cfg: PPOConfig, tokenizer, name: str, environment: Any = None) -> tuple[list, list]:
+    """``(encoded prompts, the rows' prompts)``; with an ``environment`` (``critic_free.online_environment``) the
+    chat template lists its tools (``tools=``, docs/tools.md §2), so the policy reads which tools exist."""
     encoded, report = encode_prompt(tokenizer, rows, max_prompt_length=cfg.data.max_prompt_length,
-                                    template=cfg.data.template)
+                                    template=cfg.data.template, tools=tool_schemas(environment))
     if report.n_truncated_prompt:
         say(format_encode_report(report, name))
     return encoded, [row.prompt for row in rows]
 
 
-def load_prompts(source: Any, cfg: PPOConfig, tokenizer, split: str = "train") -> tuple[list, list]:
-    """``(encoded prompts, the rows' prompts)`` of ``{"prompt"}`` rows (a path or in-memory rows)."""
-    return encode_prompts(read_prompt_rows(source, cfg, split), cfg, tokenizer, source_name(source, split))
+def load_prompts(source: Any, cfg: PPOConfig, tokenizer, split: str = "train",
+                 environment: Any = None) -> tuple[list, list]:
+    """``(encoded prompts, the rows' prompts)`` of ``{"prompt"}`` rows (a path or in-memory rows); ``environment``
+    as in :func:`encode_prompts`."""
+    return encode_prompts(read_prompt_rows(source, cfg, split), cfg, tokenizer, source_name(source, split),
+                          environment)
 
 
 def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None, train_dataset: Any = None,
@@ -357,13 +362,16 @@ def train(cfg: PPOConfig, *, scorer: Scorer | None = None, monitor: Any = None, 
     sources = data_sources(cfg.data, train_dataset, eval_dataset)
     rows = {split: read_prompt_rows(source, cfg, split) for split, source in sources.items()}  # before any model
     seed_everything(cfg.train.seed)
+    # loaded once, before the prompts: the chat template lists its tools, and the same object plays the episodes
+    environment = critic_free.online_environment(cfg)
     # every prompt row validated and encoded before any model is loaded (the tokenizer alone is cheap)
     tokenizer = adopt_template(load_tokenizer(cfg.model.path), cfg.data.template)
-    prompts, prompt_rows = encode_prompts(rows["train"], cfg, tokenizer, source_name(sources["train"], "train"))
+    prompts, prompt_rows = encode_prompts(rows["train"], cfg, tokenizer, source_name(sources["train"], "train"),
+                                          environment)
     fields = tuple([getattr(row, "fields", {}) for row in rows.get(split, [])] for split in ("train", "eval"))
-    eval_set = (encode_prompts(rows["eval"], cfg, tokenizer, source_name(sources["eval"], "eval"))
+    eval_set = (encode_prompts(rows["eval"], cfg, tokenizer, source_name(sources["eval"], "eval"), environment)
                 if "eval" in rows else None)
-    models = critic_free.build_online_models(cfg, scorer)
+    models = critic_free.build_online_models(cfg, scorer, environment=environment)
     kl_controller = make_kl_controller(cfg.kl)
     actor_critic = models.actor_critic
     groups = param_groups(actor_critic, cfg.train.lr, cfg.value_model.lr, cfg.train.weight_decay)

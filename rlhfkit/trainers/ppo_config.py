@@ -103,7 +103,9 @@ class RolloutConfig:
     """Multi-turn episodes with tools (docs/tools.md): ``module:factory`` or ``path.py:factory``, ``factory()``
     returning an environment (e.g. ``rlhfkit.envs.ToolEnvironment``). Each response becomes an episode of model
     turns and observations; ``max_new_tokens`` then counts the model's tokens of the whole episode. Losses, KL,
-    values, GAE and advantages run over the model's tokens only. null = one response per prompt."""
+    values, GAE and advantages run over the model's tokens only. Its tools (``schemas()``) are passed to the chat
+    template as ``tools=`` when the prompts are encoded (``data.template: raw`` prompts are used as written).
+    null = one response per prompt."""
     max_turns: int = 4
     """With ``environment``: the most model turns per episode (a turn after which no observation comes)."""
 
