@@ -203,3 +203,21 @@ def test_online_rl_prompts_have_no_tools_without_an_environment(tmp_path, monkey
     texts, loaded, models = train_until_the_models(tmp_path, monkeypatch)
     assert loaded == [] and models.environment is None
     assert texts and all("<tools>" not in t and t.startswith("<|im_start|>user\n") for t in texts)
+
+
+def test_eval_samples_episodes_from_prompts_that_list_the_tools():
+    """``rlhfkit eval --environment`` samples through ``sample_policy``: its prompts list the tools as training's do."""
+    import torch
+
+    from rlhfkit.evaluate.sampling import sample_policy
+    from rlhfkit.models.tiny import build_tiny_model
+
+    torch.set_num_threads(1)
+    tok = tiny_tokenizer("qwen2")
+    model = build_tiny_model("llama", "micro", tok, seed=0)
+    env = environment()
+    for played, listed in ((env, tool_schemas(env)), (None, [])):
+        samples = sample_policy(model, tok, ["one plus two?"], 1, seed=0, max_new_tokens=4, template=TOOLS_TEMPLATE,
+                                environment=played, max_turns=2)
+        g = samples.generation
+        assert listed_tools(tok.decode(g.prompt_ids[0][g.prompt_mask[0].bool()].tolist())) == listed

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from rlhfkit.data import PromptRow, encode_prompt
+from rlhfkit.envs.environment import tool_schemas
 from rlhfkit.rollout.generate import GenerationOutput, generate
 
 # Independent random streams for the two sides of a comparison (see `stream_seed`).
@@ -142,7 +143,8 @@ def sample_policy(model, tokenizer, prompts: Sequence[Any], n_samples: int, *, s
     template overriding the tokenizer's (``"raw"`` for none). ``max_prompt_length`` keeps the end of
     longer prompts. ``environment`` (:mod:`rlhfkit.envs`): each response is an episode of at most ``max_turns``
     model turns and ``max_new_tokens`` model tokens; its text holds the observations; ``generation`` is then an
-    :class:`~rlhfkit.envs.episodes.EpisodeOutput` (its ``action_mask`` is what KL sums over).
+    :class:`~rlhfkit.envs.episodes.EpisodeOutput` (its ``action_mask`` is what KL sums over). Its tools go to the
+    chat template (``tools=``, as in training), so the policy is evaluated on the prompts it was trained on.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
@@ -150,7 +152,8 @@ def sample_policy(model, tokenizer, prompts: Sequence[Any], n_samples: int, *, s
         raise ValueError("sample_policy needs at least one prompt")
     data_prompts = [as_data_prompt(p) for p in prompts]
     rows = [PromptRow(prompt=p, origin=f"prompt {i}") for i, p in enumerate(data_prompts)]
-    encoded, _ = encode_prompt(tokenizer, rows, max_prompt_length=max_prompt_length, template=template)
+    encoded, _ = encode_prompt(tokenizer, rows, max_prompt_length=max_prompt_length, template=template,
+                               tools=tool_schemas(environment))
     prompt_ids = [e.prompt_ids for e in encoded for _ in range(n_samples)]  # prompt-major: row i·K + j
     eos_ids = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
