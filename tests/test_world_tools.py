@@ -287,7 +287,7 @@ def test_default_corpus_and_sft_data_are_unchanged(world, default_corpus):
 def test_tool_corpus_has_the_documented_shares(world, judge, default_corpus, tool_corpus):
     mix = TOOL_CORPUS_CONFIG.tools
     assert mix == ToolMix(arithmetic_share=0.3, needless_share=0.03, error_share=0.1, copy_result=True,
-                          practice_lines=20_000)
+                          practice_lines=20_000, practice_world_values=0.5)
     kinds = [world.lookup(p).kind for p, _ in tool_corpus.transcripts]
     calls = [split_tool_calls(r)[0] for _, r in tool_corpus.transcripts]
     arith = [c for c, k in zip(calls, kinds) if k in TOOL_KINDS]
@@ -304,12 +304,18 @@ def test_tool_corpus_has_the_documented_shares(world, judge, default_corpus, too
     assert tool_corpus.facts[:n_default] == default_corpus.facts
     practice = tool_corpus.facts[n_default:]
     assert len(practice) == mix.practice_lines
-    for line in practice:  # a call on a two-digit sum, its value right, then the same value as the answer
+    values = []
+    for line in practice:  # a call with a two-digit first operand, its value right, then that value as the answer
         line_calls, answer = split_tool_calls(line)
         (expression, result), = line_calls
         a, op, b = expression.split()
-        assert int(a) > 10 and int(result) == (int(a) + int(b) if op == "plus" else int(a) - int(b)) > 20
+        assert int(a) > 10 and int(result) == (int(a) + int(b) if op == "plus" else int(a) - int(b))
         assert re.findall(r"\d+", answer)[-1] == result
+        values.append(int(result))
+    # half the lines draw a world answer (0..25) uniformly, so values 0..20 come only from them: 0.5 * 21/26
+    # (sd 0.0035 over 20,000 lines); every world answer is practised
+    assert sum(v <= 20 for v in values) / len(values) == pytest.approx(mix.practice_world_values * 21 / 26, abs=0.015)
+    assert set(range(26)) <= set(values) and max(values) <= 99
     labels = [lab[1] for lab in tool_corpus.labels]
     default_labels = [lab[1] for lab in default_corpus.labels]
     for (_, r), (_, d), c, k, lab, was in zip(tool_corpus.transcripts, default_corpus.transcripts, calls, kinds,

@@ -60,6 +60,8 @@ class ToolMix:
     practice_lines: int = 20_000    # fact-like lines of calls on sums beyond the world's range, then the result
     #                                 (``calc: 37 plus 48 = 85. it is 85.``): the only way to predict the value is
     #                                 to read it from the call, which teaches reading it (see _practice_lines)
+    practice_world_values: float = 0.5  # of the practice lines: a value among the world's own answers (0..25),
+    #                                 from a two-digit minus (``calc: 47 minus 35 = 12. it is 12.``)
 
 
 @dataclass(frozen=True)
@@ -109,19 +111,29 @@ def build_base_corpus(world: World, seed: int = 0, config: CorpusConfig | None =
         transcripts.append((prompt.text, response))
         labels.append((prompt.family, behaviour, style))
     if config.tools is not None and config.tools.practice_lines:
-        facts = facts + _practice_lines(config.tools.practice_lines, random.Random(f"corpus-calc-{world.seed}-{seed}"))
+        top_value = max(2 * world.config.max_operand, world.config.max_factor ** 2)  # the largest world answer
+        facts = facts + _practice_lines(config.tools.practice_lines, config.tools.practice_world_values, top_value,
+                                       random.Random(f"corpus-calc-{world.seed}-{seed}"))
     return BaseCorpus(facts, transcripts, labels)
 
 
-def _practice_lines(n: int, rng: random.Random) -> list[str]:
-    """``n`` lines of a calculator call on a sum of two-digit numbers (results 21..99, outside every world prompt's
-    range) followed by its value. Measured on the tool world without them: with every call on a world sum followed
-    by the right value, the base and SFT models still computed the value from memory — given a call whose shown
-    result was off by one or two, they said the shown value 5 / 9 times in 60 and the true sum 35 / 30 times —
-    because on world sums memory and the call agree. Here memory cannot help."""
+def _practice_lines(n: int, world_values: float, top_value: int, rng: random.Random) -> list[str]:
+    """``n`` lines of a calculator call whose operands memory cannot know (a two-digit first operand, beyond every
+    world prompt) followed by its value; a ``world_values`` share of them have a value among the world's own
+    answers, 0..``top_value`` (a two-digit minus: ``calc: 47 minus 35 = 12. it is 12.``), the rest a value of 21..99.
+
+    Measured on the tool world without practice lines: with every call on a world sum followed by the right value,
+    the base and SFT models computed the value from memory (shown a result off by one or two, they said it 5 / 9
+    times in 60, the true sum 35 / 30 times), because on world sums memory and the call agree. With practice
+    values of 21..99 only, SFT read a shown value of 30..99 48 times in 60 but a shown world value (0..25) 20
+    times in 57: reading had been learnt for the tokens practised, not for the world's answers."""
     lines = []
     for _ in range(n):
-        if rng.random() < 0.5:
+        if rng.random() < world_values:
+            value = rng.randint(0, top_value)
+            a = rng.randint(max(11, value + 1), 99)
+            op, b = "minus", a - value
+        elif rng.random() < 0.5:
             a = rng.randint(11, 49)
             op, b = "plus", rng.randint(10, 99 - a)
             value = a + b
