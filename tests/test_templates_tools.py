@@ -126,25 +126,6 @@ def test_encode_prompt_encodes_the_tools_the_template_lists():
 
 # ---- through the trainer: what ppo.train encodes (GRPO, RLOO and PPO share it) ------------------------------------
 
-ENV_MODULE = '''
-from rlhfkit.envs import JsonSyntax, ToolEnvironment, tool
-
-
-@tool
-def add(a: int, b: int) -> str:
-    """Add two integers.
-
-    Args:
-        a: the first number
-        b: the second number
-    """
-    return str(a + b)
-
-
-def environment():
-    return ToolEnvironment([add], JsonSyntax())
-'''
-
 
 class Stop(Exception):
     """Raised where the models are built: everything this file checks happens before training."""
@@ -187,11 +168,10 @@ def train_until_the_models(tmp_path, monkeypatch, *overrides):
 
 @pytest.mark.parametrize("estimator", ["grpo", "gae"])
 def test_online_rl_prompts_list_the_environments_tools_loaded_once(tmp_path, monkeypatch, estimator):
-    module = tmp_path / "calc_env.py"
-    module.write_text(ENV_MODULE)
     extra = ["advantage.estimator=grpo", "rollout.n=2"] if estimator == "grpo" else []  # both scored by the RM
-    texts, loaded, models = train_until_the_models(tmp_path, monkeypatch, f"rollout.environment={module}:environment",
-                                                   *extra)
+    # this module's own environment(), by the "module:factory" path a user's recipe would name
+    texts, loaded, models = train_until_the_models(tmp_path, monkeypatch,
+                                                   "rollout.environment=test_templates_tools:environment", *extra)
     assert len(loaded) == 1 and models.environment is loaded[0]  # one object: the prompts' tools, the episodes
     schemas = loaded[0].schemas()
     assert schemas[0]["function"]["name"] == "add"
