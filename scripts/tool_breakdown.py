@@ -19,7 +19,7 @@ import random
 import re
 from collections import Counter, defaultdict
 
-from rlhfkit.evaluate.report import ratio_bootstrap_ci
+from rlhfkit.evaluate.report import win_rate_intervals
 from rlhfkit.judges import GoldJudge
 from rlhfkit.worlds.calculator import TOOL_KINDS
 from rlhfkit.worlds.protocol import pair_outcome
@@ -28,18 +28,17 @@ from rlhfkit.worlds.protocol import pair_outcome
 def breakdown(samples_path: str, world_seed: int = 0) -> None:
     judge = GoldJudge(world_seed=world_seed)
     by_kind: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-    by_prompt: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     calls: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    texts: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
     with open(samples_path, encoding="utf-8") as fh:
         for line in fh:
             row = json.loads(line)
+            texts[row["prompt"]][0].append(row["a"])
+            texts[row["prompt"]][1].append(row["b"])
             ja, jb = judge.judge(row["prompt"], row["a"]), judge.judge(row["prompt"], row["b"])
             _, by_goal = pair_outcome(ja, jb)
-            tally = by_prompt[row["prompt"]]
             if by_goal:
-                side = 0 if by_goal > 0 else 1
-                by_kind[(ja.family, ja.kind)][side] += 1
-                tally[side] += 1
+                by_kind[(ja.family, ja.kind)][0 if by_goal > 0 else 1] += 1
             if ja.kind in TOOL_KINDS:
                 for name, j in (("A", ja), ("B", jb)):
                     c = calls[(name, ja.kind)]
@@ -47,16 +46,17 @@ def breakdown(samples_path: str, world_seed: int = 0) -> None:
                     c["good"] += j.behaviour == "good"
                     c["call"] += j.tool_calls > 0
                     c["good after a call"] += j.tool_calls > 0 and j.behaviour == "good"
+    ci = win_rate_intervals(judge, list(texts), [a for a, _ in texts.values()], [b for _, b in texts.values()])
     wins, losses = sum(w for w, _ in by_kind.values()), sum(lo for _, lo in by_kind.values())
-    low, high = ratio_bootstrap_ci([w for w, _ in by_prompt.values()], [w + lo for w, lo in by_prompt.values()])
-    print(f"goal-only decisive: {wins} / {wins + losses} = {wins / max(1, wins + losses):.3f} [{low:.3f}, {high:.3f}]")
+    print(f"goal-only decisive: {wins} / {wins + losses} = {wins / max(1, wins + losses):.3f} "
+          f"[{ci['win_rate/goal_decisive_ci_low']:.3f}, {ci['win_rate/goal_decisive_ci_high']:.3f}]")
     for (family, kind), (w, lo) in sorted(by_kind.items()):
         print(f"  {family:13s}{kind:19s} wins {w:4d}  losses {lo:4d}")
     for (name, kind), c in sorted(calls.items()):
         print(f"{name} on {kind}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
 
 
-def reading(model_dir: str, world_seed: int = 0, n: int = 60) -> None:
+def reading(model_dir: str, world_seed: int = 0) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -65,14 +65,14 @@ def reading(model_dir: str, world_seed: int = 0, n: int = 60) -> None:
     torch.set_num_threads(1)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    sums = [p for p in World.build(world_seed).eval_prompts if p.kind == "arithmetic"][:n]
+    sums = [p for p in World.build(world_seed).eval_prompts if p.kind == "arithmetic"]
     rng = random.Random(0)
     for shifted in (True, False):
         said_shown = said_true = 0
         for p in sums:
             true = int(p.answer)
-            shown = max(0, true + rng.choice([-2, -1, 1, 2])) if shifted else true
-            shown = true + 1 if shifted and shown == true else shown
+            # a shift of 1 or 2 that stays a world number (no negatives): down only where the sum allows it
+            shown = true + rng.choice([d for d in (-2, -1, 1, 2) if true + d >= 0]) if shifted else true
             prompt = tok.apply_chat_template([{"role": "user", "content": p.text}], tokenize=False,
                                              add_generation_prompt=True)
             text = f"{prompt} calc: {p.subject[0]} {p.attribute} {p.subject[1]} = {shown}. it is"
